@@ -1,0 +1,3 @@
+from dirt.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The store: every SQL statement dirt runs lives in this package."""

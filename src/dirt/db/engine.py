@@ -1,0 +1,90 @@
+"""Engines for SQLite (WAL, busy timeout, immediate write transactions) and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy.engine import make_url
+
+from dirt.db import schema
+from dirt.errors import ConfigError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; plain postgresql:// URLs use psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"database URL {url!r} does not parse: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    raise ConfigError(f"database URL {url!r}: dirt stores in sqlite:// or postgresql:// only")
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours to send.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writer takes the lock up front: a deferred transaction that later writes can fail
+        # with "database is locked" instead of waiting its turn.
+        immediate = conn.get_execution_options().get("dirt_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction for writing: committed on success, rolled back on any error."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(dirt_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A consistent snapshot for reading several tables."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+def next_seq(conn: Connection) -> int:
+    """The next value of the change sequence; holds the sequence row until commit."""
+    row = conn.execute(
+        update(schema.sequence)
+        .where(schema.sequence.c.id == 1)
+        .values(value=schema.sequence.c.value + 1)
+        .returning(schema.sequence.c.value)
+    ).one()
+    return int(row[0])
+
+
+def current_seq(conn: Connection) -> int:
+    value = conn.execute(select(schema.sequence.c.value).where(schema.sequence.c.id == 1))
+    return int(value.scalar_one_or_none() or 0)

@@ -1,0 +1,119 @@
+"""Every table of the store, as SQLAlchemy Core. Migrations under migrations/ build these."""
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# One row: the change sequence. Every write transaction takes its next value and stamps it on
+# the rows it writes, so a reader asks "what changed since N" with an indexed range query.
+sequence = Table(
+    "dirt_sequence",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created", Float, nullable=False),
+    Column("extra", JSON, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Index("ix_records_created_id", "created", "id"),
+    Index("ix_records_seq", "seq"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("record_id", String(200), ForeignKey("records.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kwargs", JSON, nullable=True),
+    Column("requires", JSON, nullable=False),
+    Column("platform", String(32), nullable=True),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("timeout", Float, nullable=True),
+    Column("max_attempts", Integer, nullable=True),
+    Column("created", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("node", String(300), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("started", Float, nullable=True),
+    Column("completed", Float, nullable=True),
+    Column("results", JSON, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("waiting_reason", Text, nullable=True),
+    Column("module_sha256", String(64), nullable=True),
+    Column("output", Text, nullable=True),
+    Column("extra", JSON, nullable=False),
+    Column("claimed_by", String(64), nullable=True),
+    Column("seq", BigInteger, nullable=False),
+    Index("ix_tasks_dispatch", "state", "priority", "created"),
+    Index("ix_tasks_record_state", "record_id", "state"),
+    Index("ix_tasks_name_created", "name", "created"),
+    Index("ix_tasks_seq", "seq"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(200), ForeignKey("tasks.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("node", String(300), nullable=False),
+    Column("started", Float, nullable=False),
+    Column("completed", Float, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("reason", Text, nullable=True),
+    UniqueConstraint("task_id", "number", name="uq_attempts_task_number"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("address", String(300), primary_key=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("slots", Integer, nullable=False),
+    Column("slots_override", Integer, nullable=True),
+    Column("sys_info", JSON, nullable=False),
+    Column("added", Float, nullable=False),
+    Column("last_seen", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("load", JSON, nullable=True),
+    Column("infra_failures", Integer, nullable=False, default=0),
+    Column("seq", BigInteger, nullable=False),
+    Index("ix_nodes_seq", "seq"),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(200), ForeignKey("tasks.id"), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("link_name", Text, nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("task_id", "filename", name="uq_attachments_task_filename"),
+)

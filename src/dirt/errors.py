@@ -1,0 +1,42 @@
+"""Exceptions with messages a user can act on."""
+
+
+class DirtError(Exception):
+    """Base of every error dirt reports to a user."""
+
+
+class ConfigError(DirtError):
+    """dirt.toml, an environment variable or a flag is wrong."""
+
+
+class ProjectNotFoundError(DirtError):
+    """No dirt.toml above the working directory and none named."""
+
+
+class ProjectExistsError(DirtError):
+    """`dirt create` refuses to touch an existing folder."""
+
+
+class SubmissionError(DirtError):
+    """A submission was rejected whole; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"submission rejected, nothing was stored:\n{lines}")
+
+
+class RequirementError(DirtError):
+    """A `requires` expression does not parse."""
+
+
+class NotFoundError(DirtError):
+    """A record, task, node or attachment does not exist."""
+
+
+class NodeError(DirtError):
+    """A node could not be reached or probed."""
+
+
+class StateError(DirtError):
+    """An operation does not apply to an object in its current state."""

@@ -1,0 +1,170 @@
+"""Plain data objects passed between the store, the service and the interfaces; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class TaskState(str, Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+@dataclass
+class Record:
+    id: str
+    description: str = ""
+    created: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        """The record in the original's document format, extra fields as they came."""
+        return {
+            **self.extra,
+            "_id": self.id,
+            "type": "record",
+            "description": self.description,
+            "created": self.created,
+        }
+
+
+@dataclass
+class Task:
+    id: str
+    record_id: str
+    name: str
+    kwargs: dict[str, Any] | None = None
+    requires: list[str] = field(default_factory=list)
+    platform: str | None = None
+    priority: int = 0
+    timeout: float | None = None
+    max_attempts: int | None = None
+    created: float = 0.0
+    state: TaskState = TaskState.WAITING
+    node: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    completed: float | None = None
+    results: dict[str, Any] | None = None
+    reason: str | None = None
+    waiting_reason: str | None = None
+    module_sha256: str | None = None
+    output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.completed is None:
+            return None
+        return self.completed - self.started
+
+    def to_doc(self) -> dict[str, Any]:
+        """The task in the original's document format plus dirt's state fields."""
+        doc: dict[str, Any] = {
+            **self.extra,
+            "_id": self.id,
+            "type": "task",
+            "record_id": self.record_id,
+            "name": self.name,
+            "created": self.created,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "priority": self.priority,
+        }
+        optional = {
+            "kwargs": self.kwargs,
+            "requires": self.requires or None,
+            "platform": self.platform,
+            "timeout": self.timeout,
+            "max_attempts": self.max_attempts,
+            "node": self.node,
+            "started": self.started,
+            "completed": self.completed,
+            "results": self.results,
+            "reason": self.reason,
+            "waiting_reason": self.waiting_reason,
+            "module_sha256": self.module_sha256,
+        }
+        doc.update({k: v for k, v in optional.items() if v is not None})
+        return doc
+
+
+@dataclass
+class Attempt:
+    task_id: str
+    number: int
+    node: str
+    started: float
+    completed: float | None = None
+    outcome: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Node:
+    address: str
+    enabled: bool = True
+    online: bool = False
+    slots: int = 1
+    slots_override: int | None = None
+    sys_info: dict[str, Any] = field(default_factory=dict)
+    added: float = 0.0
+    last_seen: float | None = None
+    last_error: str | None = None
+    load: list[float] | None = None
+    infra_failures: int = 0
+    seq: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "enabled": self.enabled,
+            "online": self.online,
+            "slots": self.slots,
+            "hostname": self.sys_info.get("hostname"),
+            "platform": self.sys_info.get("platform"),
+            "architecture": self.sys_info.get("architecture"),
+            "cpu_count": self.sys_info.get("cpu_count"),
+            "added": self.added,
+            "last_seen": self.last_seen,
+            "last_error": self.last_error,
+            "load": self.load,
+            "sys_info": self.sys_info,
+        }
+
+
+@dataclass
+class Attachment:
+    task_id: str
+    filename: str
+    link_name: str
+    content_type: str
+    size: int
+    content: bytes | None = None
+    created: float = 0.0
+
+
+@dataclass
+class RecordSummary:
+    """A record with its task counts per state, as the overview shows it."""
+
+    record: Record
+    counts: dict[str, int]
+
+    @property
+    def ntasks(self) -> int:
+        return sum(self.counts.values())

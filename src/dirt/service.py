@@ -1,0 +1,453 @@
+"""The use cases: the only writer of the store. Owns transactions, bumps the change sequence."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from dirt import documents
+from dirt.config import Settings
+from dirt.db import attachments as attachments_db
+from dirt.db import migrate
+from dirt.db import nodes as nodes_db
+from dirt.db import records as records_db
+from dirt.db import tasks as tasks_db
+from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
+from dirt.db.schema import attempts as attempts_table
+from dirt.errors import NotFoundError, StateError
+from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task, TaskState
+from dirt.project import TaskModules
+
+log = logging.getLogger("dirt")
+
+
+@dataclass
+class Finished:
+    """What the dispatcher learned about one task run, ready to store."""
+
+    task_id: str
+    attempt: int
+    node: str
+    state: TaskState
+    results: dict[str, Any] | None
+    reason: str | None
+    module_sha256: str | None
+    output: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    completed: float = field(default_factory=time.time)
+
+
+@dataclass
+class RecordDetail:
+    record: Record
+    tasks: list[Task]
+    attachments: dict[str, list[Attachment]]
+    attempts: dict[str, list[Attempt]]
+
+
+def new_master_id() -> str:
+    """Names this dispatcher in the claims it makes: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Service:
+    """Every write of records, tasks and nodes goes through here."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        migrate.upgrade(self.engine)
+        self.modules = TaskModules(settings.tasks_dir)
+        self.master_id = new_master_id()
+        self._listeners: list[Callable[[int], None]] = []
+        self._seq_lock = threading.Lock()
+        self._known_seq = 0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- change notification -------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(seq)` after every write this process commits."""
+        self._listeners.append(callback)
+
+    def _committed(self, seq: int) -> None:
+        with self._seq_lock:
+            self._known_seq = max(self._known_seq, seq)
+        for callback in list(self._listeners):
+            try:
+                callback(seq)
+            except Exception:
+                log.exception("change listener failed")
+
+    def current_seq(self) -> int:
+        with read_transaction(self.engine) as conn:
+            return current_seq(conn)
+
+    def changed_elsewhere(self) -> bool:
+        """True when another process wrote since this one last looked (one indexed read)."""
+        seq = self.current_seq()
+        with self._seq_lock:
+            changed = seq != self._known_seq
+            self._known_seq = max(self._known_seq, seq)
+        return changed
+
+    def _write(self, work: Callable[[Any, int], Any]) -> Any:
+        with write_transaction(self.engine) as conn:
+            seq = next_seq(conn)
+            result = work(conn, seq)
+        self._committed(seq)
+        return result
+
+    # ---- submitting ----------------------------------------------------------------------
+
+    def submit(self, payload: Any, *, records_may_exist: bool = False) -> documents.Submission:
+        """Store a submission in the original's formats, or reject it whole (SubmissionError)."""
+        docs = documents.documents_of(payload)
+
+        def work(conn: Any, seq: int) -> documents.Submission:
+            # Validation reads inside the write transaction, so nothing changes under it.
+            submission = documents.parse_submission(
+                docs,
+                task_exists=self.modules.exists,
+                stored_record_ids=lambda ids: records_db.existing_record_ids(conn, ids),
+                stored_task_ids=lambda ids: tasks_db.existing_task_ids(conn, ids),
+                records_may_exist=records_may_exist,
+            )
+            records_db.insert_records(conn, submission.records, seq)
+            tasks_db.insert_tasks(conn, submission.tasks, seq)
+            return submission
+
+        submission = self._write(work)
+        for record in submission.records:
+            log.info("Record %s added", record.id)
+        log.info("%d task(s) added", len(submission.tasks))
+        return submission
+
+    def submit_tasks(
+        self,
+        record_id: str,
+        names: Sequence[str],
+        *,
+        description: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+        requires: Sequence[str] = (),
+        platform: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> documents.Submission:
+        """Create record `record_id` (or add to it, when it exists) with one task per name."""
+        record_doc: dict[str, Any] = {**(extra or {}), "_id": record_id, "type": "record"}
+        if description is not None:
+            record_doc["description"] = description
+        docs: list[dict[str, Any]] = [record_doc]
+        for name in names:
+            task_doc: dict[str, Any] = {
+                "type": "task",
+                "record_id": record_id,
+                "name": name,
+                "priority": priority,
+            }
+            optional = {
+                "kwargs": kwargs,
+                "requires": list(requires) or None,
+                "platform": platform,
+                "timeout": timeout,
+            }
+            task_doc.update({k: v for k, v in optional.items() if v is not None})
+            docs.append(task_doc)
+        return self.submit(docs, records_may_exist=True)
+
+    # ---- dispatching ---------------------------------------------------------------------
+
+    def waiting_tasks(self, limit: int) -> list[Task]:
+        with read_transaction(self.engine) as conn:
+            return tasks_db.waiting_tasks(conn, limit)
+
+    def claim(
+        self, pairs: Sequence[tuple[str, str]], finished: Sequence[Finished] = ()
+    ) -> list[str]:
+        """Store `finished` runs, then claim (task id, node) pairs, in one transaction.
+
+        Returns the ids claimed; a task another master claimed first is skipped.
+        """
+
+        def work(conn: Any, seq: int) -> list[str]:
+            self._store_finished(conn, finished, seq)
+            return tasks_db.claim_tasks(conn, pairs, self.master_id, time.time(), seq)
+
+        if not pairs and not finished:
+            return []
+        claimed = self._write(work)
+        return claimed
+
+    def finish(self, finished: Sequence[Finished]) -> None:
+        if finished:
+            self.claim((), finished)
+
+    def _store_finished(self, conn: Any, finished: Sequence[Finished], seq: int) -> None:
+        if not finished:
+            return
+        rows = [
+            {
+                "id": f.task_id,
+                "master": self.master_id,
+                "attempt": f.attempt,
+                "state": f.state.value,
+                "completed": f.completed,
+                "results": f.results,
+                "reason": f.reason,
+                "module_sha256": f.module_sha256,
+                "output": f.output,
+            }
+            for f in finished
+        ]
+        written = set(tasks_db.finish_tasks(conn, rows, seq))
+        attachments_db.insert_attachments(
+            conn, [a for f in finished if f.task_id in written for a in f.attachments]
+        )
+        for f in finished:
+            if f.task_id not in written:
+                log.warning("Task %s: result from %s dropped, the task moved on", f.task_id, f.node)
+                continue
+            log.info("Task %s pushed to db", f.task_id)
+            for a in f.attachments:
+                log.info("Task %s: file %s attached", f.task_id, a.filename)
+
+    def requeue(
+        self, items: Sequence[tuple[str, int]], reason: str, *, node_lost: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Running (task id, attempt) pairs back to waiting.
+
+        When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
+        Returns (requeued ids, failed ids).
+        """
+
+        def work(conn: Any, seq: int) -> tuple[list[str], list[str]]:
+            now = time.time()
+            give_up: list[tuple[str, int]] = []
+            again = list(items)
+            if node_lost:
+                again = []
+                for task_id, attempt in items:
+                    if self._lost_count(conn, task_id) + 1 >= self._max_attempts(conn, task_id):
+                        give_up.append((task_id, attempt))
+                    else:
+                        again.append((task_id, attempt))
+            requeued = tasks_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
+            failed_rows = [
+                {
+                    "id": task_id,
+                    "master": self.master_id,
+                    "attempt": attempt,
+                    "state": TaskState.FAILED.value,
+                    "completed": now,
+                    "results": None,
+                    "reason": f"{reason}; gave up after {attempt} attempt(s)",
+                    "module_sha256": None,
+                    "output": None,
+                }
+                for task_id, attempt in give_up
+            ]
+            failed = tasks_db.finish_tasks(conn, failed_rows, seq)
+            return requeued, failed
+
+        requeued, failed = self._write(work)
+        for task_id in requeued:
+            log.info("Task %s back to waiting: %s", task_id, reason)
+        for task_id in failed:
+            log.warning("Task %s failed: %s; no attempts left", task_id, reason)
+        return requeued, failed
+
+    def _lost_count(self, conn: Any, task_id: str) -> int:
+        return conn.execute(
+            select(func.count())
+            .select_from(attempts_table)
+            .where(attempts_table.c.task_id == task_id, attempts_table.c.outcome == "lost")
+        ).scalar_one()
+
+    def _max_attempts(self, conn: Any, task_id: str) -> int:
+        task = tasks_db.get_task(conn, task_id)
+        if task is not None and task.max_attempts:
+            return task.max_attempts
+        return self.settings.dispatch.max_attempts
+
+    def fail_unrunnable(self, task_id: str, reason: str) -> bool:
+        """A waiting task that can never run (its module is gone) fails with `reason`."""
+        return self._write(
+            lambda conn, seq: tasks_db.fail_waiting(conn, task_id, reason, time.time(), seq)
+        )
+
+    def set_waiting_reasons(self, reasons: dict[str, str | None]) -> None:
+        if reasons:
+            self._write(lambda conn, seq: tasks_db.set_waiting_reasons(conn, reasons, seq))
+
+    def recover_orphans(self) -> list[str]:
+        """Tasks a dead dispatcher on this host left running go back to waiting."""
+        host = socket.gethostname()
+        with read_transaction(self.engine) as conn:
+            claims = tasks_db.running_claims(conn)
+        orphans = []
+        for task_id, attempt, owner in claims:
+            owner_host, _, rest = (owner or "").partition(":")
+            pid = rest.partition(":")[0]
+            gone = not _pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
+            if owner is None or (owner_host == host and gone):
+                orphans.append((task_id, attempt))
+        if not orphans:
+            return []
+        reason = "its dispatcher stopped without returning it"
+        recovered = self._write(
+            lambda conn, seq: tasks_db.requeue_tasks(conn, orphans, reason, time.time(), seq)
+        )
+        for task_id in recovered:
+            log.warning(
+                "Task %s was left running by a dispatcher that died; back to waiting", task_id
+            )
+        return recovered
+
+    # ---- nodes ---------------------------------------------------------------------------
+
+    def save_node(self, address: str, sys_info: dict[str, Any], slots: int | None = None) -> Node:
+        """Add a node with freshly probed sys_info, or refresh a known one."""
+        now = time.time()
+        with read_transaction(self.engine) as conn:
+            known = nodes_db.get_node(conn, address)
+        override = slots if slots is not None else (known.slots_override if known else None)
+        node = Node(
+            address=address,
+            enabled=known.enabled if known else True,
+            online=True,
+            slots=override or int(sys_info.get("cpu_count") or 1),
+            slots_override=override,
+            sys_info=sys_info,
+            added=known.added if known else now,
+            last_seen=now,
+            last_error=None,
+            load=sys_info.get("load"),
+        )
+        self._write(lambda conn, seq: nodes_db.upsert_node(conn, node, seq))
+        log.info("Node %s %s (%d slots)", address, "refreshed" if known else "added", node.slots)
+        return node
+
+    def set_node_enabled(self, address: str, enabled: bool) -> None:
+        if not self._write(
+            lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled)
+        ):
+            raise NotFoundError(f"no node {address!r}; see `dirt nodes list`")
+        log.info("Node %s %s", address, "enabled" if enabled else "disabled")
+
+    def remove_node(self, address: str) -> None:
+        def work(conn: Any, seq: int) -> bool:
+            running = [t for t in tasks_db.running_tasks(conn) if t.node == address]
+            if running:
+                raise StateError(
+                    f"node {address!r} is running {len(running)} task(s); "
+                    "disable it and wait, or stop the dispatcher first"
+                )
+            return nodes_db.delete_node(conn, address)
+
+        if not self._write(work):
+            raise NotFoundError(f"no node {address!r}; see `dirt nodes list`")
+        log.info("Node %s removed", address)
+
+    def node_health(
+        self,
+        address: str,
+        *,
+        online: bool,
+        error: str | None = None,
+        load: list[float] | None = None,
+        infra_failure: bool = False,
+    ) -> None:
+        values: dict[str, Any] = {"online": online}
+        if online:
+            values["last_seen"] = time.time()
+            values["last_error"] = None
+        if error is not None:
+            values["last_error"] = error
+        if load is not None:
+            values["load"] = load
+        if infra_failure:
+            values["infra_failures"] = nodes_db.nodes.c.infra_failures + 1
+        self._write(lambda conn, seq: nodes_db.update_node(conn, address, seq, **values))
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        with read_transaction(self.engine) as conn:
+            return nodes_db.list_nodes(conn)
+
+    def running_per_node(self) -> dict[str, int]:
+        with read_transaction(self.engine) as conn:
+            return tasks_db.running_per_node(conn)
+
+    def node(self, address: str) -> Node:
+        with read_transaction(self.engine) as conn:
+            node = nodes_db.get_node(conn, address)
+        if node is None:
+            raise NotFoundError(f"no node {address!r}; see `dirt nodes list`")
+        return node
+
+    def record_summaries(
+        self, limit: int = 50, before: tuple[float, str] | None = None, search: str | None = None
+    ) -> list[RecordSummary]:
+        with read_transaction(self.engine) as conn:
+            found = records_db.list_records(conn, limit, before, search)
+            counts = records_db.task_counts(conn, [r.id for r in found])
+        return [RecordSummary(r, counts[r.id]) for r in found]
+
+    def record_detail(self, record_id: str) -> RecordDetail:
+        with read_transaction(self.engine) as conn:
+            record = records_db.get_record(conn, record_id)
+            if record is None:
+                raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
+            found = tasks_db.tasks_of_record(conn, record_id)
+            ids = [t.id for t in found]
+            return RecordDetail(
+                record,
+                found,
+                attachments_db.attachments_of(conn, ids),
+                tasks_db.attempts_of(conn, ids),
+            )
+
+    def task(self, task_id: str) -> Task:
+        with read_transaction(self.engine) as conn:
+            task = tasks_db.get_task(conn, task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        return task
+
+    def tasks(self, task_ids: Iterable[str]) -> list[Task]:
+        with read_transaction(self.engine) as conn:
+            return [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
+
+    def attachment(self, task_id: str, filename: str) -> Attachment:
+        with read_transaction(self.engine) as conn:
+            found = attachments_db.get_attachment(conn, task_id, filename)
+        if found is None:
+            raise NotFoundError(f"task {task_id!r} has no attachment {filename!r}")
+        return found
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

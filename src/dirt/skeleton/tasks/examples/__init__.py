@@ -1,0 +1,1 @@
+"""Example task modules; each documents one part of the task-module contract."""
