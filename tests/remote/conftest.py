@@ -74,6 +74,11 @@ class Node:
 
 
 @pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+@pytest.fixture
 def make_node() -> Iterator[Callable[[str], Node]]:
     """Factory: make_node("process"|"thread") -> an open Node, closed at teardown."""
     made: list[NodeConnection] = []

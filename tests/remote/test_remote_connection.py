@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import execnet
 import pytest
-from conftest import Collector, Node
 
 from dirt.dispatch.connection import NodeConnection, NodeLostError, popen_spec
 from dirt.remote import source
+
+if TYPE_CHECKING:
+    # The conftest here and tests/conftest.py share a module name: import for types only.
+    from conftest import Collector, Node
 
 SYSINFO_KEYS = {
     "cpu_count",
@@ -43,8 +48,7 @@ def test_sysinfo_has_the_original_keys_and_more(process_node: Node) -> None:
     assert isinstance(info["ip"], str)
 
 
-def test_open_fails_readably_for_a_missing_python() -> None:
-    collector = Collector()
+def test_open_fails_readably_for_a_missing_python(collector: Collector) -> None:
     conn = NodeConnection(
         popen_spec("/nonexistent/python3"), "process", collector.on_done, collector.on_lost
     )
@@ -54,8 +58,7 @@ def test_open_fails_readably_for_a_missing_python() -> None:
     assert collector.lost == []
 
 
-def test_unknown_isolation_is_rejected() -> None:
-    collector = Collector()
+def test_unknown_isolation_is_rejected(collector: Collector) -> None:
     with pytest.raises(ValueError, match="isolation"):
         NodeConnection(popen_spec(), "vm", collector.on_done, collector.on_lost)
 
@@ -99,3 +102,28 @@ def test_shipped_sources_are_stdlib_only() -> None:
             for line in source(name).splitlines()
             if line.startswith(("import ", "from "))
         ]
+
+
+def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
+    group = execnet.Group()
+    try:
+        gw = group.makegateway(popen_spec())
+        channel = gw.remote_exec(source("agent"))
+        channel.send({"isolation": "process", "forkserver_source": "raise SystemExit(7)\n"})
+        kind, message = channel.receive(30)
+        channel.waitclose(30)
+    finally:
+        group.terminate(10)
+    assert kind == "fatal"
+    assert "fork server did not start: exit code 7" in message
+
+
+def test_probe_load_reports_averages() -> None:
+    group = execnet.Group()
+    try:
+        gw = group.makegateway(popen_spec())
+        averages, cpus = gw.remote_exec(source("probe_load")).receive(30)
+    finally:
+        group.terminate(10)
+    assert len(averages) == 3
+    assert cpus >= 1

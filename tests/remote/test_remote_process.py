@@ -6,8 +6,11 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from conftest import Node
+if TYPE_CHECKING:
+    # The conftest here and tests/conftest.py share a module name: import for types only.
+    from conftest import Node
 
 SLOW_OK = """
 import time

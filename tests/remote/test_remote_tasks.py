@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import TYPE_CHECKING
 
-from conftest import Node
+if TYPE_CHECKING:
+    # The conftest here and tests/conftest.py share a module name: import for types only.
+    from conftest import Node
+
 
 ORIGINAL_WITH_KWARGS = """
     def add(a, b):

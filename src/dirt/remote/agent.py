@@ -30,6 +30,7 @@ import heapq
 import marshal
 import os
 import selectors
+import shutil
 import signal
 import struct
 import subprocess
@@ -208,26 +209,34 @@ class ForkServerClient:
             reason = self.death_reason()
             self.close_files()
             raise RuntimeError(f"fork server did not start: {reason}")
-        self.pid = message[1]
+        self.pid, self.tmpdir = message[1], message[2]
         self.reader = threading.Thread(target=self.read_loop, name="dirt-forkserver-reader")
         self.reader.daemon = True
         self.reader.start()
 
-    def read_message(self, timeout=None):
-        """One framed message from the fork server, or None at EOF or timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def next_frame(self):
+        """The next complete message in the buffer, or None."""
+        if len(self.buffer) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self.buffer)
+        end = HEADER.size + size
+        if len(self.buffer) < end:
+            return None
+        payload = self.buffer[HEADER.size : end]
+        self.buffer = self.buffer[end:]
+        return marshal.loads(payload)
+
+    def read_message(self, timeout):
+        """One message from the fork server, or None at EOF or after timeout seconds."""
+        deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self.out_fd, selectors.EVENT_READ)
             while True:
-                if len(self.buffer) >= HEADER.size:
-                    (size,) = HEADER.unpack_from(self.buffer)
-                    end = HEADER.size + size
-                    if len(self.buffer) >= end:
-                        payload = self.buffer[HEADER.size : end]
-                        self.buffer = self.buffer[end:]
-                        return marshal.loads(payload)
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if deadline is not None and wait == 0.0:
+                message = self.next_frame()
+                if message is not None:
+                    return message
+                wait = deadline - time.monotonic()
+                if wait <= 0:
                     return None
                 if not sel.select(wait):
                     continue
@@ -239,12 +248,16 @@ class ForkServerClient:
     def read_loop(self):
         while True:
             try:
-                message = self.read_message()
+                message = self.next_frame()
+                if message is None:
+                    # Blocking read: this thread has nothing else to do meanwhile.
+                    chunk = os.read(self.out_fd, 1 << 20)
+                    if not chunk:
+                        break
+                    self.buffer += chunk
+                    continue
             except Exception:
-                message = None
-            if message is None:
-                self.on_eof()
-                return
+                break
             kind = message[0]
             if kind == "done":
                 task_id, outcome = message[1], message[2]
@@ -255,6 +268,7 @@ class ForkServerClient:
                 with self.lock:
                     if message[1] in self.in_flight:
                         self.in_flight[message[1]] = message[2]
+        self.on_eof()
 
     def on_eof(self):
         with self.lock:
@@ -264,6 +278,8 @@ class ForkServerClient:
         if self.stopping and not lost:
             return
         reason = self.death_reason()
+        # A fork server killed outright could not remove its own files.
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
         for task_id, pid in lost.items():
             if pid is not None:
                 # The children outlive their fork server; take them (and theirs) down.

@@ -13,7 +13,7 @@ agent -> fork server:
     ("kill", task_id)
     ("stop",)
 fork server -> agent:
-    ("ready", pid)
+    ("ready", pid, tmpdir)                tmpdir holds the children's output and result files
     ("started", task_id, child_pid)      so the agent can kill the group if we die
     ("done", task_id, outcome)           outcome as in the agent protocol
     ("error", message)                   a request the fork server could not act on
@@ -201,17 +201,24 @@ class ForkServer:
         self.seq = 0
         self.buffer = b""
         self.stopping = False
+        self.agent_gone = False
 
     def private_fds(self):
         return [self.proto_in, self.proto_out, self.wake_r, self.wake_w, self.selector.fileno()]
 
     def send(self, message):
+        if self.agent_gone:
+            return
         data = marshal.dumps(message)
-        frame = HEADER.pack(len(data)) + data
-        view = memoryview(frame)
-        while view:
-            n = os.write(self.proto_out, view)
-            view = view[n:]
+        view = memoryview(HEADER.pack(len(data)) + data)
+        try:
+            while view:
+                view = view[os.write(self.proto_out, view) :]
+        except OSError:
+            # The agent is gone (its gateway was killed): nobody is left to report to, so
+            # wind down, killing what still runs.
+            self.agent_gone = True
+            self.stopping = True
 
     # requests ---------------------------------------------------------------------------
 
@@ -375,7 +382,13 @@ class ForkServer:
         # children's garbage collector from touching (and copying) those pages.
         gc.collect()
         gc.freeze()
-        self.send(("ready", os.getpid()))
+        self.send(("ready", os.getpid(), self.tmpdir))
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+
+    def loop(self):
         while not self.stopping:
             now = time.monotonic()
             self.expire(now)
@@ -391,21 +404,19 @@ class ForkServer:
             # Reaping on every pass also covers a SIGCHLD that arrived before a select.
             if self.by_pid:
                 self.reap()
-        self.shutdown()
 
     def shutdown(self):
-        for running in list(self.by_task.values()):
-            running.killed = True
-            kill_group(running.pid)
-        deadline = time.monotonic() + 5
-        while self.by_pid and time.monotonic() < deadline:
-            try:
+        try:
+            for running in list(self.by_task.values()):
+                running.killed = True
+                kill_group(running.pid)
+            deadline = time.monotonic() + 5
+            while self.by_pid and time.monotonic() < deadline:
                 self.reap()
-            except OSError:
-                break
-            if self.by_pid:
-                time.sleep(0.01)
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+                if self.by_pid:
+                    time.sleep(0.01)
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def failed(error):
