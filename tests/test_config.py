@@ -31,8 +31,9 @@ def test_dirt_database_url_overrides_the_store(project: Path) -> None:
 
 
 def test_environment_variables_override_the_file(project: Path) -> None:
-    settings = load_settings(project, environ={"DIRT_DISPATCH_ISOLATION": "thread",
-                                               "DIRT_DISPATCH_MAX_ATTEMPTS": "5"})
+    settings = load_settings(
+        project, environ={"DIRT_DISPATCH_ISOLATION": "thread", "DIRT_DISPATCH_MAX_ATTEMPTS": "5"}
+    )
     assert settings.dispatch.isolation == "thread"
     assert settings.dispatch.max_attempts == 5
 

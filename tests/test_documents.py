@@ -33,10 +33,20 @@ def test_the_seed_documents_are_accepted_inside_docs(service: Service) -> None:
 def test_extra_fields_of_records_and_tasks_come_back_as_they_came(service: Service) -> None:
     service.submit(
         [
-            {"_id": "r1", "type": "record", "sha": "abc123", "changeset_url": "http://x/1",
-             "nested": {"a": [1, 2]}},
-            {"_id": "t1", "type": "task", "record_id": "r1", "name": "examples.simple",
-             "label": "smoke"},
+            {
+                "_id": "r1",
+                "type": "record",
+                "sha": "abc123",
+                "changeset_url": "http://x/1",
+                "nested": {"a": [1, 2]},
+            },
+            {
+                "_id": "t1",
+                "type": "task",
+                "record_id": "r1",
+                "name": "examples.simple",
+                "label": "smoke",
+            },
         ]
     )
     detail = service.record_detail("r1")
@@ -47,8 +57,10 @@ def test_extra_fields_of_records_and_tasks_come_back_as_they_came(service: Servi
 
 def test_task_ids_are_generated_and_created_defaults_to_now(service: Service) -> None:
     submission = service.submit(
-        [{"_id": "r1", "type": "record"},
-         {"type": "task", "record_id": "r1", "name": "examples.simple"}]
+        [
+            {"_id": "r1", "type": "record"},
+            {"type": "task", "record_id": "r1", "name": "examples.simple"},
+        ]
     )
     task = submission.tasks[0]
     assert len(task.id) == 32 and int(task.id, 16) >= 0
@@ -85,14 +97,16 @@ def test_every_problem_is_listed_and_nothing_is_stored(service: Service) -> None
 
 def test_a_record_that_exists_is_a_conflict(service: Service) -> None:
     service.submit([{"_id": "r1", "type": "record"}])
-    assert "record 'r1' already exists" in problems_of(
-        service, [{"_id": "r1", "type": "record"}]
-    )[0]
+    assert (
+        "record 'r1' already exists" in problems_of(service, [{"_id": "r1", "type": "record"}])[0]
+    )
 
 
 def test_a_task_id_that_exists_is_a_conflict(service: Service) -> None:
-    docs = [{"_id": "r1", "type": "record"},
-            {"_id": "t1", "type": "task", "record_id": "r1", "name": "examples.simple"}]
+    docs = [
+        {"_id": "r1", "type": "record"},
+        {"_id": "t1", "type": "task", "record_id": "r1", "name": "examples.simple"},
+    ]
     service.submit(docs)
     problems = problems_of(service, docs[1:])
     assert problems == ["task id 't1' already exists"]
@@ -100,17 +114,17 @@ def test_a_task_id_that_exists_is_a_conflict(service: Service) -> None:
 
 def test_tasks_may_refer_to_a_stored_record(service: Service) -> None:
     service.submit([{"_id": "r1", "type": "record"}])
-    submission = service.submit(
-        [{"type": "task", "record_id": "r1", "name": "examples.simple"}]
-    )
+    submission = service.submit([{"type": "task", "record_id": "r1", "name": "examples.simple"}])
     assert submission.tasks[0].record_id == "r1"
 
 
 def test_state_fields_are_refused(service: Service) -> None:
     problems = problems_of(
         service,
-        [{"_id": "r1", "type": "record"},
-         {"type": "task", "record_id": "r1", "name": "examples.simple", "state": "succeeded"}],
+        [
+            {"_id": "r1", "type": "record"},
+            {"type": "task", "record_id": "r1", "name": "examples.simple", "state": "succeeded"},
+        ],
     )
     assert problems == ["document 2: 'state' is set by dirt, not by a submission"]
 
@@ -118,8 +132,10 @@ def test_state_fields_are_refused(service: Service) -> None:
 def test_wrong_types_are_named(service: Service) -> None:
     problems = problems_of(
         service,
-        [{"_id": 5, "type": "record"},
-         {"_id": "r2", "type": "record", "description": ["x"], "created": "yesterday"}],
+        [
+            {"_id": 5, "type": "record"},
+            {"_id": "r2", "type": "record", "description": ["x"], "created": "yesterday"},
+        ],
     )
     assert any("record '_id' must be a non-empty string, got 5" in p for p in problems)
     assert any("'description' must be a string" in p for p in problems)
@@ -129,9 +145,15 @@ def test_wrong_types_are_named(service: Service) -> None:
 def test_a_bad_requirement_names_the_expression(service: Service) -> None:
     problems = problems_of(
         service,
-        [{"_id": "r1", "type": "record"},
-         {"type": "task", "record_id": "r1", "name": "examples.simple",
-          "requires": ["architecture equals arm64"]}],
+        [
+            {"_id": "r1", "type": "record"},
+            {
+                "type": "task",
+                "record_id": "r1",
+                "name": "examples.simple",
+                "requires": ["architecture equals arm64"],
+            },
+        ],
     )
     assert "'architecture equals arm64' does not parse" in problems[0]
 
@@ -142,8 +164,7 @@ def test_neither_list_nor_docs_is_refused(service: Service) -> None:
 
 def test_submit_tasks_creates_the_record_then_adds_to_it(service: Service) -> None:
     first = service.submit_tasks("r9", ["examples.simple"], description="nine")
-    second = service.submit_tasks("r9", ["examples.arguments"],
-                                  kwargs={"cat": 1, "dog": 2})
+    second = service.submit_tasks("r9", ["examples.arguments"], kwargs={"cat": 1, "dog": 2})
     assert [r.id for r in first.records] == ["r9"] and second.records == []
     detail = service.record_detail("r9")
     assert detail.record.description == "nine"

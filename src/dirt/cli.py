@@ -103,8 +103,12 @@ def _parse_json_option(value: str | None, what: str) -> Any:
 @click.option("-d", "--description", help="The record's description (when it is new).")
 @click.option("-t", "--task", "tasks", multiple=True, help="A task name; repeat for more.")
 @click.option("--kwargs", help="JSON object passed to every task given with -t.")
-@click.option("--requires", "requirements", multiple=True, help="A requirement, e.g. "
-              "'architecture is x86_64'; repeat for more.")
+@click.option(
+    "--requires",
+    "requirements",
+    multiple=True,
+    help="A requirement, e.g. 'architecture is x86_64'; repeat for more.",
+)
 @click.option("--platform", help="linux, osx or windows.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--timeout", type=float, help="Seconds before the task is killed.")
@@ -142,8 +146,12 @@ def submit(
         )
     else:
         if description or kwargs or requirements or platform or timeout:
-            raise SubmissionError(["-d, --kwargs, --requires, --platform and --timeout go with "
-                                   "-t NAME; a JSON file carries its own fields"])
+            raise SubmissionError(
+                [
+                    "-d, --kwargs, --requires, --platform and --timeout go with "
+                    "-t NAME; a JSON file carries its own fields"
+                ]
+            )
         submission = obj.service.submit(_read_json_file(target))
     for record in submission.records:
         out.print(f"record {record.id} added")
@@ -171,8 +179,12 @@ def _read_json_file(target: str) -> Any:
 
 def _wait_for(service: Any, task_ids: list[str], poll: float = 0.1) -> int:
     """Progress bar until every task is finished; 1 when any failed."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=False) as progress:
         bar = progress.add_task("waiting", total=len(task_ids))
         while True:
@@ -181,7 +193,8 @@ def _wait_for(service: Any, task_ids: list[str], poll: float = 0.1) -> int:
             failed = [t for t in done if t.state is not TaskState.SUCCEEDED]
             running = sum(t.state is TaskState.RUNNING for t in found)
             progress.update(
-                bar, completed=len(done),
+                bar,
+                completed=len(done),
                 description=f"{running} running, {len(failed)} failed",
             )
             if len(done) == len(found):
@@ -211,9 +224,10 @@ def _add_nodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None:
             return host, None, str(exc)
 
     columns = (TextColumn("probing nodes"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=err, transient=True) as progress, ThreadPoolExecutor(
-        max_workers=min(16, len(hosts))
-    ) as pool:
+    with (
+        Progress(*columns, console=err, transient=True) as progress,
+        ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool,
+    ):
         bar = progress.add_task("probe", total=len(hosts))
         for host, sys_info, error in pool.map(one, hosts):
             progress.advance(bar)
@@ -269,8 +283,7 @@ def nodes_list(obj: Context, as_json: bool) -> None:
     if not found:
         out.print("no nodes; add one with `dirt nodes add local` or `dirt nodes add HOST`")
         return
-    table = Table("node", "enabled", "online", "slots", "load", "system", "last seen",
-                  "last error")
+    table = Table("node", "enabled", "online", "slots", "load", "system", "last seen", "last error")
     for n in found:
         info = n.sys_info
         table.add_row(

@@ -60,8 +60,10 @@ def run_demo(
     say("3. Probing this machine as node 'local' (a local process, no SSH)")
     sys_info = probe("local", settings.nodes)
     node = service.save_node("local", sys_info)
-    say(f"   local: {sys_info.get('hostname')} {sys_info.get('system')} "
-        f"{sys_info.get('architecture')}, {node.slots} slot(s)")
+    say(
+        f"   local: {sys_info.get('hostname')} {sys_info.get('system')} "
+        f"{sys_info.get('architecture')}, {node.slots} slot(s)"
+    )
     docs = demo_documents()
     ids = [d["_id"] for d in docs]
     new = _unstored(service, docs)
@@ -72,8 +74,10 @@ def run_demo(
         say("4. The sample records are already stored; running what still waits")
     task_ids = [d["_id"] for d in docs if d["type"] == "task"]
     setup_logging(settings)
-    say("5. Serving: tasks go to 'local' as slots free up. Ctrl-C stops"
-        + (" (or wait: --once stops when they are done)" if once else ""))
+    say(
+        "5. Serving: tasks go to 'local' as slots free up. Ctrl-C stops"
+        + (" (or wait: --once stops when they are done)" if once else "")
+    )
     watcher = threading.Thread(
         target=_report_when_done, args=(service, task_ids, once, say), daemon=True
     )
@@ -89,7 +93,8 @@ def _unstored(service: Service, docs: list[dict[str, Any]]) -> list[dict[str, An
     stored_records = {s.record.id for s in service.record_summaries(limit=1000)}
     stored_tasks = {t.id for t in service.tasks(d["_id"] for d in docs if d["type"] == "task")}
     return [
-        d for d in docs
+        d
+        for d in docs
         if (d["type"] == "record" and d["_id"] not in stored_records)
         or (d["type"] == "task" and d["_id"] not in stored_tasks)
     ]

@@ -239,6 +239,8 @@ def parse_submission(
     checker = _Checker(task_exists, time.time() if now is None else now)
     submission = Submission()
     seen: dict[str, str] = {}
+    # Every task's record is checked, even a task with other problems: all problems at once.
+    referenced: list[tuple[str, str]] = []
     for index, doc in enumerate(docs):
         where = f"document {index + 1}"
         if not isinstance(doc, dict):
@@ -251,6 +253,8 @@ def parse_submission(
             item: Record | Task | None = checker.record(doc, where)
         elif kind == "task":
             item = checker.task(doc, where)
+            if isinstance(doc.get("record_id"), str):
+                referenced.append((where, doc["record_id"]))
         else:
             checker.problems.append(f"{where}: unknown type {kind!r} (expected 'record' or 'task')")
             continue
@@ -266,7 +270,7 @@ def parse_submission(
             submission.tasks.append(item)
 
     record_ids = {r.id for r in submission.records}
-    stored_records = stored_record_ids(record_ids | {t.record_id for t in submission.tasks})
+    stored_records = stored_record_ids(record_ids | {rid for _, rid in referenced})
     if records_may_exist:
         submission.records = [r for r in submission.records if r.id not in stored_records]
     else:
@@ -275,11 +279,10 @@ def parse_submission(
                 f"record {record_id!r} already exists (add tasks to it with "
                 f"`dirt submit {record_id} -t NAME`)"
             )
-    for task in submission.tasks:
-        if task.record_id not in record_ids and task.record_id not in stored_records:
+    for where, record_id in referenced:
+        if record_id not in record_ids and record_id not in stored_records:
             checker.problems.append(
-                f"task {task.id}: record {task.record_id!r} exists neither in the store nor in "
-                "this submission"
+                f"{where}: record {record_id!r} exists neither in the store nor in this submission"
             )
     for task_id in sorted(stored_task_ids({t.id for t in submission.tasks})):
         checker.problems.append(f"task id {task_id!r} already exists")

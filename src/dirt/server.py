@@ -18,16 +18,22 @@ def serve(service: Service, on_ready: Callable[[Dispatcher], None] | None = None
     dispatcher = Dispatcher(service)
 
     def stop(signum: int, _frame: object) -> None:
-        log.info("%s received: taking no new tasks, returning running ones to waiting",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s received: taking no new tasks, returning running ones to waiting",
+            signal.Signals(signum).name,
+        )
         dispatcher.stop()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-    log.info("dispatcher %s serving project %s (%s isolation, store %s)",
-             service.master_id, service.settings.name, service.settings.dispatch.isolation,
-             _safe_url(service.settings.database_url))
+    log.info(
+        "dispatcher %s serving project %s (%s isolation, store %s)",
+        service.master_id,
+        service.settings.name,
+        service.settings.dispatch.isolation,
+        _safe_url(service.settings.database_url),
+    )
     if on_ready is not None:
         threading.Thread(
             target=lambda: dispatcher.ready.wait() and on_ready(dispatcher),

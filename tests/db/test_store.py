@@ -14,8 +14,14 @@ def submit_one(store: Service, task_id: str = "t1", record_id: str = "r1") -> No
     store.submit(
         [
             {"_id": record_id, "type": "record", "description": "one", "sha": "f00"},
-            {"_id": task_id, "type": "task", "record_id": record_id, "name": "examples.simple",
-             "kwargs": {"n": 1}, "requires": ["architecture is x86_64"]},
+            {
+                "_id": task_id,
+                "type": "task",
+                "record_id": record_id,
+                "name": "examples.simple",
+                "kwargs": {"n": 1},
+                "requires": ["architecture is x86_64"],
+            },
         ]
     )
 
@@ -24,12 +30,17 @@ def test_a_submission_round_trips_with_its_extra_fields(store: Service) -> None:
     submit_one(store)
     detail = store.record_detail("r1")
     assert detail.record.to_doc() == {
-        "_id": "r1", "type": "record", "description": "one", "created": detail.record.created,
+        "_id": "r1",
+        "type": "record",
+        "description": "one",
+        "created": detail.record.created,
         "sha": "f00",
     }
     task = detail.tasks[0]
     assert (task.state, task.kwargs, task.requires) == (
-        TaskState.WAITING, {"n": 1}, ["architecture is x86_64"]
+        TaskState.WAITING,
+        {"n": 1},
+        ["architecture is x86_64"],
     )
 
 
@@ -72,16 +83,32 @@ def test_concurrent_claims_of_one_task_have_one_winner(store: Service) -> None:
 def test_results_are_stored_only_under_the_claim_that_ran(store: Service) -> None:
     submit_one(store)
     store.claim([("t1", "a")])
-    stale = Finished("t1", attempt=7, node="a", state=TaskState.SUCCEEDED,
-                     results={"success": True}, reason=None, module_sha256="x")
+    stale = Finished(
+        "t1",
+        attempt=7,
+        node="a",
+        state=TaskState.SUCCEEDED,
+        results={"success": True},
+        reason=None,
+        module_sha256="x",
+    )
     store.finish([stale])
     assert store.task("t1").state is TaskState.RUNNING
-    good = Finished("t1", attempt=1, node="a", state=TaskState.SUCCEEDED,
-                    results={"success": True}, reason=None, module_sha256="ab" * 32)
+    good = Finished(
+        "t1",
+        attempt=1,
+        node="a",
+        state=TaskState.SUCCEEDED,
+        results={"success": True},
+        reason=None,
+        module_sha256="ab" * 32,
+    )
     store.finish([good])
     task = store.task("t1")
     assert (task.state, task.results, task.module_sha256) == (
-        TaskState.SUCCEEDED, {"success": True}, "ab" * 32
+        TaskState.SUCCEEDED,
+        {"success": True},
+        "ab" * 32,
     )
 
 
@@ -107,10 +134,14 @@ def test_a_task_that_loses_max_attempts_nodes_fails(store: Service) -> None:
 
 
 def test_records_list_newest_first_with_counts(store: Service) -> None:
-    store.submit([{"_id": "old", "type": "record", "created": 100},
-                  {"_id": "new", "type": "record", "created": 200},
-                  {"type": "task", "record_id": "new", "name": "examples.simple"},
-                  {"type": "task", "record_id": "new", "name": "examples.simple"}])
+    store.submit(
+        [
+            {"_id": "old", "type": "record", "created": 100},
+            {"_id": "new", "type": "record", "created": 200},
+            {"type": "task", "record_id": "new", "name": "examples.simple"},
+            {"type": "task", "record_id": "new", "name": "examples.simple"},
+        ]
+    )
     store.claim([(store.record_detail("new").tasks[0].id, "a")])
     summaries = store.record_summaries()
     assert [s.record.id for s in summaries] == ["new", "old"]
@@ -120,15 +151,33 @@ def test_records_list_newest_first_with_counts(store: Service) -> None:
 
 
 def test_waiting_tasks_come_highest_priority_then_oldest(store: Service) -> None:
-    store.submit([
-        {"_id": "r", "type": "record"},
-        {"_id": "low", "type": "task", "record_id": "r", "name": "examples.simple",
-         "created": 1},
-        {"_id": "high", "type": "task", "record_id": "r", "name": "examples.simple",
-         "created": 3, "priority": 5},
-        {"_id": "mid", "type": "task", "record_id": "r", "name": "examples.simple",
-         "created": 2},
-    ])
+    store.submit(
+        [
+            {"_id": "r", "type": "record"},
+            {
+                "_id": "low",
+                "type": "task",
+                "record_id": "r",
+                "name": "examples.simple",
+                "created": 1,
+            },
+            {
+                "_id": "high",
+                "type": "task",
+                "record_id": "r",
+                "name": "examples.simple",
+                "created": 3,
+                "priority": 5,
+            },
+            {
+                "_id": "mid",
+                "type": "task",
+                "record_id": "r",
+                "name": "examples.simple",
+                "created": 2,
+            },
+        ]
+    )
     assert [t.id for t in store.waiting_tasks(10)] == ["high", "low", "mid"]
 
 
