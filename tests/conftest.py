@@ -118,14 +118,24 @@ def wait_finished(service: Service, task_ids: list[str], timeout: float = 30) ->
     return wait_for(done, timeout, what=f"tasks {task_ids} to finish")
 
 
-def run_dirt(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-             timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+def run_dirt(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real `dirt` command."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "200")
     return subprocess.run(
-        [DIRT, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        [DIRT, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         input=input,
     )
 

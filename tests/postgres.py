@@ -42,13 +42,36 @@ class PostgresServer:
     def start(self) -> None:
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(find_bin("initdb") or "initdb", "-D", str(self.data), "-A", "trust",
-                  "-U", "postgres", "--no-sync", "-E", "UTF8")
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                   "-c max_connections=200")
-        self._run(find_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-o", options,
-                  "-l", str(self.dir / "log"), "-w", "-t", "60", "start")
+        self._run(
+            find_bin("initdb") or "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            find_bin("pg_ctl") or "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -57,15 +80,23 @@ class PostgresServer:
         import psycopg
 
         name = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def stop(self) -> None:
         try:
-            self._run(find_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "immediate",
-                      "-w", "stop")
+            self._run(
+                find_bin("pg_ctl") or "pg_ctl",
+                "-D",
+                str(self.data),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            )
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)

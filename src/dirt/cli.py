@@ -208,7 +208,9 @@ def _wait_for(service: Any, task_ids: list[str], poll: float = 0.1) -> int:
 # ---- nodes ---------------------------------------------------------------------------------
 
 
-def _add_nodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None:
+def _add_nodes(
+    obj: Context, hosts: tuple[str, ...], slots: int | None, ssh: dict[str, Any] | None = None
+) -> None:
     from dirt.dispatch.runner import probe
     from dirt.documents import parse_address
 
@@ -216,10 +218,14 @@ def _add_nodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None:
         parse_address(host)
     settings = obj.settings
     failures = 0
+    known = {n.address: n.ssh for n in obj.service.nodes()}
+    ssh = {k: v for k, v in (ssh or {}).items() if v not in (None, "")}
 
     def one(host: str) -> tuple[str, dict[str, Any] | None, str | None]:
+        options = {**known.get(host, {}), **ssh}
         try:
-            return host, probe(host, settings.nodes, settings.nodes.connect_timeout + 20), None
+            info = probe(host, settings.nodes, settings.nodes.connect_timeout + 20, options)
+            return host, info, None
         except DirtError as exc:
             return host, None, str(exc)
 
@@ -235,7 +241,7 @@ def _add_nodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None:
                 failures += 1
                 progress.console.print(f"[red]✗[/] {host}: {error}")
                 continue
-            node = obj.service.save_node(host, sys_info, slots)
+            node = obj.service.save_node(host, sys_info, slots, ssh)
             info = node.sys_info
             progress.console.print(
                 f"[green]✓[/] {host}: {info.get('hostname')} {info.get('system')} "
@@ -254,10 +260,46 @@ def nodes() -> None:
 @nodes.command("add")
 @click.argument("hosts", nargs=-1, required=True)
 @click.option("--slots", type=click.IntRange(1), help="Tasks run at once (default: cpu_count).")
+@click.option("--user", help="SSH login name (default: [nodes] user, or ssh's own).")
+@click.option("--port", type=click.IntRange(1, 65535), help="SSH port.")
+@click.option("--identity", type=click.Path(dir_okay=False), help="SSH private key file.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file (ssh -F).")
+@click.option("--python", help="The node's Python interpreter (default: python3).")
+@click.option(
+    "--strict-host-keys",
+    is_flag=True,
+    default=None,
+    help="Refuse hosts whose key is not in known_hosts (default: accept new keys once).",
+)
 @click.pass_obj
-def nodes_add(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None:
-    """Probe HOST... ([user@]host[:port], or local) and add or refresh them."""
-    _add_nodes(obj, hosts, slots)
+def nodes_add(
+    obj: Context,
+    hosts: tuple[str, ...],
+    slots: int | None,
+    user: str | None,
+    port: int | None,
+    identity: str | None,
+    ssh_config: str | None,
+    python: str | None,
+    strict_host_keys: bool | None,
+) -> None:
+    """Probe HOST... ([user@]host[:port], an ssh_config alias, or local) and add or refresh
+    them, in parallel. The SSH options given are stored with each node and used whenever the
+    dispatcher connects to it.
+
+    \b
+    dirt nodes add build1 build2.example.org --user ci --identity ~/.ssh/ci_ed25519
+    dirt nodes add root@10.0.0.7:2222 --python /opt/python3.12/bin/python3
+    """
+    ssh = {
+        "user": user,
+        "port": port,
+        "identity_file": str(Path(identity).expanduser().resolve()) if identity else None,
+        "ssh_config": str(Path(ssh_config).expanduser().resolve()) if ssh_config else None,
+        "python": python,
+        "host_key_checking": "strict" if strict_host_keys else None,
+    }
+    _add_nodes(obj, hosts, slots, ssh)
 
 
 @main.command("updatenodes")
@@ -288,8 +330,8 @@ def nodes_list(obj: Context, as_json: bool) -> None:
         info = n.sys_info
         table.add_row(
             n.address,
-            "yes" if n.enabled else "[yellow]no[/]",
-            "yes" if n.online else "[red]no[/]",
+            "yes" if n.enabled else "[yellow]no (disabled)[/]",
+            "yes" if n.online else "[red]no (offline)[/]",
             f"{running.get(n.address, 0)}/{n.slots}",
             " ".join(f"{x:.2f}" for x in (n.load or [])[:1]) or "-",
             f"{info.get('system', '?')} {info.get('architecture', '?')}",
@@ -329,15 +371,88 @@ def nodes_remove(obj: Context, host: str) -> None:
 # ---- serve ---------------------------------------------------------------------------------
 
 
+def _web_options(command: Any) -> Any:
+    command = click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        envvar="DIRT_WEB_PORT",
+        help="Web server port (default: [web] port, 8080; 0 picks a free one).",
+    )(command)
+    return click.option(
+        "--host",
+        envvar="DIRT_WEB_HOST",
+        help="Web server address (default: [web] host, 127.0.0.1).",
+    )(command)
+
+
+def _say_url(url: str) -> None:
+    click.echo(f"Web page and API at {url} (API docs at {url}docs)")
+
+
 @main.command()
+@click.option("--no-web", is_flag=True, help="Run the dispatcher only, no web server.")
+@_web_options
 @click.pass_obj
-def serve(obj: Context) -> None:
-    """Run the dispatcher until Ctrl-C: waiting tasks go to nodes with free slots."""
+def serve(obj: Context, no_web: bool, host: str | None, port: int | None) -> None:
+    """Run the dispatcher and the web server until Ctrl-C."""
     from dirt.logs import setup_logging
     from dirt.server import serve as run_server
 
     setup_logging(obj.settings)
-    sys.exit(run_server(obj.service))
+    sys.exit(run_server(obj.service, web=not no_web, host=host, port=port, on_web=_say_url))
+
+
+@main.command()
+@_web_options
+@click.pass_obj
+def web(obj: Context, host: str | None, port: int | None) -> None:
+    """Run the web server only (pages, JSON API, _bulk_docs) until Ctrl-C."""
+    from dirt.logs import setup_logging
+    from dirt.server import serve_web
+
+    setup_logging(obj.settings)
+    sys.exit(serve_web(obj.service, host=host, port=port, on_web=_say_url))
+
+
+# ---- tokens --------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """API tokens for writing over HTTP (and reading, when auth.read = "token")."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.pass_obj
+def token_create(obj: Context, name: str) -> None:
+    """Make token NAME and print it once; only its sha256 is stored."""
+    made = obj.service.create_token(name)
+    click.echo(made)
+    err.print(
+        f"token {name} made; it is shown only now. Send it as 'Authorization: Bearer TOKEN'.",
+        highlight=False,
+    )
+
+
+@token.command("list")
+@click.pass_obj
+def token_list(obj: Context) -> None:
+    """The names of the tokens and when they were made."""
+    found = obj.service.tokens()
+    if not found:
+        out.print("no tokens; make one with `dirt token create NAME`")
+    for info in found:
+        out.print(f"{info.name}  made {_when(info.created)}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(obj: Context, name: str) -> None:
+    """Delete token NAME: it stops working at once."""
+    obj.service.revoke_token(name)
+    out.print(f"token {name} revoked")
 
 
 # ---- status --------------------------------------------------------------------------------
@@ -463,9 +578,53 @@ def _status_record(obj: Context, record_id: str, as_json: bool) -> None:
     for t in detail.tasks:
         for a in detail.attachments.get(t.id, []):
             out.print(f"  {t.id}: attachment {a.link_name} ({a.filename}, {a.size} bytes)")
-        for a in detail.attempts.get(t.id, []):
-            if a.outcome == "lost":
-                out.print(f"  {t.id}: attempt {a.number} on {a.node} lost: {a.reason}")
+    tried = [(t, a) for t in detail.tasks for a in detail.attempts.get(t.id, [])]
+    if tried:
+        attempts_table = Table("task", "attempt", "node", "started", "ended", "outcome", "reason")
+        for t, a in tried:
+            reason = (a.reason or "").strip()
+            attempts_table.add_row(
+                t.id,
+                str(a.number),
+                a.node,
+                _when(a.started),
+                _when(a.completed),
+                a.outcome or "running",
+                reason.splitlines()[-1][:80] if reason else "",
+            )
+        out.print(attempts_table)
+
+
+# ---- cancel and retry ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.pass_obj
+def cancel(obj: Context, task_ids: tuple[str, ...]) -> None:
+    """Cancel TASK_ID...: a waiting task at once, a running one is killed on its node."""
+    for task_id in task_ids:
+        task = obj.service.cancel_task(task_id)
+        if task.state is TaskState.CANCELLED:
+            out.print(f"task {task_id} cancelled")
+        else:
+            out.print(f"task {task_id}: cancel requested; it is killed on {task.node}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--failed", is_flag=True, help="TARGET is a record: retry all its failed tasks.")
+@click.pass_obj
+def retry(obj: Context, target: str, failed: bool) -> None:
+    """Run finished task TARGET again, or with --failed every failed task of record TARGET."""
+    if failed:
+        retried = obj.service.retry_failed(target)
+        out.print(f"{len(retried)} failed task(s) of {target} waiting again")
+        for task_id in retried:
+            out.print(f"  {task_id}")
+    else:
+        obj.service.retry_task(target)
+        out.print(f"task {target} waiting again")
 
 
 # ---- demo ----------------------------------------------------------------------------------
@@ -475,11 +634,27 @@ def _status_record(obj: Context, record_id: str, as_json: bool) -> None:
 @click.argument("directory", default="dirt-demo")
 @click.option("--once", is_flag=True, help="Stop when the demo's tasks are done.")
 @click.option("--isolation", type=click.Choice(["process", "thread"]), default=None)
-def demo(directory: str, once: bool, isolation: str | None) -> None:
+@click.option("--no-web", is_flag=True, help="Do not start the web server.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Web server port (default: [web] port; a free one when that is taken).",
+)
+def demo(directory: str, once: bool, isolation: str | None, no_web: bool, port: int | None) -> None:
     """Make (or reuse) a demo project, add this machine as a node, run the sample records."""
     from dirt.demo import run_demo
 
-    sys.exit(run_demo(Path(directory), once=once, isolation=isolation, say=out.print))
+    sys.exit(
+        run_demo(
+            Path(directory),
+            once=once,
+            isolation=isolation,
+            say=out.print,
+            web=not no_web,
+            port=port,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def run_demo(
     once: bool = False,
     isolation: str | None = None,
     say: Callable[[str], None] = print,
+    web: bool = True,
+    port: int | None = None,
 ) -> int:
     if (directory / CONFIG_FILE).is_file():
         say(f"1. Reusing the demo project in {directory.resolve()}")
@@ -86,7 +88,10 @@ def run_demo(
         watcher.dispatcher = dispatcher  # type: ignore[attr-defined]
         watcher.start()
 
-    return serve(service, on_ready=on_ready)
+    def on_web(url: str) -> None:
+        say(f"   Web page: {url}")
+
+    return serve(service, on_ready=on_ready, web=web, port=port, fallback_port=True, on_web=on_web)
 
 
 def _unstored(service: Service, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ class Task:
     module_sha256: str | None = None
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
     seq: int = 0
 
     @property
@@ -127,6 +128,7 @@ class Node:
     last_error: str | None = None
     load: list[float] | None = None
     infra_failures: int = 0
+    ssh: dict[str, Any] = field(default_factory=dict)  # per-node options; see dispatch/runner
     seq: int = 0
 
     def to_doc(self) -> dict[str, Any]:
@@ -143,6 +145,8 @@ class Node:
             "last_seen": self.last_seen,
             "last_error": self.last_error,
             "load": self.load,
+            "infra_failures": self.infra_failures,
+            "ssh": self.ssh,
             "sys_info": self.sys_info,
         }
 

@@ -60,12 +60,17 @@ def parse(text: str) -> Requirement:
     if not isinstance(text, str):
         raise RequirementError(f"requirement {text!r} is not a string")
     tokens = text.split()
+    if len(tokens) == 4 and tokens[1:3] == ["not", "in"]:  # 'G4INSTALL not in environ'
+        return Requirement(tokens[3], "not_in", tokens[0], text)
     if len(tokens) >= 3 and tokens[1] in ("is", "not"):
         return Requirement(tokens[0], tokens[1], " ".join(tokens[2:]), text)
     if len(tokens) >= 3 and tokens[-2] in ("in", "not_in"):
         return Requirement(tokens[-1], tokens[-2], " ".join(tokens[:-2]), text)
+    hint = ""
+    if len(tokens) == 3:
+        hint = f" ({tokens[1]!r} is not an operator)"
     raise RequirementError(
-        f"requirement {text!r} does not parse: write 'KEY is VALUE', 'KEY not VALUE', "
+        f"requirement {text!r} does not parse{hint}: write 'KEY is VALUE', 'KEY not VALUE', "
         "'VALUE in KEY' or 'VALUE not_in KEY'"
     )
 

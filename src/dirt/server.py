@@ -1,4 +1,4 @@
-"""`dirt serve`: the dispatcher (and the web server, when there is one) in one process."""
+"""`dirt serve`: the dispatcher and the web server in one process; `dirt web`: the web alone."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from dirt.dispatch.loop import Dispatcher
 from dirt.service import Service
@@ -13,9 +14,42 @@ from dirt.service import Service
 log = logging.getLogger("dirt")
 
 
-def serve(service: Service, on_ready: Callable[[Dispatcher], None] | None = None) -> int:
-    """Run until SIGINT or SIGTERM; running tasks go back to waiting. Returns the exit code."""
+def _on_signals(handler: Callable[[int, Any], None]) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _start_web(service: Service, host: str | None, port: int | None, fallback_port: bool) -> Any:
+    from dirt.web.app import create_app
+    from dirt.web.run import WebServer
+
+    host = host or service.settings.web.host
+    port = service.settings.web.port if port is None else port
+    server = WebServer(create_app(service, bind_host=host), host, port, fallback_port=fallback_port)
+    server.start()
+    return server
+
+
+def serve(
+    service: Service,
+    on_ready: Callable[[Dispatcher], None] | None = None,
+    *,
+    web: bool = True,
+    host: str | None = None,
+    port: int | None = None,
+    fallback_port: bool = False,
+    on_web: Callable[[str], None] | None = None,
+) -> int:
+    """Run until SIGINT or SIGTERM; running tasks go back to waiting. Returns the exit code.
+
+    With `web`, the web server runs on a thread of this process, sharing the service, so the
+    pages hear of the dispatcher's writes at once.
+    """
     dispatcher = Dispatcher(service)
+    web_server = _start_web(service, host, port, fallback_port) if web else None
+    if web_server is not None and on_web is not None:
+        on_web(web_server.url)
 
     def stop(signum: int, _frame: object) -> None:
         log.info(
@@ -24,9 +58,7 @@ def serve(service: Service, on_ready: Callable[[Dispatcher], None] | None = None
         )
         dispatcher.stop()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+    _on_signals(stop)
     log.info(
         "dispatcher %s serving project %s (%s isolation, store %s)",
         service.master_id,
@@ -40,8 +72,42 @@ def serve(service: Service, on_ready: Callable[[Dispatcher], None] | None = None
             name="dirt-on-ready",
             daemon=True,
         ).start()
-    dispatcher.run()
+    try:
+        dispatcher.run()
+    finally:
+        if web_server is not None:
+            web_server.stop()
+            log.info("web server stopped")
     log.info("dispatcher stopped")
+    return 0
+
+
+def serve_web(
+    service: Service,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_web: Callable[[str], None] | None = None,
+) -> int:
+    """The web server alone (another process dispatches), until SIGINT or SIGTERM."""
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("%s received: stopping the web server", signal.Signals(signum).name)
+        stopping.set()
+
+    web_server = _start_web(service, host, port, fallback_port=False)
+    _on_signals(stop)
+    if on_web is not None:
+        on_web(web_server.url)
+    try:
+        while not stopping.wait(0.5):
+            if web_server.thread is not None and not web_server.thread.is_alive():
+                log.error("the web server stopped on its own")
+                return 1
+    finally:
+        web_server.stop()
+    log.info("web server stopped")
     return 0
 
 

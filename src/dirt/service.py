@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -12,17 +14,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from dirt import documents
 from dirt.config import Settings
 from dirt.db import attachments as attachments_db
+from dirt.db import browse as browse_db
+from dirt.db import changes as changes_db
 from dirt.db import migrate
 from dirt.db import nodes as nodes_db
 from dirt.db import records as records_db
 from dirt.db import tasks as tasks_db
+from dirt.db import tokens as tokens_db
+from dirt.db.changes import Change
 from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
-from dirt.db.schema import attempts as attempts_table
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task, TaskState
 from dirt.project import TaskModules
@@ -241,7 +246,8 @@ class Service:
             if node_lost:
                 again = []
                 for task_id, attempt in items:
-                    if self._lost_count(conn, task_id) + 1 >= self._max_attempts(conn, task_id):
+                    lost_before = tasks_db.trailing_lost_attempts(conn, task_id)
+                    if lost_before + 1 >= self._max_attempts(conn, task_id):
                         give_up.append((task_id, attempt))
                     else:
                         again.append((task_id, attempt))
@@ -269,13 +275,6 @@ class Service:
         for task_id in failed:
             log.warning("Task %s failed: %s; no attempts left", task_id, reason)
         return requeued, failed
-
-    def _lost_count(self, conn: Any, task_id: str) -> int:
-        return conn.execute(
-            select(func.count())
-            .select_from(attempts_table)
-            .where(attempts_table.c.task_id == task_id, attempts_table.c.outcome == "lost")
-        ).scalar_one()
 
     def _max_attempts(self, conn: Any, task_id: str) -> int:
         task = tasks_db.get_task(conn, task_id)
@@ -319,12 +318,24 @@ class Service:
 
     # ---- nodes ---------------------------------------------------------------------------
 
-    def save_node(self, address: str, sys_info: dict[str, Any], slots: int | None = None) -> Node:
-        """Add a node with freshly probed sys_info, or refresh a known one."""
+    def save_node(
+        self,
+        address: str,
+        sys_info: dict[str, Any],
+        slots: int | None = None,
+        ssh: dict[str, Any] | None = None,
+    ) -> Node:
+        """Add a node with freshly probed sys_info, or refresh a known one.
+
+        `ssh`: per-node options (user, port, identity_file, ssh_config, python,
+        host_key_checking) laid over the ones the node already has.
+        """
         now = time.time()
         with read_transaction(self.engine) as conn:
             known = nodes_db.get_node(conn, address)
         override = slots if slots is not None else (known.slots_override if known else None)
+        options = {**(known.ssh if known else {}), **(ssh or {})}
+        options = {k: v for k, v in options.items() if v not in (None, "")}
         node = Node(
             address=address,
             enabled=known.enabled if known else True,
@@ -336,6 +347,7 @@ class Service:
             last_seen=now,
             last_error=None,
             load=sys_info.get("load"),
+            ssh=options,
         )
         self._write(lambda conn, seq: nodes_db.upsert_node(conn, node, seq))
         log.info("Node %s %s (%d slots)", address, "refreshed" if known else "added", node.slots)
@@ -383,6 +395,66 @@ class Service:
             values["infra_failures"] = nodes_db.nodes.c.infra_failures + 1
         self._write(lambda conn, seq: nodes_db.update_node(conn, address, seq, **values))
 
+    # ---- cancel and retry ----------------------------------------------------------------
+
+    def cancel_task(self, task_id: str) -> Task:
+        """Cancel a task: a waiting one at once; a running one is killed on its node by the
+        dispatcher that runs it, which then stores it as cancelled. Returns the task."""
+
+        def work(conn: Any, seq: int) -> Task:
+            done = tasks_db.cancel_task(conn, task_id, time.time(), seq)
+            task = tasks_db.get_task(conn, task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            if done is None:
+                raise StateError(f"task {task_id} is {task.state.value}: nothing to cancel")
+            return task
+
+        task = self._write(work)
+        if task.state is TaskState.CANCELLED:
+            log.info("Task %s cancelled", task_id)
+        else:
+            log.info("Task %s: cancel requested; its dispatcher kills it on %s", task_id, task.node)
+        return task
+
+    def retry_task(self, task_id: str) -> Task:
+        """Run a finished task again (its attempts so far are kept). Returns the task."""
+
+        def work(conn: Any, seq: int) -> Task:
+            retried = tasks_db.retry_tasks(conn, [task_id], seq)
+            task = tasks_db.get_task(conn, task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            if not retried:
+                raise StateError(
+                    f"task {task_id} is {task.state.value}: only a finished task can be retried"
+                )
+            attachments_db.delete_attachments(conn, retried)
+            return task
+
+        task = self._write(work)
+        log.info("Task %s waiting again (retry)", task_id)
+        return task
+
+    def retry_failed(self, record_id: str) -> list[str]:
+        """Every failed task of record `record_id` back to waiting; returns their ids."""
+
+        def work(conn: Any, seq: int) -> list[str]:
+            if records_db.get_record(conn, record_id) is None:
+                raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
+            retried = tasks_db.retry_tasks(conn, tasks_db.failed_task_ids(conn, record_id), seq)
+            attachments_db.delete_attachments(conn, retried)
+            return retried
+
+        retried = self._write(work)
+        log.info("Record %s: %d failed task(s) waiting again", record_id, len(retried))
+        return retried
+
+    def cancel_requested(self) -> list[tuple[str, int]]:
+        """Running tasks of this dispatcher that someone asked to cancel: (id, attempt)."""
+        with read_transaction(self.engine) as conn:
+            return tasks_db.cancel_requested(conn, self.master_id)
+
     # ---- reads ---------------------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
@@ -407,6 +479,14 @@ class Service:
             found = records_db.list_records(conn, limit, before, search)
             counts = records_db.task_counts(conn, [r.id for r in found])
         return [RecordSummary(r, counts[r.id]) for r in found]
+
+    def record_summary(self, record_id: str) -> RecordSummary:
+        """One record with its task counts per state."""
+        with read_transaction(self.engine) as conn:
+            record = records_db.get_record(conn, record_id)
+            if record is None:
+                raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
+            return RecordSummary(record, records_db.task_counts(conn, [record_id])[record_id])
 
     def record_detail(self, record_id: str) -> RecordDetail:
         with read_transaction(self.engine) as conn:
@@ -439,6 +519,102 @@ class Service:
         if found is None:
             raise NotFoundError(f"task {task_id!r} has no attachment {filename!r}")
         return found
+
+    # ---- the web: pages, change feed, metrics, tokens -------------------------------------
+
+    def record_page(
+        self,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+        state: str | None = None,
+        search: str | None = None,
+    ) -> list[RecordSummary]:
+        """Newest records first (keyset), optionally only those with a task in `state`."""
+        with read_transaction(self.engine) as conn:
+            found = browse_db.record_page(conn, limit, before, state, search)
+            counts = browse_db.record_counts(conn, [r.id for r in found])
+        return [RecordSummary(r, counts[r.id]) for r in found]
+
+    def record(self, record_id: str) -> Record:
+        with read_transaction(self.engine) as conn:
+            record = records_db.get_record(conn, record_id)
+        if record is None:
+            raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
+        return record
+
+    def task_runs(
+        self, name: str, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[Task]:
+        """Every run of task `name` across records, newest first (keyset)."""
+        with read_transaction(self.engine) as conn:
+            return browse_db.task_runs(conn, name, limit, before)
+
+    def task_run_outcomes(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
+        with read_transaction(self.engine) as conn:
+            return browse_db.run_outcomes(conn, name, limit)
+
+    def task_detail(self, task_id: str) -> tuple[Task, list[Attachment], list[Attempt]]:
+        with read_transaction(self.engine) as conn:
+            task = tasks_db.get_task(conn, task_id)
+            if task is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            found = attachments_db.attachments_of(conn, [task_id])[task_id]
+            tried = tasks_db.attempts_of(conn, [task_id])[task_id]
+        return task, found, tried
+
+    def running_on(self, address: str) -> list[Task]:
+        with read_transaction(self.engine) as conn:
+            return browse_db.running_on(conn, address)
+
+    def changes_since(self, since: int, limit: int = 500) -> tuple[list[Change], int]:
+        """What was written after change `since`, and the seq to ask from next."""
+        with read_transaction(self.engine) as conn:
+            return changes_db.changes_since(conn, since, limit)
+
+    def metrics(self, duration_window: int = 1000) -> dict[str, Any]:
+        """Counts for /metrics; each is an indexed read whatever the store's size."""
+        with read_transaction(self.engine) as conn:
+            online, total = browse_db.nodes_online(conn)
+            return {
+                "tasks": browse_db.state_totals(conn),
+                "attempts_started": browse_db.attempts_started(conn),
+                "durations": browse_db.recent_durations(conn, duration_window),
+                "nodes_online": online,
+                "nodes": total,
+                "seq": current_seq(conn),
+            }
+
+    def create_token(self, name: str) -> str:
+        """Make API token `name`; returns the token, which is stored only as its sha256."""
+        name = documents.token_name(name)
+        token = "dirt_" + secrets.token_urlsafe(32)
+        with write_transaction(self.engine) as conn:
+            if tokens_db.name_taken(conn, name):
+                raise StateError(f"a token named {name!r} exists; revoke it first")
+            tokens_db.insert_token(conn, name, _sha256(token), time.time())
+        log.info("API token %s created", name)
+        return token
+
+    def verify_token(self, token: str) -> str | None:
+        """The name of `token` when it is a valid API token, else None."""
+        if not token:
+            return None
+        with read_transaction(self.engine) as conn:
+            return tokens_db.token_name(conn, _sha256(token))
+
+    def tokens(self) -> list[tokens_db.TokenInfo]:
+        with read_transaction(self.engine) as conn:
+            return tokens_db.list_tokens(conn)
+
+    def revoke_token(self, name: str) -> None:
+        with write_transaction(self.engine) as conn:
+            if not tokens_db.delete_token(conn, name):
+                raise NotFoundError(f"no token named {name!r}; see `dirt token list`")
+        log.info("API token %s revoked", name)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _pid_alive(pid: str) -> bool:

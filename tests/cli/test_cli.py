@@ -188,7 +188,7 @@ def test_submit_wait_runs_to_completion_and_exits_1_on_failure(cli_project: Path
         assert bad.returncode == 1 and "red" in bad.stderr
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        server.communicate(timeout=30)
 
 
 def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path) -> None:
@@ -228,7 +228,7 @@ def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Pat
         what="the task to start",
     )
     server.kill()
-    server.wait(10)
+    server.communicate(timeout=10)
     assert status_json(cli_project, "r1")["tasks"][0]["state"] == "running"
     flag.write_text("")
     server = serve(cli_project)
@@ -239,7 +239,7 @@ def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Pat
         )
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        server.communicate(timeout=30)
     (task,) = status_json(cli_project, "r1")["tasks"]
     assert [a["outcome"] for a in task["attempts"]] == ["lost", "succeeded"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from dirt.db.schema import attachments
 from dirt.models import Attachment
@@ -81,3 +81,9 @@ def get_attachment(conn: Connection, task_id: str, filename: str) -> Attachment 
         row.content,
         row.created,
     )
+
+
+def delete_attachments(conn: Connection, task_ids: Sequence[str]) -> None:
+    """Forget the attachments of tasks about to run again."""
+    if task_ids:
+        conn.execute(delete(attachments).where(attachments.c.task_id.in_(list(task_ids))))

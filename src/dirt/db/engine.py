@@ -74,17 +74,19 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+_NEXT_SEQ = (
+    update(schema.sequence)
+    .where(schema.sequence.c.id == 1)
+    .values(value=schema.sequence.c.value + 1)
+    .returning(schema.sequence.c.value)
+)
+_CURRENT_SEQ = select(schema.sequence.c.value).where(schema.sequence.c.id == 1)
+
+
 def next_seq(conn: Connection) -> int:
     """The next value of the change sequence; holds the sequence row until commit."""
-    row = conn.execute(
-        update(schema.sequence)
-        .where(schema.sequence.c.id == 1)
-        .values(value=schema.sequence.c.value + 1)
-        .returning(schema.sequence.c.value)
-    ).one()
-    return int(row[0])
+    return int(conn.execute(_NEXT_SEQ).one()[0])
 
 
 def current_seq(conn: Connection) -> int:
-    value = conn.execute(select(schema.sequence.c.value).where(schema.sequence.c.id == 1))
-    return int(value.scalar_one_or_none() or 0)
+    return int(conn.execute(_CURRENT_SEQ).scalar_one_or_none() or 0)

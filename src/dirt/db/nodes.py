@@ -23,6 +23,7 @@ def node_from_row(row: Any) -> Node:
         last_error=row.last_error,
         load=row.load,
         infra_failures=row.infra_failures,
+        ssh=row.ssh or {},
         seq=row.seq,
     )
 
@@ -46,6 +47,7 @@ def upsert_node(conn: Connection, node: Node, seq: int) -> None:
         "last_seen": node.last_seen,
         "last_error": node.last_error,
         "load": node.load,
+        "ssh": node.ssh or None,
         "seq": seq,
     }
     result = conn.execute(update(nodes).where(nodes.c.address == node.address).values(**values))

@@ -66,6 +66,8 @@ tasks = Table(
     Column("extra", JSON, nullable=False),
     Column("claimed_by", String(64), nullable=True),
     Column("seq", BigInteger, nullable=False),
+    # Set by `dirt cancel` on a running task: its dispatcher kills it and stores "cancelled".
+    Column("cancel_requested", Boolean, nullable=False, default=False),
     Index("ix_tasks_dispatch", "state", "priority", "created"),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
@@ -101,6 +103,9 @@ nodes = Table(
     Column("load", JSON, nullable=True),
     Column("infra_failures", Integer, nullable=False, default=0),
     Column("seq", BigInteger, nullable=False),
+    # How to reach the node: {"user", "port", "identity_file", "ssh_config", "python",
+    # "host_key_checking"}, each optional; dirt.toml's [nodes] gives the rest.
+    Column("ssh", JSON, nullable=True),
     Index("ix_nodes_seq", "seq"),
 )
 
@@ -117,3 +122,40 @@ attachments = Table(
     Column("created", Float, nullable=False),
     UniqueConstraint("task_id", "filename", name="uq_attachments_task_filename"),
 )
+
+# ---- the web (migration 0002) --------------------------------------------------------------
+
+# API tokens: only the sha256 of each token is kept; the token is shown once, when made.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("name", name="uq_api_tokens_name"),
+    UniqueConstraint("token_sha256", name="uq_api_tokens_sha256"),
+)
+
+# Kept by triggers on `tasks` (see migration 0002): per record and state, how many tasks (rows
+# at zero are deleted), with the record's `created` so a state filter is one index scan.
+record_states = Table(
+    "record_states",
+    metadata,
+    Column("record_id", String(200), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_record_states_state_created", "state", "created", "record_id"),
+)
+
+# Kept by the same triggers: the number of tasks in each state, for /metrics.
+state_counts = Table(
+    "state_counts",
+    metadata,
+    Column("state", String(16), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
+Index("ix_tasks_completed", tasks.c.completed)

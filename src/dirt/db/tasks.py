@@ -51,6 +51,7 @@ def task_from_row(row: Any) -> Task:
         module_sha256=fields.get("module_sha256"),
         output=fields.get("output"),
         extra=fields.get("extra") or {},
+        cancel_requested=bool(fields.get("cancel_requested", False)),
         seq=fields.get("seq", 0),
     )
 
@@ -132,6 +133,25 @@ def waiting_tasks(conn: Connection, limit: int) -> list[Task]:
     return [task_from_row(row) for row in conn.execute(query)]
 
 
+# Hot-path statements are built once: building a Core statement costs more than running it.
+_CLAIM = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("b_id"), tasks.c.state == TaskState.WAITING.value)
+    .values(
+        state=TaskState.RUNNING.value,
+        node=bindparam("b_node"),
+        started=bindparam("b_now"),
+        completed=None,
+        attempts=tasks.c.attempts + 1,
+        claimed_by=bindparam("b_master"),
+        waiting_reason=None,
+        seq=bindparam("b_seq"),
+    )
+    .returning(tasks.c.attempts)
+)
+_OPEN_ATTEMPT = insert(attempts)
+
+
 def claim_tasks(
     conn: Connection, claims: Sequence[tuple[str, str]], master: str, now: float, seq: int
 ) -> list[str]:
@@ -142,28 +162,49 @@ def claim_tasks(
     claimed = []
     for task_id, node in claims:
         row = conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.state == TaskState.WAITING.value)
-            .values(
-                state=TaskState.RUNNING.value,
-                node=node,
-                started=now,
-                completed=None,
-                attempts=tasks.c.attempts + 1,
-                claimed_by=master,
-                waiting_reason=None,
-                seq=seq,
-            )
-            .returning(tasks.c.attempts)
+            _CLAIM,
+            {"b_id": task_id, "b_node": node, "b_now": now, "b_master": master, "b_seq": seq},
         ).first()
         if row is not None:
             claimed.append((task_id, node, row[0]))
     if claimed:
         conn.execute(
-            insert(attempts),
-            [{"task_id": t, "number": n, "node": node, "started": now} for t, node, n in claimed],
+            _OPEN_ATTEMPT,
+            [
+                {"task_id": t, "number": n, "node": node, "started": now}
+                for t, node, n in claimed
+            ],
         )
     return [t for t, _, _ in claimed]
+
+
+_FINISH = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.RUNNING.value,
+        tasks.c.claimed_by == bindparam("b_master"),
+        tasks.c.attempts == bindparam("b_attempt"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        completed=bindparam("b_completed"),
+        results=bindparam("b_results", type_=tasks.c.results.type),
+        reason=bindparam("b_reason"),
+        module_sha256=bindparam("b_sha"),
+        output=bindparam("b_output"),
+        seq=bindparam("b_seq"),
+    )
+)
+_CLOSE_ATTEMPT = (
+    update(attempts)
+    .where(and_(attempts.c.task_id == bindparam("b_task"), attempts.c.number == bindparam("b_n")))
+    .values(
+        completed=bindparam("b_completed"),
+        outcome=bindparam("b_outcome"),
+        reason=bindparam("b_reason"),
+    )
+)
 
 
 def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int) -> list[str]:
@@ -172,32 +213,33 @@ def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int)
     Each outcome: id, master, attempt, state, completed, results, reason, module_sha256, output.
     Returns the ids written.
     """
-    written = []
-    for o in outcomes:
-        result = conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.id == o["id"],
-                tasks.c.state == TaskState.RUNNING.value,
-                tasks.c.claimed_by == o["master"],
-                tasks.c.attempts == o["attempt"],
-            )
-            .values(
-                state=o["state"],
-                completed=o["completed"],
-                results=o["results"],
-                reason=o["reason"],
-                module_sha256=o["module_sha256"],
-                output=o["output"],
-                seq=seq,
-            )
-        )
-        if result.rowcount == 1:
-            written.append(o["id"])
-    _close_attempts(
-        conn,
-        [o for o in outcomes if o["id"] in set(written)],
-    )
+    if not outcomes:
+        return []
+    params = [
+        {
+            "b_id": o["id"],
+            "b_master": o["master"],
+            "b_attempt": o["attempt"],
+            "b_state": o["state"],
+            "b_completed": o["completed"],
+            "b_results": o["results"],
+            "b_reason": o["reason"],
+            "b_sha": o["module_sha256"],
+            "b_output": o["output"],
+            "b_seq": seq,
+        }
+        for o in outcomes
+    ]
+    if len(params) > 1 and conn.execute(_FINISH, params).rowcount == len(params):
+        written = [o["id"] for o in outcomes]  # the usual case: one executemany wrote them all
+    else:
+        # Some task moved on (requeued, cancelled): find out which, one by one.
+        written = []
+        for o, p in zip(outcomes, params, strict=True):
+            if conn.execute(_FINISH, p).rowcount == 1:
+                written.append(o["id"])
+    done = set(written)
+    _close_attempts(conn, [o for o in outcomes if o["id"] in done])
     return written
 
 
@@ -205,15 +247,7 @@ def _close_attempts(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> Non
     if not outcomes:
         return
     conn.execute(
-        update(attempts)
-        .where(
-            and_(attempts.c.task_id == bindparam("b_task"), attempts.c.number == bindparam("b_n"))
-        )
-        .values(
-            completed=bindparam("b_completed"),
-            outcome=bindparam("b_outcome"),
-            reason=bindparam("b_reason"),
-        ),
+        _CLOSE_ATTEMPT,
         [
             {
                 "b_task": o["id"],
@@ -267,6 +301,19 @@ def requeue_tasks(
             if t in set(written)
         ],
     )
+    if written:
+        # A task cancelled while it ran, whose node went away before the kill: cancelled now.
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(written), tasks.c.cancel_requested.is_(True))
+            .values(
+                state=TaskState.CANCELLED.value,
+                completed=now,
+                reason="cancelled; its node was lost before the kill reached it",
+                waiting_reason=None,
+                seq=seq,
+            )
+        )
     return written
 
 
@@ -336,3 +383,193 @@ def attempts_of(conn: Connection, task_ids: Sequence[str]) -> dict[str, list[Att
             )
         )
     return found
+
+
+CANCELLED_REASON = "cancelled by request"
+
+
+def cancel_task(conn: Connection, task_id: str, now: float, seq: int) -> str | None:
+    """Cancel a task: a waiting one at once, a running one by asking its dispatcher to kill it.
+
+    Returns "cancelled", "requested" or None when the task is finished (or does not exist).
+    """
+    result = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.state == TaskState.WAITING.value)
+        .values(
+            state=TaskState.CANCELLED.value,
+            completed=now,
+            reason=CANCELLED_REASON,
+            waiting_reason=None,
+            seq=seq,
+        )
+    )
+    if result.rowcount == 1:
+        return "cancelled"
+    result = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING.value)
+        .values(cancel_requested=True, seq=seq)
+    )
+    return "requested" if result.rowcount == 1 else None
+
+
+def cancel_requested(conn: Connection, master: str) -> list[tuple[str, int]]:
+    """(task id, attempt) of running tasks claimed by `master` that someone asked to cancel."""
+    query = select(tasks.c.id, tasks.c.attempts).where(
+        tasks.c.state == TaskState.RUNNING.value,
+        tasks.c.claimed_by == master,
+        tasks.c.cancel_requested.is_(True),
+    )
+    return [(row[0], row[1]) for row in conn.execute(query)]
+
+
+def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
+    """Finished tasks back to waiting for another run; their attempt history is kept."""
+    finished = [s.value for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)]
+    written = []
+    for task_id in task_ids:
+        result = conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.state.in_(finished))
+            .values(
+                state=TaskState.WAITING.value,
+                node=None,
+                started=None,
+                completed=None,
+                results=None,
+                reason=None,
+                waiting_reason=None,
+                module_sha256=None,
+                output=None,
+                claimed_by=None,
+                cancel_requested=False,
+                seq=seq,
+            )
+        )
+        if result.rowcount == 1:
+            written.append(task_id)
+    return written
+
+
+def failed_task_ids(conn: Connection, record_id: str) -> list[str]:
+    query = (
+        select(tasks.c.id)
+        .where(tasks.c.record_id == record_id, tasks.c.state == TaskState.FAILED.value)
+        .order_by(tasks.c.created, tasks.c.id)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def trailing_lost_attempts(conn: Connection, task_id: str) -> int:
+    """How many of the task's latest closed attempts in a row lost their node.
+
+    A retry by hand ends such a run (its last attempt closed as failed or cancelled), so a
+    retried task gets its full max_attempts again.
+    """
+    query = (
+        select(attempts.c.outcome)
+        .where(attempts.c.task_id == task_id, attempts.c.outcome.is_not(None))
+        .order_by(attempts.c.number.desc())
+    )
+    count = 0
+    for outcome in conn.execute(query).scalars():
+        if outcome != "lost":
+            break
+        count += 1
+    return count
+
+
+# Reservations let the dispatcher keep the next task for a node in hand while the node's slots
+# are busy, so a freed slot is refilled without waiting for the store. A reserved task is still
+# waiting (honestly: it has not started) but carries the reserving master in claimed_by, which
+# keeps every other master off it. Starting it is a second conditional UPDATE.
+_RESERVE = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.WAITING.value,
+        tasks.c.claimed_by.is_(None),
+    )
+    .values(claimed_by=bindparam("b_master"), seq=bindparam("b_seq"))
+)
+_START = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.WAITING.value,
+        tasks.c.claimed_by == bindparam("b_master"),
+    )
+    .values(
+        state=TaskState.RUNNING.value,
+        node=bindparam("b_node"),
+        started=bindparam("b_now"),
+        completed=None,
+        attempts=tasks.c.attempts + 1,
+        waiting_reason=None,
+        seq=bindparam("b_seq"),
+    )
+    .returning(tasks.c.attempts)
+)
+
+
+def reserve_tasks(conn: Connection, task_ids: Sequence[str], master: str, seq: int) -> list[str]:
+    """Reserve waiting, unreserved tasks for `master`; returns the ids it got."""
+    if not task_ids:
+        return []
+    params = [{"b_id": t, "b_master": master, "b_seq": seq} for t in task_ids]
+    if conn.execute(_RESERVE, params).rowcount == len(params):
+        return list(task_ids)
+    # Another master reserved some of them first: find out which are ours.
+    query = select(tasks.c.id).where(
+        tasks.c.id.in_(list(task_ids)),
+        tasks.c.claimed_by == master,
+        tasks.c.state == TaskState.WAITING.value,
+    )
+    ours = set(conn.execute(query).scalars())
+    return [t for t in task_ids if t in ours]
+
+
+def start_tasks(
+    conn: Connection, starts: Sequence[tuple[str, str, float]], master: str, seq: int
+) -> dict[str, int]:
+    """Reserved tasks (id, node, started) to running; returns {id: attempt} of those started."""
+    started: dict[str, int] = {}
+    rows = []
+    for task_id, node, now in starts:
+        row = conn.execute(
+            _START,
+            {"b_id": task_id, "b_master": master, "b_node": node, "b_now": now, "b_seq": seq},
+        ).first()
+        if row is not None:
+            started[task_id] = row[0]
+            rows.append({"task_id": task_id, "number": row[0], "node": node, "started": now})
+    if rows:
+        conn.execute(_OPEN_ATTEMPT, rows)
+    return started
+
+
+def release_reservations(
+    conn: Connection, seq: int, master: str | None = None, task_ids: Sequence[str] | None = None
+) -> int:
+    """Give reserved (still waiting) tasks back to every master: of one master, or by id."""
+    query = (
+        update(tasks)
+        .where(tasks.c.state == TaskState.WAITING.value, tasks.c.claimed_by.is_not(None))
+        .values(claimed_by=None, seq=seq)
+    )
+    if master is not None:
+        query = query.where(tasks.c.claimed_by == master)
+    if task_ids is not None:
+        query = query.where(tasks.c.id.in_(list(task_ids)))
+    return conn.execute(query).rowcount
+
+
+def reserving_masters(conn: Connection) -> list[str]:
+    """Masters holding reservations, for recovery after a dispatcher died."""
+    query = (
+        select(tasks.c.claimed_by)
+        .where(tasks.c.state == TaskState.WAITING.value, tasks.c.claimed_by.is_not(None))
+        .distinct()
+    )
+    return [m for m in conn.execute(query).scalars()]

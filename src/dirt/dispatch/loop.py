@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dirt.config import Settings
 from dirt.dispatch import runner
@@ -20,14 +20,16 @@ from dirt.dispatch.connection import NodeConnection, Outcome
 from dirt.dispatch.outcome import judge
 from dirt.dispatch.select import NodeView, assign, waiting_reason
 from dirt.errors import DirtError, NotFoundError
-from dirt.models import Node, Task
+from dirt.models import Node, Task, TaskState
 from dirt.service import Finished, Service
 
 log = logging.getLogger("dirt")
 
 WINDOW = 256  # waiting tasks kept in memory; refilled as they are claimed
 NODE_REFRESH_S = 5.0
-LOAD_REFRESH_S = 5.0
+LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
+LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
+MAX_PENALTY = 4  # a node's slots are halved per recent infrastructure failure, down to 1/16
 
 
 @dataclass
@@ -48,6 +50,21 @@ class NodeState:
     connecting: bool = False
     retry_at: float = 0.0
     backoff: float = 0.0
+    # Recent infrastructure failures (lost connection, killed process): each halves the slots
+    # the scheduler uses, each task that succeeds there gives one back (BOINC's host quota).
+    penalty: int = 0
+    load: list[float] | None = None
+    load_at: float = 0.0
+    load_reading: bool = False
+    kills_sent: set[str] = field(default_factory=set)
+
+    def accepting(self, balancer: str, margin: float) -> bool:
+        """Balancer "load": False while the 1-minute load is above cpu_count minus margin."""
+        load = self.load or self.node.load  # before the first reading: the probe's
+        if balancer != "load" or not load:
+            return True
+        cpus = int(self.node.sys_info.get("cpu_count") or self.node.slots or 1)
+        return load[0] <= cpus - margin
 
 
 class Dispatcher:
@@ -64,6 +81,8 @@ class Dispatcher:
         self._opened: queue.SimpleQueue[tuple[str, NodeConnection | None, str | None]] = (
             queue.SimpleQueue()
         )
+        self._loads: queue.SimpleQueue[tuple[str, list[float] | None]] = queue.SimpleQueue()
+        self._check_cancels = True
         self._inflight: dict[str, InFlight] = {}
         self._running: Counter[str] = Counter()
         self._nodes: dict[str, NodeState] = {}
@@ -83,6 +102,8 @@ class Dispatcher:
     def _on_commit(self, _seq: int) -> None:
         if threading.current_thread() is not self._loop_thread:
             self._pending_stale = True
+            self._check_cancels = True
+            self._last_node_refresh = 0.0  # a node may have been added, changed or removed
             self._wake.set()
 
     def _on_done(self, outcome: Outcome) -> None:
@@ -137,26 +158,37 @@ class Dispatcher:
             self._last_poll = now
             if self.service.changed_elsewhere():
                 self._pending_stale = True
+                self._check_cancels = True
                 self._last_node_refresh = 0.0
         if now - self._last_node_refresh >= NODE_REFRESH_S:
             self._refresh_nodes(now)
+        if self._check_cancels:
+            self._check_cancels = False
+            self._send_cancels()
+        self._handle_loads()
+        self._read_loads(now)
         self._connect_due(now)
         pairs = self._select()
         claimed = self.service.claim([(t.id, node) for t, node in pairs], finished)
         self._start(pairs, set(claimed))
 
-    def _collect_outcomes(self) -> list[Finished]:
+    def _collect_outcomes(self, keep_killed: bool = False) -> list[Finished]:
+        """Verdicts on the outcomes that arrived; with `keep_killed`, tasks killed by a close
+        stay in flight (to be returned to waiting) instead of counting as cancelled."""
         finished = []
         while True:
             try:
                 outcome = self._outcomes.get_nowait()
             except queue.Empty:
                 return finished
+            if keep_killed and outcome.killed:
+                continue
             flight = self._inflight.pop(outcome.task_id, None)
             if flight is None:
                 continue  # already requeued when its node was lost
             self._running[flight.node] -= 1
             verdict = judge(outcome, flight.task.name, flight.timeout)
+            self._note_node_outcome(flight.node, outcome, verdict.state)
             finished.append(
                 Finished(
                     task_id=outcome.task_id,
@@ -192,6 +224,9 @@ class Dispatcher:
             if items:
                 self.service.requeue(items, f"node {address} lost: {reason}", node_lost=True)
             if state is not None:
+                if items:
+                    state.penalty = min(MAX_PENALTY, state.penalty + 1)
+                state.kills_sent.clear()
                 if state.connection is not None:
                     state.connection.close()
                 state.connection = None
@@ -219,13 +254,10 @@ class Dispatcher:
                 continue
             state.connecting = False
             if connection is None:
-                log.warning(
-                    "Node %s unreachable: %s; next try in %.0f s",
-                    address,
-                    error,
-                    max(state.backoff * 2, self.settings.dispatch.backoff_initial),
-                )
                 self._schedule_retry(state, now)
+                log.warning(
+                    "Node %s unreachable: %s; next try in %.1f s", address, error, state.backoff
+                )
                 self.service.node_health(address, online=False, error=error)
             else:
                 log.info("Node %s connected", address)
@@ -260,12 +292,12 @@ class Dispatcher:
                 state.connecting = True
                 threading.Thread(
                     target=self._open,
-                    args=(address,),
+                    args=(address, dict(state.node.ssh)),
                     name=f"dirt-connect-{address}",
                     daemon=True,
                 ).start()
 
-    def _open(self, address: str) -> None:
+    def _open(self, address: str, ssh: dict | None = None) -> None:
         try:
             connection = runner.connect(
                 address,
@@ -273,6 +305,8 @@ class Dispatcher:
                 self.isolation,
                 self._on_done,
                 lambda ids, reason: self._on_lost(address, ids, reason),
+                timeout=self.settings.nodes.connect_timeout + 20,
+                ssh=ssh,
             )
         except Exception as exc:
             self._opened.put((address, None, str(exc)))
@@ -284,6 +318,7 @@ class Dispatcher:
         """Nodes as the scheduler sees them; for waiting reasons a node still connecting
         counts as online, so a task does not flash "offline" while its node starts."""
         views = []
+        cfg = self.settings.dispatch
         for address, state in self._nodes.items():
             views.append(
                 NodeView(
@@ -294,7 +329,8 @@ class Dispatcher:
                     online=(state.connection is not None and state.connection.alive)
                     or (connecting_counts and state.connecting),
                     enabled=state.node.enabled,
-                    penalty=state.node.infra_failures,
+                    accepting=state.accepting(cfg.balancer, cfg.load_margin),
+                    penalty=state.penalty,
                 )
             )
         return views
@@ -337,6 +373,80 @@ class Dispatcher:
         if changed:
             self.service.set_waiting_reasons(changed)
 
+    # ---- health, load and cancels -------------------------------------------------------
+
+    def _note_node_outcome(self, address: str, outcome: Outcome, state: TaskState) -> None:
+        """Infrastructure failures (the task's process killed from outside, its fork server
+        gone) cost the node a quota step; a success gives one back."""
+        node = self._nodes.get(address)
+        if node is None:
+            return
+        if state is TaskState.SUCCEEDED:
+            node.penalty = max(0, node.penalty - 1)
+        elif outcome.signal is not None and not (outcome.killed or outcome.timed_out):
+            node.penalty = min(MAX_PENALTY, node.penalty + 1)
+            self.service.node_health(address, online=True, infra_failure=True)
+
+    def _send_cancels(self) -> None:
+        """Kill, on their nodes, the running tasks of ours that someone asked to cancel."""
+        for task_id, attempt in self.service.cancel_requested():
+            flight = self._inflight.get(task_id)
+            if flight is None or flight.attempt != attempt:
+                continue
+            state = self._nodes.get(flight.node)
+            if state is None or state.connection is None or task_id in state.kills_sent:
+                continue
+            state.kills_sent.add(task_id)
+            log.info("Task %s: cancel requested; killing it on %s", task_id, flight.node)
+            try:
+                state.connection.kill(task_id)
+            except Exception as exc:
+                self._on_lost(flight.node, [task_id], f"could not send the kill: {exc}")
+
+    def _read_loads(self, now: float) -> None:
+        """Ask each connected node for its load over its open connection, every few seconds."""
+        every = LOAD_REFRESH_S if self.settings.dispatch.balancer == "load" else LOAD_DISPLAY_S
+        for address, state in self._nodes.items():
+            connection = state.connection
+            if connection is None or state.load_reading or now - state.load_at < every:
+                continue
+            state.load_reading = True
+            state.load_at = now
+            threading.Thread(
+                target=self._read_load,
+                args=(address, connection),
+                daemon=True,
+                name=f"dirt-load-{address}",
+            ).start()
+
+    def _read_load(self, address: str, connection: NodeConnection) -> None:
+        try:
+            load, _running = connection.load(timeout=LOAD_REFRESH_S)
+        except Exception:
+            load = None  # a dead connection is reported by on_lost; a slow one just waits
+        self._loads.put((address, load))
+        self._wake.set()
+
+    def _handle_loads(self) -> None:
+        while True:
+            try:
+                address, load = self._loads.get_nowait()
+            except queue.Empty:
+                return
+            state = self._nodes.get(address)
+            if state is None:
+                continue
+            state.load_reading = False
+            if load is None:
+                continue
+            cfg = self.settings.dispatch
+            was = state.accepting(cfg.balancer, cfg.load_margin)
+            state.load = load
+            if state.accepting(cfg.balancer, cfg.load_margin) != was:
+                self._pending_stale = True  # waiting reasons may change ("too loaded")
+            if state.connection is not None and state.connection.alive:
+                self.service.node_health(address, online=True, load=load)
+
     def _start(self, pairs: list[tuple[Task, str]], claimed: set[str]) -> None:
         default_timeout = self.settings.dispatch.timeout or None
         for task, address in pairs:
@@ -368,8 +478,9 @@ class Dispatcher:
             for state in self._nodes.values():
                 if state.connection is not None:
                     state.connection.close()
-            # Outcomes that arrived while the gateways closed are still worth storing.
-            finished = self._collect_outcomes()
+            # Closing kills what still runs; those tasks go back to waiting, while outcomes that
+            # arrived complete in the meantime are still worth storing.
+            finished = self._collect_outcomes(keep_killed=True)
             if finished:
                 self.service.finish(finished)
             items = [(task_id, f.attempt) for task_id, f in self._inflight.items()]

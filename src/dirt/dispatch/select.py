@@ -25,8 +25,13 @@ class NodeView:
     penalty: int = 0  # infrastructure failures lately: such a node gets fewer tasks
 
     @property
+    def capacity(self) -> int:
+        """Slots the scheduler fills: halved per recent infrastructure failure, at least 1."""
+        return max(1, self.slots >> max(0, self.penalty))
+
+    @property
     def free(self) -> int:
-        return max(0, self.slots - self.running) if self.usable else 0
+        return max(0, self.capacity - self.running) if self.usable else 0
 
     @property
     def usable(self) -> bool:
@@ -76,8 +81,9 @@ class Assignment:
 def assign(tasks: Sequence[Task], nodes: Sequence[NodeView], cursor: int = 0) -> Assignment:
     """Pair tasks (already in priority order) with nodes that have a free slot, round robin.
 
-    A node with infrastructure failures is passed over while an equally able node with fewer
-    failures has room, so error-prone hosts get fewer tasks.
+    A node with infrastructure failures has fewer slots (see NodeView.capacity) and is passed
+    over while an equally able node with fewer failures has room, so error-prone hosts get
+    fewer tasks.
     """
     result = Assignment(cursor=cursor)
     if not nodes:

@@ -1,0 +1,1 @@
+"""The web page and the HTTP API: FastAPI routes over the service, Jinja2 templates, SSE."""

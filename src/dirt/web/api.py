@@ -1,0 +1,282 @@
+"""The JSON API under /api: the same use cases as the CLI, validated by documents.py."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dirt import documents
+from dirt.models import TaskState
+from dirt.web.auth import require_read, require_write
+from dirt.web.common import node_doc, read_json, service_of, summary_doc, task_doc
+from dirt.web.security import attachment_response
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
+
+ERRORS = {
+    400: {"description": "Malformed request (bad JSON, bad cursor)"},
+    401: {"description": "An API token is needed"},
+    404: {"description": "No such record, task, node or attachment"},
+    409: {"description": "Not possible in the object's current state"},
+    413: {"description": "Body over web.max_body_bytes"},
+    415: {"description": "Body is not JSON"},
+    422: {"description": "Rejected whole: `problems` lists every reason; nothing stored"},
+}
+
+RECORD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["record"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "record": {
+                            "type": "object",
+                            "required": ["_id"],
+                            "properties": {
+                                "_id": {"type": "string"},
+                                "description": {"type": "string"},
+                                "created": {"type": "number"},
+                            },
+                            "additionalProperties": True,
+                        },
+                        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}},
+                    },
+                },
+                "example": {
+                    "record": {"_id": "r125", "description": "revision 125"},
+                    "tasks": [{"name": "examples.simple", "platform": "linux"}],
+                },
+            }
+        },
+    }
+}
+
+TASKS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["tasks"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}
+                    },
+                },
+                "example": {"tasks": [{"name": "examples.simple"}]},
+            }
+        },
+    }
+}
+
+TASK_SCHEMA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "_id": {"type": "string"},
+        "name": {"type": "string", "description": "A module under tasks/, e.g. examples.simple"},
+        "kwargs": {"type": "object"},
+        "requires": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"},
+        "priority": {"type": "integer"},
+        "timeout": {"type": "number"},
+        "max_attempts": {"type": "integer"},
+        "created": {"type": "number"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _next(items: list[Any], limit: int) -> str | None:
+    if len(items) < limit or not items:
+        return None
+    last = items[-1]
+    return documents.make_cursor(last.created, last.id)
+
+
+@router.get(
+    "/records", tags=["records"], summary="Records, newest first (keyset pages)", responses=ERRORS
+)
+def list_records(
+    request: Request,
+    limit: int = Query(50, ge=1, le=500),
+    before: str | None = Query(None, max_length=500, description="`next` of the previous page"),
+    state: Annotated[
+        TaskState | None, Query(description="Only records with a task in this state")
+    ] = None,
+    q: str | None = Query(None, max_length=200, description="Search ids and descriptions"),
+) -> dict[str, Any]:
+    cursor = documents.parse_cursor(before)
+    found = service_of(request).record_page(limit, cursor, state.value if state else None, q)
+    return {
+        "records": [summary_doc(s) for s in found],
+        "next": _next([s.record for s in found], limit),
+    }
+
+
+@router.get(
+    "/records/{record_id}", tags=["records"], summary="A record and its tasks", responses=ERRORS
+)
+def get_record(request: Request, record_id: str) -> dict[str, Any]:
+    detail = service_of(request).record_detail(record_id)
+    return {
+        "record": detail.record.to_doc(),
+        "tasks": [
+            task_doc(t, detail.attachments.get(t.id, []), detail.attempts.get(t.id, []))
+            for t in detail.tasks
+        ],
+    }
+
+
+def _stored(submission: documents.Submission) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "records": [r.id for r in submission.records],
+        "tasks": [t.id for t in submission.tasks],
+    }
+
+
+@router.post(
+    "/records",
+    tags=["records"],
+    summary="Add a record with its tasks (atomic)",
+    status_code=201,
+    dependencies=[Depends(require_write)],
+    openapi_extra=RECORD_BODY,
+    responses=ERRORS,
+)
+async def add_record(request: Request) -> JSONResponse:
+    docs = documents.record_envelope(await read_json(request))
+    submission = await run_in_threadpool(service_of(request).submit, docs)
+    return JSONResponse(_stored(submission), status_code=201)
+
+
+@router.post(
+    "/records/{record_id}/tasks",
+    tags=["records"],
+    summary="Add tasks to a stored record (atomic)",
+    status_code=201,
+    dependencies=[Depends(require_write)],
+    openapi_extra=TASKS_BODY,
+    responses=ERRORS,
+)
+async def add_tasks(request: Request, record_id: str) -> JSONResponse:
+    service = service_of(request)
+    docs = documents.tasks_envelope(record_id, await read_json(request))
+    await run_in_threadpool(service.record, record_id)  # 404 when there is no such record
+    submission = await run_in_threadpool(lambda: service.submit(docs, records_may_exist=True))
+    return JSONResponse(_stored(submission), status_code=201)
+
+
+@router.get(
+    "/tasks", tags=["tasks"], summary="Every run of a task name, newest first", responses=ERRORS
+)
+def task_history(
+    request: Request,
+    name: str = Query(..., min_length=1, max_length=200),
+    limit: int = Query(50, ge=1, le=500),
+    before: str | None = Query(None, max_length=500),
+) -> dict[str, Any]:
+    found = service_of(request).task_runs(name, limit, documents.parse_cursor(before))
+    return {"tasks": [task_doc(t) for t in found], "next": _next(found, limit)}
+
+
+@router.get(
+    "/tasks/{task_id}",
+    tags=["tasks"],
+    summary="One task with attempts and attachments",
+    responses=ERRORS,
+)
+def get_task(request: Request, task_id: str) -> dict[str, Any]:
+    task, attachments, attempts = service_of(request).task_detail(task_id)
+    return task_doc(task, attachments, attempts)
+
+
+def _control(request: Request, task_id: str, action: str) -> dict[str, Any]:
+    """Retry or cancel a task (StateError, so 409, when its state does not allow it)."""
+    service = service_of(request)
+    if action == "retry":
+        service.retry_task(task_id)
+    else:
+        service.cancel_task(task_id)
+    task, attachments, attempts = service.task_detail(task_id)
+    return {"ok": True, "task": task_doc(task, attachments, attempts)}
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    tags=["tasks"],
+    summary="Run a finished task again",
+    dependencies=[Depends(require_write)],
+    responses=ERRORS,
+)
+def retry_task(request: Request, task_id: str) -> dict[str, Any]:
+    return _control(request, task_id, "retry")
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    tags=["tasks"],
+    summary="Cancel a waiting or running task",
+    dependencies=[Depends(require_write)],
+    responses=ERRORS,
+)
+def cancel_task(request: Request, task_id: str) -> dict[str, Any]:
+    return _control(request, task_id, "cancel")
+
+
+@router.get(
+    "/tasks/{task_id}/attachments/{filename}",
+    tags=["tasks"],
+    summary="A file a task attached to its results",
+    responses=ERRORS,
+    response_class=Response,
+)
+def get_attachment(request: Request, task_id: str, filename: str) -> Response:
+    return attachment_response(service_of(request).attachment(task_id, filename))
+
+
+@router.get(
+    "/nodes", tags=["nodes"], summary="Every node with its slots, load and health", responses=ERRORS
+)
+def list_nodes(request: Request) -> list[dict[str, Any]]:
+    service = service_of(request)
+    running = service.running_per_node()
+    return [node_doc(n, running.get(n.address, 0)) for n in service.nodes()]
+
+
+def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:
+    service = service_of(request)
+    service.set_node_enabled(address, enabled)
+    node = service.node(address)
+    return node_doc(node, service.running_per_node().get(address, 0))
+
+
+@router.post(
+    "/nodes/{address}/enable",
+    tags=["nodes"],
+    summary="Let a node take tasks",
+    dependencies=[Depends(require_write)],
+    responses=ERRORS,
+)
+def enable_node(request: Request, address: str) -> dict[str, Any]:
+    return _set_enabled(request, address, True)
+
+
+@router.post(
+    "/nodes/{address}/disable",
+    tags=["nodes"],
+    summary="Give a node no new tasks (running ones finish)",
+    dependencies=[Depends(require_write)],
+    responses=ERRORS,
+)
+def disable_node(request: Request, address: str) -> dict[str, Any]:
+    return _set_enabled(request, address, False)

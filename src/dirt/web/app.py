@@ -1,0 +1,155 @@
+"""The FastAPI application: pages, JSON API, CouchDB's _bulk_docs, change feed, static files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from dirt import __version__
+from dirt.config import Settings
+from dirt.errors import (
+    DirtError,
+    NotFoundError,
+    ProjectNotFoundError,
+    RequirementError,
+    StateError,
+    SubmissionError,
+)
+from dirt.service import Service
+from dirt.web import api, changes, couch, pages
+from dirt.web.auth import Access
+from dirt.web.changes import ChangeHub
+from dirt.web.render import STATIC, make_templates
+from dirt.web.security import SecurityHeaders
+
+log = logging.getLogger("dirt.web")
+
+
+def _status_of(exc: DirtError) -> int:
+    if isinstance(exc, SubmissionError | RequirementError):
+        return 422
+    if isinstance(exc, NotFoundError | ProjectNotFoundError):
+        return 404
+    if isinstance(exc, StateError):
+        return 409
+    return 400
+
+
+def _wants_json(request: Request) -> bool:
+    path = request.url.path
+    return (
+        path.startswith("/api/")
+        or path.endswith("/_bulk_docs")
+        or "text/html" not in request.headers.get("accept", "")
+    )
+
+
+def _error(
+    request: Request,
+    status: int,
+    message: str,
+    problems: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    if _wants_json(request):
+        body: dict[str, Any] = {"error": message}
+        if problems is not None:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=status, headers=headers)
+    templates = request.app.state.templates
+    access = request.app.state.access
+    context = {
+        "status": status,
+        "message": message,
+        "problems": problems or [],
+        "project": request.app.state.settings.name,
+        "signed_in": access.signed_in(request),
+        "fragment": False,
+    }
+    return templates.TemplateResponse(
+        request, "error.html", context, status_code=status, headers=headers
+    )
+
+
+def create_app(source: Settings | Service, *, bind_host: str | None = None) -> FastAPI:
+    """The web app over a Service (shared with a dispatcher) or over Settings (its own)."""
+    owns_service = isinstance(source, Settings)
+    service = Service(source) if isinstance(source, Settings) else source
+    settings = service.settings
+    hub = ChangeHub(service)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        hub.start()
+        try:
+            yield
+        finally:
+            hub.stop()
+            if owns_service:
+                service.close()
+
+    app = FastAPI(
+        title=f"dirt: {settings.name}",
+        version=__version__,
+        description="Records, tasks, results and nodes of a dirt project. Reads are open unless "
+        '`auth.read = "token"`; writes need `Authorization: Bearer TOKEN` (`dirt token create '
+        "NAME`) except from loopback while the server listens on loopback.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.state.hub = hub
+    app.state.access = Access(service, bind_host or settings.web.host)
+    app.state.templates = make_templates()
+
+    app.include_router(api.router)
+    app.include_router(changes.router)
+    app.include_router(pages.router)
+    app.include_router(pages.open_router)
+    app.include_router(couch.router)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(DirtError)
+    async def dirt_error(request: Request, exc: DirtError) -> Response:
+        if isinstance(exc, SubmissionError):
+            return _error(request, 422, "rejected; nothing was stored", exc.problems)
+        return _error(request, _status_of(exc), str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return _error(request, 422, "invalid request", problems)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["Task"] = api.TASK_SCHEMA
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{}, {"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

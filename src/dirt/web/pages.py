@@ -1,0 +1,253 @@
+"""Server-rendered pages; they work without JavaScript, which only adds live updates.
+
+A request with the header `X-Dirt-Fragment: 1` gets only the page's live part (the element
+with id "live"), which the page's script swaps in when the change feed says something changed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from dirt import documents
+from dirt.errors import DirtError, SubmissionError
+from dirt.models import TaskState
+from dirt.web.auth import COOKIE, require_read, require_write
+from dirt.web.common import service_of
+
+router = APIRouter(dependencies=[Depends(require_read)], include_in_schema=False)
+open_router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 50
+CHART_RUNS = 200
+STATES = [s.value for s in TaskState]
+
+
+def _render(request: Request, template: str, context: dict[str, Any], status: int = 200):
+    fragment = request.headers.get("x-dirt-fragment") == "1"
+    templates = request.app.state.templates
+    access = request.app.state.access
+    context = {
+        **context,
+        "project": request.app.state.settings.name,
+        "signed_in": access.signed_in(request),
+        "fragment": fragment,
+        "now": time.time(),
+    }
+    name = template.replace(".html", "_live.html") if fragment else template
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _cursor_or_none(text: str | None) -> tuple[tuple[float, str] | None, str | None]:
+    try:
+        return documents.parse_cursor(text), None
+    except SubmissionError as exc:
+        return None, exc.problems[0]
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(
+    request: Request,
+    before: str | None = Query(None, max_length=500),
+    state: str | None = Query(None, max_length=20),
+    q: str | None = Query(None, max_length=200),
+):
+    service = service_of(request)
+    seq = service.current_seq()
+    cursor, problem = _cursor_or_none(before)
+    if state and state not in STATES:
+        problem, state = f"unknown state {state!r}; showing all records", None
+    summaries = service.record_page(PAGE_SIZE, cursor, state or None, q or None)
+    older = None
+    if len(summaries) == PAGE_SIZE:
+        last = summaries[-1].record
+        older = documents.make_cursor(last.created, last.id)
+    return _render(
+        request,
+        "overview.html",
+        {
+            "summaries": summaries,
+            "state": state or "",
+            "q": q or "",
+            "older": older,
+            "deep": before is not None,
+            "problem": problem,
+            "states": STATES,
+            "seq": seq,
+        },
+    )
+
+
+@router.get("/records/{record_id}", response_class=HTMLResponse)
+def record_page(request: Request, record_id: str):
+    service = service_of(request)
+    seq = service.current_seq()
+    detail = service.record_detail(record_id)
+    links = {
+        key: value
+        for key, value in detail.record.extra.items()
+        if isinstance(value, str) and value.startswith(("https://", "http://"))
+    }
+    return _render(request, "record.html", {"detail": detail, "links": links, "seq": seq})
+
+
+@router.get("/tasks/{name}", response_class=HTMLResponse)
+def task_page(request: Request, name: str, before: str | None = Query(None, max_length=500)):
+    service = service_of(request)
+    seq = service.current_seq()
+    cursor, problem = _cursor_or_none(before)
+    runs = service.task_runs(name, PAGE_SIZE, cursor)
+    outcomes = service.task_run_outcomes(name, CHART_RUNS)
+    finished = [r for r in outcomes if r["state"] in ("succeeded", "failed")]
+    rate = sum(r["state"] == "succeeded" for r in finished) / len(finished) if finished else None
+    older = None
+    if len(runs) == PAGE_SIZE:
+        older = documents.make_cursor(runs[-1].created, runs[-1].id)
+    return _render(
+        request,
+        "task.html",
+        {
+            "name": name,
+            "runs": runs,
+            "outcomes": outcomes,
+            "finished": len(finished),
+            "rate": rate,
+            "older": older,
+            "deep": before is not None,
+            "problem": problem,
+            "seq": seq,
+        },
+    )
+
+
+@router.get("/nodes", response_class=HTMLResponse)
+def nodes_page(request: Request):
+    service = service_of(request)
+    seq = service.current_seq()
+    found = service.nodes()
+    running = service.running_per_node()
+    tasks = {n.address: service.running_on(n.address) for n in found if running.get(n.address)}
+    return _render(
+        request,
+        "nodes.html",
+        {"nodes": found, "running": running, "tasks": tasks, "seq": seq},
+    )
+
+
+def _back(request: Request, default: str) -> str:
+    """Where a form post returns: the page it came from, when that is on this site."""
+    referer = request.headers.get("referer", "")
+    host = request.headers.get("host", "")
+    for scheme in ("http://", "https://"):
+        prefix = f"{scheme}{host}/"
+        if host and referer.startswith(prefix):
+            return referer[len(prefix) - 1 :]
+    return default
+
+
+@router.post("/nodes/{address}/enable", dependencies=[Depends(require_write)])
+def enable_node(request: Request, address: str) -> RedirectResponse:
+    service_of(request).set_node_enabled(address, True)
+    return RedirectResponse(_back(request, "/nodes"), status_code=303)
+
+
+@router.post("/nodes/{address}/disable", dependencies=[Depends(require_write)])
+def disable_node(request: Request, address: str) -> RedirectResponse:
+    service_of(request).set_node_enabled(address, False)
+    return RedirectResponse(_back(request, "/nodes"), status_code=303)
+
+
+@router.post("/tasks/{task_id}/{action}", dependencies=[Depends(require_write)])
+def task_action(request: Request, task_id: str, action: str) -> RedirectResponse:
+    from dirt.web.api import _control
+
+    if action not in ("retry", "cancel"):
+        raise DirtError(f"unknown action {action!r}")
+    _control(request, task_id, action)
+    return RedirectResponse(_back(request, "/"), status_code=303)
+
+
+# ---- signing in, health, metrics -----------------------------------------------------------
+
+
+@open_router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request):
+    return _render(request, "login.html", {"problem": None})
+
+
+@open_router.post("/login", response_class=HTMLResponse)
+async def login(request: Request):
+    body = (await request.body())[:4096].decode("utf-8", "replace")
+    token = (parse_qs(body).get("token") or [""])[0].strip()
+    service = service_of(request)
+    name = await run_in_threadpool(service.verify_token, token) if token else None
+    if name is None:
+        return _render(request, "login.html", {"problem": "That is not a valid API token."}, 401)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        max_age=30 * 24 * 3600,
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@open_router.post("/logout")
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+@open_router.get("/healthz", response_class=PlainTextResponse)
+def healthz() -> str:
+    return "ok\n"
+
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    m = service_of(request).metrics()
+    lines = [
+        "# HELP dirt_tasks Tasks in each state.",
+        "# TYPE dirt_tasks gauge",
+        *(f'dirt_tasks{{state="{state}"}} {n}' for state, n in sorted(m["tasks"].items())),
+        "# HELP dirt_task_attempts_started_total Task attempts dispatched to nodes.",
+        "# TYPE dirt_task_attempts_started_total counter",
+        f"dirt_task_attempts_started_total {m['attempts_started']}",
+        "# HELP dirt_task_duration_seconds Run time of the most recently completed tasks.",
+        "# TYPE dirt_task_duration_seconds summary",
+    ]
+    durations = sorted(m["durations"])
+    for q in QUANTILES:
+        value = durations[min(len(durations) - 1, int(q * len(durations)))] if durations else 0
+        lines.append(f'dirt_task_duration_seconds{{quantile="{q}"}} {value:.6f}')
+    lines += [
+        f"dirt_task_duration_seconds_sum {sum(durations):.6f}",
+        f"dirt_task_duration_seconds_count {len(durations)}",
+        "# HELP dirt_nodes_online Enabled nodes that answered their last check.",
+        "# TYPE dirt_nodes_online gauge",
+        f"dirt_nodes_online {m['nodes_online']}",
+        "# HELP dirt_nodes Nodes known.",
+        "# TYPE dirt_nodes gauge",
+        f"dirt_nodes {m['nodes']}",
+        "# HELP dirt_change_seq The change sequence: grows with every write.",
+        "# TYPE dirt_change_seq counter",
+        f"dirt_change_seq {m['seq']}",
+    ]
+    return PlainTextResponse(
+        "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

@@ -1,0 +1,98 @@
+"""Response headers that keep user-supplied content inert on dirt's origin."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Response
+
+from dirt.models import Attachment
+
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+# FastAPI's /docs and /redoc load their viewer from a CDN and start it inline.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; worker-src blob:; frame-ancestors 'none'"
+)
+# An attachment shown inline may not run or load anything.
+ATTACHMENT_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+
+# Shown in the browser; everything else (HTML, SVG, XML, JavaScript, PDF, unknown) downloads.
+INLINE_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/csv",
+        "text/x-log",
+        "application/json",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+    }
+)
+
+COMMON = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+def shown_inline(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in INLINE_TYPES
+
+
+def attachment_response(attachment: Attachment) -> Response:
+    kind = attachment.content_type.split(";")[0].strip().lower() or "application/octet-stream"
+    inline = shown_inline(kind)
+    if inline and kind.startswith("text/"):
+        kind += "; charset=utf-8"
+    disposition = "inline" if inline else "attachment"
+    ascii_name = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+        for c in attachment.filename
+    )
+    headers = {
+        "Content-Disposition": (
+            f'{disposition}; filename="{ascii_name}"; '
+            f"filename*=UTF-8''{quote(attachment.filename, safe='')}"
+        ),
+        "Content-Security-Policy": ATTACHMENT_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=60",
+    }
+    return Response(attachment.content or b"", media_type=kind, headers=headers)
+
+
+class SecurityHeaders:
+    """ASGI middleware: nosniff, no framing, a CSP unless the route set its own."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        csp = DOCS_CSP if path in ("/docs", "/redoc") else PAGE_CSP
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in COMMON:
+                    if name not in present:
+                        headers.append((name, value))
+                if b"content-security-policy" not in present:
+                    headers.append((b"content-security-policy", csp.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,137 @@
+"""Web fixtures: the real app over a real SQLite store, a real uvicorn server, Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dirt.models import TaskState
+from dirt.service import Finished, Service
+from dirt.web.app import create_app
+from dirt.web.run import WebServer
+from tests.conftest import need
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def seed_docs() -> list[dict[str, Any]]:
+    text = (resources.files("dirt") / "seed" / "test_data.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@pytest.fixture
+def seeded(service: Service) -> Service:
+    """The service with the seed's records r123 and r124 stored."""
+    service.submit(seed_docs())
+    return service
+
+
+def make_client(app: Any, host: str = "127.0.0.1") -> TestClient:
+    return TestClient(app, client=(host, 50000), base_url="http://127.0.0.1:8080")
+
+
+@pytest.fixture
+def client(seeded: Service) -> Iterator[TestClient]:
+    """A loopback client of an app bound to loopback: may read and write without a token."""
+    with make_client(create_app(seeded, bind_host="127.0.0.1")) as c:
+        yield c
+
+
+@pytest.fixture
+def remote(seeded: Service) -> Iterator[TestClient]:
+    """A client from another machine of an app listening on every address."""
+    with make_client(create_app(seeded, bind_host="0.0.0.0"), host="203.0.113.7") as c:
+        yield c
+
+
+@pytest.fixture
+def node(service: Service) -> str:
+    """A node row the tests claim tasks for by hand (no dispatcher runs)."""
+    service.save_node("n1", {"cpu_count": 4, "hostname": "n1.example", "platform": "linux"})
+    return "n1"
+
+
+def run_task(service: Service, task_id: str, node: str) -> None:
+    assert service.claim([(task_id, node)]) == [task_id]
+
+
+def finish_task(
+    service: Service,
+    task_id: str,
+    node: str,
+    state: TaskState = TaskState.SUCCEEDED,
+    results: dict[str, Any] | None = None,
+    attachments: list[Any] | None = None,
+    reason: str | None = None,
+) -> None:
+    task = service.task(task_id)
+    service.finish(
+        [
+            Finished(
+                task_id=task_id,
+                attempt=task.attempts,
+                node=node,
+                state=state,
+                results=results if results is not None else {"success": state.value == "succeeded"},
+                reason=reason,
+                module_sha256=None,
+                attachments=attachments or [],
+                completed=time.time(),
+            )
+        ]
+    )
+
+
+@pytest.fixture
+def live_server(seeded: Service) -> Iterator[WebServer]:
+    server = WebServer(create_app(seeded, bind_host="127.0.0.1"), "127.0.0.1", 0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    need(shutil.which("chromium") is not None or Path(CHROMIUM).exists(), "chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True, timezone_id="Europe/Berlin")
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def screenshot(page: Any) -> Callable[[str], None]:
+    def shoot(name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    return shoot
