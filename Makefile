@@ -37,6 +37,7 @@ test: $(VENV)/.installed-test system-deps lint
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/ssh.py
 
 clean:
 	rm -rf $(VENV) dirt-demo artifacts .pytest_cache .ruff_cache

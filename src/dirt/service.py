@@ -197,6 +197,34 @@ class Service:
         claimed = self._write(work)
         return claimed
 
+    def dispatch(
+        self,
+        finished: Sequence[Finished],
+        starts: Sequence[tuple[str, str, float]],
+        reserve: Sequence[str],
+    ) -> tuple[dict[str, int], list[str]]:
+        """One dispatcher step in one transaction: mark reserved tasks (id, node, started) as
+        running, store finished runs, reserve more waiting tasks for this master.
+
+        Returns ({started id: attempt}, reserved ids).
+        """
+        if not finished and not starts and not reserve:
+            return {}, []
+
+        def work(conn: Any, seq: int) -> tuple[dict[str, int], list[str]]:
+            # Starts go first: a task can finish in the same step it was marked running.
+            started = tasks_db.start_tasks(conn, starts, self.master_id, seq)
+            self._store_finished(conn, finished, seq)
+            return started, tasks_db.reserve_tasks(conn, reserve, self.master_id, seq)
+
+        return self._write(work)
+
+    def release(self, task_ids: Sequence[str] | None = None) -> int:
+        """Give back tasks this master reserved but did not start (all, or those named)."""
+        return self._write(
+            lambda conn, seq: tasks_db.release_reservations(conn, seq, self.master_id, task_ids)
+        )
+
     def finish(self, finished: Sequence[Finished]) -> None:
         if finished:
             self.claim((), finished)
@@ -294,16 +322,15 @@ class Service:
 
     def recover_orphans(self) -> list[str]:
         """Tasks a dead dispatcher on this host left running go back to waiting."""
-        host = socket.gethostname()
         with read_transaction(self.engine) as conn:
             claims = tasks_db.running_claims(conn)
-        orphans = []
-        for task_id, attempt, owner in claims:
-            owner_host, _, rest = (owner or "").partition(":")
-            pid = rest.partition(":")[0]
-            gone = not _pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
-            if owner is None or (owner_host == host and gone):
-                orphans.append((task_id, attempt))
+            reservers = tasks_db.reserving_masters(conn)
+        orphans = [(t, attempt) for t, attempt, owner in claims if self._master_gone(owner)]
+        for master in reservers:
+            if self._master_gone(master):
+                self._write(
+                    lambda conn, seq, m=master: tasks_db.release_reservations(conn, seq, m)
+                )
         if not orphans:
             return []
         reason = "its dispatcher stopped without returning it"
@@ -315,6 +342,19 @@ class Service:
                 "Task %s was left running by a dispatcher that died; back to waiting", task_id
             )
         return recovered
+
+    def _master_gone(self, owner: str | None) -> bool:
+        """True when `owner` (host:pid:token) is a dispatcher on this host that is not running.
+
+        A master on another host is presumed alive: only it can return its tasks.
+        """
+        if owner is None:
+            return True
+        owner_host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if owner_host != socket.gethostname():
+            return False
+        return not _pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
 
     # ---- nodes ---------------------------------------------------------------------------
 

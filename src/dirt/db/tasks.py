@@ -126,7 +126,7 @@ def waiting_tasks(conn: Connection, limit: int) -> list[Task]:
     """The waiting tasks the dispatcher considers first: higher priority, then oldest."""
     query = (
         select(*DISPATCH_COLUMNS)
-        .where(tasks.c.state == TaskState.WAITING.value)
+        .where(tasks.c.state == TaskState.WAITING.value, tasks.c.claimed_by.is_(None))
         .order_by(tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
         .limit(limit)
     )

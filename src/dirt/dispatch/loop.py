@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from dirt.config import Settings
@@ -39,6 +39,8 @@ class InFlight:
     attempt: int
     sha256: str
     timeout: float | None
+    started: float = 0.0
+    slot_freed: bool = False
 
 
 @dataclass
@@ -85,6 +87,16 @@ class Dispatcher:
         self._check_cancels = True
         self._inflight: dict[str, InFlight] = {}
         self._running: Counter[str] = Counter()
+        # Tasks reserved in the store for a node, started the moment one of its slots frees, so
+        # the node never waits for a store write between tasks (up to its capacity per node).
+        self._reserved: defaultdict[str, deque[Task]] = defaultdict(deque)
+        # Tasks sent to nodes whose move to running is written in the next store transaction.
+        self._to_start: list[InFlight] = []
+        # Tasks whose module vanished between reservation and start, failed by the loop.
+        self._unrunnable: list[tuple[Task, str]] = []
+        # Guards the slot bookkeeping above: execnet's receiver threads refill a freed slot
+        # from the reserved tasks at once, without waiting for the loop or the store.
+        self._slots = threading.RLock()
         self._nodes: dict[str, NodeState] = {}
         self._pending: list[Task] = []
         self._pending_stale = True
@@ -107,6 +119,13 @@ class Dispatcher:
             self._wake.set()
 
     def _on_done(self, outcome: Outcome) -> None:
+        with self._slots:
+            flight = self._inflight.get(outcome.task_id)
+            if flight is not None and not flight.slot_freed:
+                flight.slot_freed = True
+                self._running[flight.node] -= 1
+                if not self._stopping.is_set():
+                    self._start_reserved(flight.node)
         self._outcomes.put(outcome)
         self._wake.set()
 
@@ -168,9 +187,24 @@ class Dispatcher:
         self._handle_loads()
         self._read_loads(now)
         self._connect_due(now)
+        self._release_unusable()
+        self._fail_unrunnable()
+        with self._slots:
+            self._start_reserved()
         pairs = self._select()
-        claimed = self.service.claim([(t.id, node) for t, node in pairs], finished)
-        self._start(pairs, set(claimed))
+        with self._slots:
+            starts, self._to_start = self._to_start, []
+        started, reserved = self.service.dispatch(
+            finished, [(f.task.id, f.node, f.started) for f in starts], [t.id for t, _ in pairs]
+        )
+        held = set(reserved)
+        with self._slots:
+            self._confirm_starts(starts, started)
+            for task, address in pairs:
+                if task.id in held:
+                    self._reserved[address].append(task)
+            if self._start_reserved():
+                self._wake.set()  # write their start now, not when the next outcome comes
 
     def _collect_outcomes(self, keep_killed: bool = False) -> list[Finished]:
         """Verdicts on the outcomes that arrived; with `keep_killed`, tasks killed by a close
@@ -183,10 +217,13 @@ class Dispatcher:
                 return finished
             if keep_killed and outcome.killed:
                 continue
-            flight = self._inflight.pop(outcome.task_id, None)
-            if flight is None:
-                continue  # already requeued when its node was lost
-            self._running[flight.node] -= 1
+            with self._slots:
+                flight = self._inflight.pop(outcome.task_id, None)
+                if flight is None:
+                    continue  # already requeued when its node was lost
+                if not flight.slot_freed:
+                    flight.slot_freed = True
+                    self._running[flight.node] -= 1
             verdict = judge(outcome, flight.task.name, flight.timeout)
             self._note_node_outcome(flight.node, outcome, verdict.state)
             finished.append(
@@ -213,11 +250,14 @@ class Dispatcher:
             # The loop may have counted a task on this node that the connection never sent.
             ids = set(task_ids) | {t for t, f in self._inflight.items() if f.node == address}
             items = []
-            for task_id in sorted(ids):
-                flight = self._inflight.pop(task_id, None)
-                if flight is not None:
-                    self._running[flight.node] -= 1
-                    items.append((task_id, flight.attempt))
+            with self._slots:
+                for task_id in sorted(ids):
+                    flight = self._inflight.pop(task_id, None)
+                    if flight is not None:
+                        if not flight.slot_freed:
+                            flight.slot_freed = True
+                            self._running[flight.node] -= 1
+                        items.append((task_id, flight.attempt))
             log.warning(
                 "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(items)
             )
@@ -331,6 +371,8 @@ class Dispatcher:
                     enabled=state.node.enabled,
                     accepting=state.accepting(cfg.balancer, cfg.load_margin),
                     penalty=state.penalty,
+                    reserved=len(self._reserved.get(address, ())),
+                    prefetch=max(1, state.node.slots >> state.penalty),
                 )
             )
         return views
@@ -447,27 +489,90 @@ class Dispatcher:
             if state.connection is not None and state.connection.alive:
                 self.service.node_health(address, online=True, load=load)
 
-    def _start(self, pairs: list[tuple[Task, str]], claimed: set[str]) -> None:
-        default_timeout = self.settings.dispatch.timeout or None
-        for task, address in pairs:
-            if task.id not in claimed:
+    def _release_unusable(self) -> None:
+        """Reserved tasks of a node that cannot start them now go back to every master."""
+        views = {v.address: v for v in self._views()}
+        ids = []
+        with self._slots:
+            for address, held in self._reserved.items():
+                view = views.get(address)
+                if held and (view is None or not view.usable):
+                    ids += [t.id for t in held]
+                    held.clear()
+        if ids:
+            self.service.release(ids)
+            self._pending_stale = True
+
+    def _fail_unrunnable(self) -> None:
+        with self._slots:
+            found, self._unrunnable = self._unrunnable, []
+        for task, reason in found:
+            self.service.release([task.id])
+            self.service.fail_unrunnable(task.id, reason)
+            log.error("Task %s failed: %s", task.id, reason)
+
+    def _start_reserved(self, only: str | None = None) -> int:
+        """Send reserved tasks to the free slots of their nodes; returns how many went.
+
+        Called with the slots lock held, from the loop or from a node's receiver thread.
+        """
+        sent = 0
+        for address, held in self._reserved.items():
+            if only is not None and address != only:
                 continue
-            state = self._nodes[address]
+            state = self._nodes.get(address)
+            if not held or state is None or state.connection is None:
+                continue
+            capacity = max(1, state.node.slots >> state.penalty)
+            while held and self._running[address] < capacity:
+                self._launch(held.popleft(), address)
+                sent += 1
+        return sent
+
+    def _launch(self, task: Task, address: str) -> None:
+        state = self._nodes[address]
+        try:
             module = self.service.modules.load(task.name)
-            timeout = task.timeout or default_timeout
-            flight = InFlight(task, address, task.attempts + 1, module.sha256, timeout)
-            self._inflight[task.id] = flight
-            self._running[address] += 1
-            self._reasons.pop(task.id, None)
-            log.info("%s -> %s", task.id, address)
-            assert state.connection is not None
-            try:
-                state.connection.run(
-                    task.id, task.name, module.source, module.sha256, task.kwargs or {}, timeout
-                )
-            except Exception as exc:
-                # The connection broke between selection and sending; the lost handler requeues.
-                self._on_lost(address, [task.id], f"could not send task: {exc}")
+        except NotFoundError as exc:
+            self._unrunnable.append((task, str(exc)))
+            self._wake.set()
+            return
+        timeout = task.timeout or self.settings.dispatch.timeout or None
+        flight = InFlight(task, address, task.attempts + 1, module.sha256, timeout, time.time())
+        self._inflight[task.id] = flight
+        self._to_start.append(flight)
+        self._running[address] += 1
+        self._reasons.pop(task.id, None)
+        log.info("%s -> %s", task.id, address)
+        assert state.connection is not None
+        try:
+            state.connection.run(
+                task.id, task.name, module.source, module.sha256, task.kwargs or {}, timeout
+            )
+        except Exception as exc:
+            # The connection broke between selection and sending; the lost handler requeues.
+            self._on_lost(address, [task.id], f"could not send task: {exc}")
+
+    def _confirm_starts(self, starts: list[InFlight], started: dict[str, int]) -> None:
+        """A sent task whose start the store refused (cancelled meanwhile) is killed."""
+        for flight in starts:
+            attempt = started.get(flight.task.id)
+            if attempt is not None:
+                flight.attempt = attempt
+                continue
+            if self._inflight.pop(flight.task.id, None) is None:
+                continue  # its node was lost in the meantime
+            if not flight.slot_freed:
+                flight.slot_freed = True
+                self._running[flight.node] -= 1
+            state = self._nodes.get(flight.node)
+            log.info("Task %s was cancelled before it started; killing it on %s",
+                     flight.task.id, flight.node)
+            if state is not None and state.connection is not None:
+                try:
+                    state.connection.kill(flight.task.id)
+                except Exception:
+                    log.debug("kill of %s not sent: its node is going away", flight.task.id)
 
     def _shutdown(self) -> None:
         """Store what finished, return what still runs to waiting, close every gateway."""
@@ -483,6 +588,11 @@ class Dispatcher:
             finished = self._collect_outcomes(keep_killed=True)
             if finished:
                 self.service.finish(finished)
+            # Starts not yet written: write them, so the requeue below finds them running.
+            starts, self._to_start = self._to_start, []
+            if starts:
+                self.service.dispatch([], [(f.task.id, f.node, f.started) for f in starts], [])
+            self.service.release()
             items = [(task_id, f.attempt) for task_id, f in self._inflight.items()]
             if items:
                 self.service.requeue(items, "dispatcher stopped while it ran")

@@ -23,6 +23,8 @@ class NodeView:
     enabled: bool = True
     accepting: bool = True  # False when the load balancer says the node is too busy
     penalty: int = 0  # infrastructure failures lately: such a node gets fewer tasks
+    reserved: int = 0  # tasks the dispatcher holds for this node, not yet started
+    prefetch: int = 0  # how many tasks beyond its free slots the dispatcher may hold
 
     @property
     def capacity(self) -> int:
@@ -31,7 +33,9 @@ class NodeView:
 
     @property
     def free(self) -> int:
-        return max(0, self.capacity - self.running) if self.usable else 0
+        if not self.usable:
+            return 0
+        return max(0, self.capacity + self.prefetch - self.running - self.reserved)
 
     @property
     def usable(self) -> bool:
