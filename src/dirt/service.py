@@ -200,18 +200,18 @@ class Service:
     def dispatch(
         self,
         finished: Sequence[Finished],
-        starts: Sequence[tuple[str, str, float]],
+        starts: Sequence[tuple[str, str, float, int]],
         reserve: Sequence[str],
-    ) -> tuple[dict[str, int], list[str]]:
-        """One dispatcher step in one transaction: mark reserved tasks (id, node, started) as
-        running, store finished runs, reserve more waiting tasks for this master.
+    ) -> tuple[list[str], list[str]]:
+        """One dispatcher step in one transaction: mark reserved tasks (id, node, started,
+        attempt) as running, store finished runs, reserve more waiting tasks for this master.
 
-        Returns ({started id: attempt}, reserved ids).
+        Returns (started ids, reserved ids).
         """
         if not finished and not starts and not reserve:
-            return {}, []
+            return [], []
 
-        def work(conn: Any, seq: int) -> tuple[dict[str, int], list[str]]:
+        def work(conn: Any, seq: int) -> tuple[list[str], list[str]]:
             # Starts go first: a task can finish in the same step it was marked running.
             started = tasks_db.start_tasks(conn, starts, self.master_id, seq)
             self._store_finished(conn, finished, seq)

@@ -170,10 +170,7 @@ def claim_tasks(
     if claimed:
         conn.execute(
             _OPEN_ATTEMPT,
-            [
-                {"task_id": t, "number": n, "node": node, "started": now}
-                for t, node, n in claimed
-            ],
+            [{"task_id": t, "number": n, "node": node, "started": now} for t, node, n in claimed],
         )
     return [t for t, _, _ in claimed]
 
@@ -499,17 +496,17 @@ _START = (
         tasks.c.id == bindparam("b_id"),
         tasks.c.state == TaskState.WAITING.value,
         tasks.c.claimed_by == bindparam("b_master"),
+        tasks.c.attempts == bindparam("b_previous"),
     )
     .values(
         state=TaskState.RUNNING.value,
         node=bindparam("b_node"),
         started=bindparam("b_now"),
         completed=None,
-        attempts=tasks.c.attempts + 1,
+        attempts=bindparam("b_attempt"),
         waiting_reason=None,
         seq=bindparam("b_seq"),
     )
-    .returning(tasks.c.attempts)
 )
 
 
@@ -531,21 +528,40 @@ def reserve_tasks(conn: Connection, task_ids: Sequence[str], master: str, seq: i
 
 
 def start_tasks(
-    conn: Connection, starts: Sequence[tuple[str, str, float]], master: str, seq: int
-) -> dict[str, int]:
-    """Reserved tasks (id, node, started) to running; returns {id: attempt} of those started."""
-    started: dict[str, int] = {}
-    rows = []
-    for task_id, node, now in starts:
-        row = conn.execute(
-            _START,
-            {"b_id": task_id, "b_master": master, "b_node": node, "b_now": now, "b_seq": seq},
-        ).first()
-        if row is not None:
-            started[task_id] = row[0]
-            rows.append({"task_id": task_id, "number": row[0], "node": node, "started": now})
-    if rows:
-        conn.execute(_OPEN_ATTEMPT, rows)
+    conn: Connection, starts: Sequence[tuple[str, str, float, int]], master: str, seq: int
+) -> list[str]:
+    """Reserved tasks (id, node, started, attempt) to running; returns the ids started.
+
+    The attempt number is the reserved task's attempts + 1: while reserved, only this master
+    changes the task, so the number is known without reading it back.
+    """
+    if not starts:
+        return []
+    params = [
+        {
+            "b_id": t,
+            "b_master": master,
+            "b_node": node,
+            "b_now": now,
+            "b_attempt": n,
+            "b_previous": n - 1,
+            "b_seq": seq,
+        }
+        for t, node, now, n in starts
+    ]
+    if len(params) > 1 and conn.execute(_START, params).rowcount == len(params):
+        started = [p["b_id"] for p in params]
+    else:
+        started = [p["b_id"] for p in params if conn.execute(_START, p).rowcount == 1]
+    done = set(started)
+    conn.execute(
+        _OPEN_ATTEMPT,
+        [
+            {"task_id": t, "number": n, "node": node, "started": now}
+            for t, node, now, n in starts
+            if t in done
+        ],
+    ) if done else None
     return started
 
 

@@ -11,21 +11,24 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from dirt.config import Settings
 from dirt.dispatch import runner
 from dirt.dispatch.connection import NodeConnection, Outcome
 from dirt.dispatch.outcome import judge
-from dirt.dispatch.select import NodeView, assign, waiting_reason
+from dirt.dispatch.select import NodeView, fill_order, pick, to_reserve, waiting_reason
 from dirt.errors import DirtError, NotFoundError
 from dirt.models import Node, Task, TaskState
 from dirt.service import Finished, Service
 
 log = logging.getLogger("dirt")
 
-WINDOW = 256  # waiting tasks kept in memory; refilled as they are claimed
+WINDOW = 128  # waiting tasks kept in memory; refilled as they are reserved
+# Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
+# stay waiting (and can be cancelled); any node of this dispatcher can take them.
+PREFETCH = 16
 NODE_REFRESH_S = 5.0
 LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
 LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
@@ -87,9 +90,9 @@ class Dispatcher:
         self._check_cancels = True
         self._inflight: dict[str, InFlight] = {}
         self._running: Counter[str] = Counter()
-        # Tasks reserved in the store for a node, started the moment one of its slots frees, so
-        # the node never waits for a store write between tasks (up to its capacity per node).
-        self._reserved: defaultdict[str, deque[Task]] = defaultdict(deque)
+        # Tasks reserved in the store by this dispatcher, started the moment a slot frees on a
+        # node that can run them, so a node never waits for a store write between tasks.
+        self._held: deque[Task] = deque()
         # Tasks sent to nodes whose move to running is written in the next store transaction.
         self._to_start: list[InFlight] = []
         # Tasks whose module vanished between reservation and start, failed by the loop.
@@ -195,14 +198,14 @@ class Dispatcher:
         with self._slots:
             starts, self._to_start = self._to_start, []
         started, reserved = self.service.dispatch(
-            finished, [(f.task.id, f.node, f.started) for f in starts], [t.id for t, _ in pairs]
+            finished,
+            [(f.task.id, f.node, f.started, f.attempt) for f in starts],
+            [t.id for t in pairs],
         )
-        held = set(reserved)
+        ours = set(reserved)
         with self._slots:
             self._confirm_starts(starts, started)
-            for task, address in pairs:
-                if task.id in held:
-                    self._reserved[address].append(task)
+            self._held.extend(t for t in pairs if t.id in ours)
             if self._start_reserved():
                 self._wake.set()  # write their start now, not when the next outcome comes
 
@@ -359,7 +362,7 @@ class Dispatcher:
         counts as online, so a task does not flash "offline" while its node starts."""
         views = []
         cfg = self.settings.dispatch
-        for address, state in self._nodes.items():
+        for address, state in list(self._nodes.items()):
             views.append(
                 NodeView(
                     address=address,
@@ -371,38 +374,36 @@ class Dispatcher:
                     enabled=state.node.enabled,
                     accepting=state.accepting(cfg.balancer, cfg.load_margin),
                     penalty=state.penalty,
-                    reserved=len(self._reserved.get(address, ())),
-                    prefetch=max(1, state.node.slots >> state.penalty),
                 )
             )
         return views
 
-    def _select(self) -> list[tuple[Task, str]]:
+    def _select(self) -> list[Task]:
+        """Waiting tasks to reserve now: enough for every free slot plus PREFETCH."""
         if self._stopping.is_set():
             return []
         views = self._views()
-        free = sum(v.free for v in views)
-        if self._pending_stale or (len(self._pending) < free and not self._window_complete):
+        capacity = sum(v.capacity for v in views if v.usable)
+        wanted = capacity + PREFETCH - len(self._held) - sum(self._running.values())
+        if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):
             self._pending = self.service.waiting_tasks(WINDOW)
             self._window_complete = len(self._pending) < WINDOW
             self._pending_stale = False
             self._update_reasons(self._views(connecting_counts=True))
-        if free == 0 or not self._pending:
+        if wanted <= 0 or not self._pending:
             return []
-        assignment = assign(self._pending, views, self._cursor)
-        self._cursor = assignment.cursor
-        pairs = []
-        for task, node in assignment.pairs:
+        chosen = []
+        for task in to_reserve(self._pending, views, wanted):
             try:
                 self.service.modules.load(task.name)
             except NotFoundError as exc:
                 self.service.fail_unrunnable(task.id, str(exc))
                 log.error("Task %s failed: %s", task.id, exc)
                 continue
-            pairs.append((task, node))
-        taken = {t.id for t, _ in assignment.pairs}
+            chosen.append(task)
+        taken = {t.id for t in chosen}
         self._pending = [t for t in self._pending if t.id not in taken]
-        return pairs
+        return chosen
 
     def _update_reasons(self, views: list[NodeView]) -> None:
         """Store why tasks wait, when that changed (so `dirt status` and the page can say)."""
@@ -490,17 +491,14 @@ class Dispatcher:
                 self.service.node_health(address, online=True, load=load)
 
     def _release_unusable(self) -> None:
-        """Reserved tasks of a node that cannot start them now go back to every master."""
-        views = {v.address: v for v in self._views()}
-        ids = []
+        """Reserved tasks that no usable node can run now go back to every master."""
+        views = [v for v in self._views() if v.usable]
         with self._slots:
-            for address, held in self._reserved.items():
-                view = views.get(address)
-                if held and (view is None or not view.usable):
-                    ids += [t.id for t in held]
-                    held.clear()
-        if ids:
-            self.service.release(ids)
+            stuck = [t for t in self._held if not any(pick([t], v) is not None for v in views)]
+            for task in stuck:
+                self._held.remove(task)
+        if stuck:
+            self.service.release([t.id for t in stuck])
             self._pending_stale = True
 
     def _fail_unrunnable(self) -> None:
@@ -512,21 +510,27 @@ class Dispatcher:
             log.error("Task %s failed: %s", task.id, reason)
 
     def _start_reserved(self, only: str | None = None) -> int:
-        """Send reserved tasks to the free slots of their nodes; returns how many went.
+        """Send reserved tasks to free slots of nodes that can run them, round robin.
 
-        Called with the slots lock held, from the loop or from a node's receiver thread.
+        Called with the slots lock held, from the loop or from a node's receiver thread (then
+        `only` names the node whose slot just freed). Returns how many tasks went.
         """
+        if not self._held:
+            return 0
+        views = [v for v in self._views() if only is None or v.address == only]
         sent = 0
-        for address, held in self._reserved.items():
-            if only is not None and address != only:
+        for view in fill_order(views, self._cursor):
+            index = pick(self._held, view)
+            if index is None:
                 continue
-            state = self._nodes.get(address)
-            if not held or state is None or state.connection is None:
-                continue
-            capacity = max(1, state.node.slots >> state.penalty)
-            while held and self._running[address] < capacity:
-                self._launch(held.popleft(), address)
-                sent += 1
+            task = self._held[index]
+            del self._held[index]
+            self._launch(task, view.address)
+            sent += 1
+            if not self._held:
+                break
+        if sent and only is None:
+            self._cursor += 1
         return sent
 
     def _launch(self, task: Task, address: str) -> None:
@@ -553,12 +557,11 @@ class Dispatcher:
             # The connection broke between selection and sending; the lost handler requeues.
             self._on_lost(address, [task.id], f"could not send task: {exc}")
 
-    def _confirm_starts(self, starts: list[InFlight], started: dict[str, int]) -> None:
+    def _confirm_starts(self, starts: list[InFlight], started: list[str]) -> None:
         """A sent task whose start the store refused (cancelled meanwhile) is killed."""
+        ok = set(started)
         for flight in starts:
-            attempt = started.get(flight.task.id)
-            if attempt is not None:
-                flight.attempt = attempt
+            if flight.task.id in ok:
                 continue
             if self._inflight.pop(flight.task.id, None) is None:
                 continue  # its node was lost in the meantime
@@ -566,8 +569,11 @@ class Dispatcher:
                 flight.slot_freed = True
                 self._running[flight.node] -= 1
             state = self._nodes.get(flight.node)
-            log.info("Task %s was cancelled before it started; killing it on %s",
-                     flight.task.id, flight.node)
+            log.info(
+                "Task %s was cancelled before it started; killing it on %s",
+                flight.task.id,
+                flight.node,
+            )
             if state is not None and state.connection is not None:
                 try:
                     state.connection.kill(flight.task.id)
@@ -591,7 +597,9 @@ class Dispatcher:
             # Starts not yet written: write them, so the requeue below finds them running.
             starts, self._to_start = self._to_start, []
             if starts:
-                self.service.dispatch([], [(f.task.id, f.node, f.started) for f in starts], [])
+                self.service.dispatch(
+                    [], [(f.task.id, f.node, f.started, f.attempt) for f in starts], []
+                )
             self.service.release()
             items = [(task_id, f.attempt) for task_id, f in self._inflight.items()]
             if items:

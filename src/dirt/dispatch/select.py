@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -23,8 +23,6 @@ class NodeView:
     enabled: bool = True
     accepting: bool = True  # False when the load balancer says the node is too busy
     penalty: int = 0  # infrastructure failures lately: such a node gets fewer tasks
-    reserved: int = 0  # tasks the dispatcher holds for this node, not yet started
-    prefetch: int = 0  # how many tasks beyond its free slots the dispatcher may hold
 
     @property
     def capacity(self) -> int:
@@ -33,9 +31,7 @@ class NodeView:
 
     @property
     def free(self) -> int:
-        if not self.usable:
-            return 0
-        return max(0, self.capacity + self.prefetch - self.running - self.reserved)
+        return max(0, self.capacity - self.running) if self.usable else 0
 
     @property
     def usable(self) -> bool:
@@ -76,43 +72,36 @@ def waiting_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
     return None
 
 
-@dataclass
-class Assignment:
-    pairs: list[tuple[Task, str]] = field(default_factory=list)
-    cursor: int = 0
-
-
-def assign(tasks: Sequence[Task], nodes: Sequence[NodeView], cursor: int = 0) -> Assignment:
-    """Pair tasks (already in priority order) with nodes that have a free slot, round robin.
-
-    A node with infrastructure failures has fewer slots (see NodeView.capacity) and is passed
-    over while an equally able node with fewer failures has room, so error-prone hosts get
-    fewer tasks.
-    """
-    result = Assignment(cursor=cursor)
-    if not nodes:
-        return result
-    free = {n.address: n.free for n in nodes}
-    total = sum(free.values())
-    count = len(nodes)
+def to_reserve(tasks: Sequence[Task], nodes: Sequence[NodeView], count: int) -> list[Task]:
+    """The first `count` tasks (already in priority order) that some usable node can run."""
+    usable = [n for n in nodes if n.usable]
+    chosen: list[Task] = []
     for task in tasks:
-        if total == 0:
+        if len(chosen) >= count:
             break
-        best: int | None = None
-        for step in range(count):
-            index = (result.cursor + step) % count
-            node = nodes[index]
-            if free[node.address] <= 0 or not satisfies(task, node):
-                continue
-            if best is None or node.penalty < nodes[best].penalty:
-                best = index
-                if node.penalty == 0:
-                    break
-        if best is None:
-            continue
-        address = nodes[best].address
-        result.pairs.append((task, address))
-        free[address] -= 1
-        total -= 1
-        result.cursor = (best + 1) % count
-    return result
+        if any(satisfies(task, node) for node in usable):
+            chosen.append(task)
+    return chosen
+
+
+def pick(held: Sequence[Task], node: NodeView) -> int | None:
+    """Index of the first held task `node` can run, or None."""
+    for index, task in enumerate(held):
+        if satisfies(task, node):
+            return index
+    return None
+
+
+def fill_order(nodes: Sequence[NodeView], cursor: int = 0) -> list[NodeView]:
+    """Free slots, one entry per slot, taken round robin over the nodes from `cursor` on:
+    a burst of tasks is spread over the nodes instead of filling the first one."""
+    count = len(nodes)
+    rotated = [nodes[(cursor + i) % count] for i in range(count)]
+    free = {n.address: n.free for n in rotated}
+    order: list[NodeView] = []
+    while any(free.values()):
+        for node in rotated:
+            if free[node.address] > 0:
+                order.append(node)
+                free[node.address] -= 1
+    return order

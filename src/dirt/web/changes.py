@@ -26,6 +26,7 @@ log = logging.getLogger("dirt.web")
 
 KEEPALIVE_S = 15.0
 MAX_LONG_POLL_S = 60.0
+SSE_MAX_CHANGES = 500
 
 
 class ChangeHub:
@@ -127,7 +128,13 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
                 continue
             changes, last = await run_in_threadpool(service.changes_since, last, 500)
             if changes:
-                data = json.dumps({"seq": last, "changes": [c.to_doc() for c in changes]})
+                # One huge transaction (a 100,000-task submission) is sent in part: the page
+                # refreshes on "truncated" whatever the changes were.
+                shown = [c.to_doc() for c in changes[:SSE_MAX_CHANGES]]
+                payload = {"seq": last, "changes": shown}
+                if len(changes) > SSE_MAX_CHANGES:
+                    payload["truncated"] = True
+                data = json.dumps(payload)
                 yield f"id: {last}\nevent: change\ndata: {data}\n\n"
 
     return StreamingResponse(

@@ -90,7 +90,7 @@
     source.addEventListener("change", function (event) {
       var data;
       try { data = JSON.parse(event.data); } catch (e) { return; }
-      if (relevant(live, data.changes || [])) schedule();
+      if (data.truncated || relevant(live, data.changes || [])) schedule();
     });
     window.addEventListener("pagehide", function () { source.close(); });
   }
