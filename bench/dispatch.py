@@ -22,11 +22,11 @@ import execnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dirt.config import load_settings  # noqa: E402
-from dirt.dispatch.loop import Dispatcher  # noqa: E402
-from dirt.dispatch.runner import probe  # noqa: E402
-from dirt.project import create_project  # noqa: E402
-from dirt.service import Service  # noqa: E402
+from dirt.config import load_settings
+from dirt.dispatch.loop import Dispatcher
+from dirt.dispatch.runner import probe
+from dirt.project import create_project
+from dirt.service import Service
 
 TRIVIAL_MODULE = "def execute():\n    return {'success': True}\n"
 TRIVIAL_CALL = "channel.send({'success': True})"
@@ -62,8 +62,11 @@ def raw_execnet(n: int, gateways: int = 2) -> dict[str, float]:
         t.join()
     elapsed = time.perf_counter() - start
     group.terminate(timeout=5)
-    return {"rate": len(latencies) / elapsed, "median": statistics.median(latencies),
-            "p99": percentile(latencies, 0.99)}
+    return {
+        "rate": len(latencies) / elapsed,
+        "median": statistics.median(latencies),
+        "p99": percentile(latencies, 0.99),
+    }
 
 
 def make_service(root: Path, isolation: str, slots: int) -> Service:
@@ -71,8 +74,10 @@ def make_service(root: Path, isolation: str, slots: int) -> Service:
     (project / "tasks" / "trivial.py").write_text(TRIVIAL_MODULE)
     settings = load_settings(
         project,
-        overrides={"dispatch": {"isolation": isolation, "poll_interval": 0.05},
-                   "log": {"file": ""}},
+        overrides={
+            "dispatch": {"isolation": isolation, "poll_interval": 0.05},
+            "log": {"file": ""},
+        },
         environ={},
     )
     service = Service(settings)
@@ -120,8 +125,13 @@ def dirt_end_to_end(root: Path, isolation: str, n: int, slots: int) -> dict[str,
     dispatcher.stop()
     thread.join(30)
     service.close()
-    return {"rate": n / elapsed, "median": statistics.median(runs), "p99": percentile(runs, 0.99),
-            "e2e_p50": statistics.median(e2e), "idle_start": statistics.median(idle)}
+    return {
+        "rate": n / elapsed,
+        "median": statistics.median(runs),
+        "p99": percentile(runs, 0.99),
+        "e2e_p50": statistics.median(e2e),
+        "idle_start": statistics.median(idle),
+    }
 
 
 def submit_to_start(service: Service, samples: int = 40) -> list[float]:
@@ -147,14 +157,20 @@ def main() -> None:
             results[isolation] = dirt_end_to_end(Path(tmp), isolation, args.tasks, args.slots)
     ms = 1000
     print(f"{args.tasks} trivial tasks, local node with {args.slots} slots, 2 raw gateways")
-    print(f"{'':<28}{'tasks/s':>9}{'median ms':>11}{'p99 ms':>9}{'vs raw':>8}"
-          f"{'idle submit->start ms':>23}")
-    print(f"{'raw execnet (2 gateways)':<28}{raw['rate']:>9.0f}{raw['median'] * ms:>11.2f}"
-          f"{raw['p99'] * ms:>9.2f}{1:>7.2f}x{'-':>23}")
+    print(
+        f"{'':<28}{'tasks/s':>9}{'median ms':>11}{'p99 ms':>9}{'vs raw':>8}"
+        f"{'idle submit->start ms':>23}"
+    )
+    print(
+        f"{'raw execnet (2 gateways)':<28}{raw['rate']:>9.0f}{raw['median'] * ms:>11.2f}"
+        f"{raw['p99'] * ms:>9.2f}{1:>7.2f}x{'-':>23}"
+    )
     for isolation, r in results.items():
-        print(f"{'dirt, ' + isolation + ' isolation':<28}{r['rate']:>9.0f}"
-              f"{r['median'] * ms:>11.2f}{r['p99'] * ms:>9.2f}{r['rate'] / raw['rate']:>7.2f}x"
-              f"{r['idle_start'] * ms:>23.2f}")
+        print(
+            f"{'dirt, ' + isolation + ' isolation':<28}{r['rate']:>9.0f}"
+            f"{r['median'] * ms:>11.2f}{r['p99'] * ms:>9.2f}{r['rate'] / raw['rate']:>7.2f}x"
+            f"{r['idle_start'] * ms:>23.2f}"
+        )
     print("latency: dirt = node round trip per task (started -> completed); raw = one call")
     print("goals: thread >= 0.5x raw, process >= 500 tasks/s, idle submit->start <= 5 ms")
 

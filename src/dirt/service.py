@@ -328,9 +328,7 @@ class Service:
         orphans = [(t, attempt) for t, attempt, owner in claims if self._master_gone(owner)]
         for master in reservers:
             if self._master_gone(master):
-                self._write(
-                    lambda conn, seq, m=master: tasks_db.release_reservations(conn, seq, m)
-                )
+                self._write(lambda conn, seq, m=master: tasks_db.release_reservations(conn, seq, m))
         if not orphans:
             return []
         reason = "its dispatcher stopped without returning it"

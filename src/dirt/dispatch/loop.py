@@ -250,10 +250,20 @@ class Dispatcher:
             except queue.Empty:
                 return
             state = self._nodes.get(address)
-            # The loop may have counted a task on this node that the connection never sent.
-            ids = set(task_ids) | {t for t, f in self._inflight.items() if f.node == address}
             items = []
             with self._slots:
+                # Tasks sent there whose start is not written yet are still waiting (reserved)
+                # in the store: they simply go back to the held tasks for another node.
+                unwritten = [f for f in self._to_start if f.node == address]
+                self._to_start = [f for f in self._to_start if f.node != address]
+                for flight in unwritten:
+                    self._inflight.pop(flight.task.id, None)
+                    if not flight.slot_freed:
+                        flight.slot_freed = True
+                        self._running[address] -= 1
+                    self._held.appendleft(flight.task)
+                # The loop may have counted a task on this node that the connection never sent.
+                ids = set(task_ids) | {t for t, f in self._inflight.items() if f.node == address}
                 for task_id in sorted(ids):
                     flight = self._inflight.pop(task_id, None)
                     if flight is not None:
