@@ -92,7 +92,7 @@ def test_every_problem_is_listed_and_nothing_is_stored(service: Service) -> None
     assert "'priority' must be an integer" in text
     assert "duplicate id 'r1'" in text
     assert len(problems) == 8
-    assert service.record_summaries() == []
+    assert service.record_page() == []
 
 
 def test_a_record_that_exists_is_a_conflict(service: Service) -> None:

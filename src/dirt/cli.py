@@ -498,7 +498,7 @@ def status(obj: Context, record_id: str | None, as_json: bool, limit: int) -> No
 
 
 def _status_list(obj: Context, as_json: bool, limit: int) -> None:
-    summaries = obj.service.record_summaries(limit=limit)
+    summaries = obj.service.record_page(limit=limit)
     if as_json:
         docs = [
             {

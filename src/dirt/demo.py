@@ -14,6 +14,7 @@ from typing import Any
 from dirt.config import CONFIG_FILE, load_settings
 from dirt.dispatch.loop import Dispatcher
 from dirt.dispatch.runner import probe
+from dirt.errors import NotFoundError
 from dirt.logs import setup_logging
 from dirt.project import create_project
 from dirt.server import serve
@@ -95,14 +96,19 @@ def run_demo(
 
 
 def _unstored(service: Service, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    stored_records = {s.record.id for s in service.record_summaries(limit=1000)}
+    """The documents of `docs` the store does not hold yet (a rerun adds only what is new)."""
     stored_tasks = {t.id for t in service.tasks(d["_id"] for d in docs if d["type"] == "task")}
-    return [
-        d
-        for d in docs
-        if (d["type"] == "record" and d["_id"] not in stored_records)
-        or (d["type"] == "task" and d["_id"] not in stored_tasks)
-    ]
+    new = []
+    for doc in docs:
+        if doc["type"] == "task":
+            if doc["_id"] not in stored_tasks:
+                new.append(doc)
+            continue
+        try:
+            service.record(doc["_id"])
+        except NotFoundError:
+            new.append(doc)
+    return new
 
 
 def _report_when_done(

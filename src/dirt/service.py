@@ -510,21 +510,13 @@ class Service:
             raise NotFoundError(f"no node {address!r}; see `dirt nodes list`")
         return node
 
-    def record_summaries(
-        self, limit: int = 50, before: tuple[float, str] | None = None, search: str | None = None
-    ) -> list[RecordSummary]:
-        with read_transaction(self.engine) as conn:
-            found = records_db.list_records(conn, limit, before, search)
-            counts = records_db.task_counts(conn, [r.id for r in found])
-        return [RecordSummary(r, counts[r.id]) for r in found]
-
     def record_summary(self, record_id: str) -> RecordSummary:
         """One record with its task counts per state."""
         with read_transaction(self.engine) as conn:
             record = records_db.get_record(conn, record_id)
             if record is None:
                 raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
-            return RecordSummary(record, records_db.task_counts(conn, [record_id])[record_id])
+            return RecordSummary(record, browse_db.record_counts(conn, [record_id])[record_id])
 
     def record_detail(self, record_id: str) -> RecordDetail:
         with read_transaction(self.engine) as conn:

@@ -143,11 +143,11 @@ def test_records_list_newest_first_with_counts(store: Service) -> None:
         ]
     )
     store.claim([(store.record_detail("new").tasks[0].id, "a")])
-    summaries = store.record_summaries()
+    summaries = store.record_page()
     assert [s.record.id for s in summaries] == ["new", "old"]
     assert summaries[0].counts["waiting"] == 1 and summaries[0].counts["running"] == 1
     assert summaries[1].ntasks == 0
-    assert [s.record.id for s in store.record_summaries(before=(200, "new"))] == ["old"]
+    assert [s.record.id for s in store.record_page(before=(200, "new"))] == ["old"]
 
 
 def test_waiting_tasks_come_highest_priority_then_oldest(store: Service) -> None:

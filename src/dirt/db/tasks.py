@@ -104,24 +104,6 @@ def tasks_of_record(conn: Connection, record_id: str) -> list[Task]:
     return [task_from_row(row) for row in conn.execute(query)]
 
 
-def task_history(
-    conn: Connection, name: str, limit: int = 50, before: tuple[float, str] | None = None
-) -> list[Task]:
-    """Every run of task `name` across records, newest first, keyset paginated."""
-    query = (
-        select(tasks)
-        .where(tasks.c.name == name)
-        .order_by(tasks.c.created.desc(), tasks.c.id.desc())
-        .limit(limit)
-    )
-    if before is not None:
-        created, task_id = before
-        query = query.where(
-            (tasks.c.created < created) | ((tasks.c.created == created) & (tasks.c.id < task_id))
-        )
-    return [task_from_row(row) for row in conn.execute(query)]
-
-
 def waiting_tasks(conn: Connection, limit: int) -> list[Task]:
     """The waiting tasks the dispatcher considers first: higher priority, then oldest."""
     query = (

@@ -9,10 +9,15 @@ from pathlib import Path
 
 _HERE = Path(__file__).parent
 SHIPPED = ("agent", "forkserver", "sysinfo", "probe_load")
+# Shipped in front of these modules' own source: the task-running code both need.
+WITH_TASKING = ("agent", "forkserver")
 
 
 def source(name: str) -> str:
     """The source text of the shipped module `name` (e.g. ``"agent"``)."""
     if name not in SHIPPED:
         raise ValueError(f"no shipped module {name!r}; known: {', '.join(SHIPPED)}")
-    return (_HERE / f"{name}.py").read_text(encoding="utf-8")
+    text = (_HERE / f"{name}.py").read_text(encoding="utf-8")
+    if name in WITH_TASKING:
+        text = (_HERE / "tasking.py").read_text(encoding="utf-8") + "\n\n" + text
+    return text

@@ -1,6 +1,8 @@
 """Node agent: runs every task the master sends over one execnet channel.
 
-Shipped as source text with ``gateway.remote_exec``; stdlib only, no imports of dirt. The master
+Shipped as source text with ``gateway.remote_exec``; stdlib only, no imports of dirt.
+TaskChannel, run_task, kill_group and the framing constants come from ``tasking.py``,
+which ``dirt.remote.source()`` ships in front of this text. The master
 keeps one gateway per node and one agent channel on it, multiplexed for all tasks.
 
 master -> node, first the config ``{"isolation": "process"|"thread", "forkserver_source": str}``,
@@ -24,15 +26,12 @@ In "thread" isolation tasks run in threads of this process: fast, no isolation, 
 kills only stop waiting for the thread (it is abandoned, not stopped).
 """
 
-import builtins
 import contextlib
 import heapq
 import marshal
 import os
 import selectors
 import shutil
-import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,6 @@ import threading
 import time
 import traceback
 
-OUTPUT_TAIL = 64 * 1024
-HEADER = struct.Struct("!I")
-PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
 FORKSERVER_START_TIMEOUT = 60.0
 # The fork server's source comes as the first frame on its stdin rather than on the command
 # line: argv is capped at 128 KiB per argument and would show the whole source in ps.
@@ -81,71 +77,6 @@ def outcome_dict(
         "duration": duration,
         "output": output,
     }
-
-
-def unserialisable_type(obj):
-    """Name the first type inside obj that a plain-data transport cannot carry, else None."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, PLAIN_TYPES):
-            continue
-        if type(item) in (list, tuple):
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        else:
-            return type(item).__name__
-    return None
-
-
-class TaskChannel:
-    """Stands in for the execnet channel an original-style task module talks to."""
-
-    def __init__(self, kwargs):
-        self._kwargs = kwargs
-        self.sent = False
-        self.results = None
-
-    def receive(self, timeout=None):
-        return self._kwargs
-
-    def send(self, obj):
-        # The first send is the task's answer; later ones are ignored, as the master would
-        # only ever have read one.
-        if not self.sent:
-            self.sent = True
-            self.results = obj
-
-    def isclosed(self):
-        return False
-
-    def close(self, error=None):
-        pass
-
-
-def run_task(code, module_name, kwargs):
-    """Run one task module; return (results, error)."""
-    chan = TaskChannel(kwargs if kwargs is not None else {})
-    namespace = {
-        "__name__": "__channelexec__",
-        "__file__": f"<dirt task {module_name}>",
-        "__builtins__": builtins,
-        "channel": chan,
-    }
-    try:
-        exec(code, namespace)
-        if chan.sent:
-            return chan.results, None
-        execute = namespace.get("execute")
-        if callable(execute):
-            return execute(**chan._kwargs), None
-        return None, f"task module {module_name} sent no results and defines no execute()"
-    except SystemExit as exc:
-        return None, f"task called sys.exit({exc.code!r})"
-    except BaseException:
-        return None, traceback.format_exc()
 
 
 class Sender:
@@ -353,16 +284,6 @@ class ForkServerClient:
         for fh in (self.proc.stdin, self.proc.stdout, self.stderr):
             with contextlib.suppress(OSError, ValueError):
                 fh.close()
-
-
-def kill_group(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    except PermissionError:
-        pass
 
 
 class ProcessRunner:
@@ -603,4 +524,4 @@ def serve(channel):
 
 
 if __name__ == "__channelexec__":
-    serve(channel)  # noqa: F821
+    serve(channel)

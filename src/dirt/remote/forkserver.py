@@ -1,7 +1,9 @@
 """Warm fork server: runs each task module in its own forked process on a node.
 
 Shipped as source text: the agent starts ``python -c BOOTSTRAP`` and sends this source as the
-first frame on its stdin; stdlib only, no imports of dirt. It is single-threaded on purpose
+first frame on its stdin; stdlib only, no imports of dirt.
+TaskChannel, run_task, kill_group and the framing constants come from ``tasking.py``,
+which ``dirt.remote.source()`` ships in front of this text. It is single-threaded on purpose
 (selectors plus a SIGCHLD wakeup pipe) so that ``os.fork()`` is safe: a forked child of a
 threaded process can inherit a held lock.
 
@@ -44,7 +46,6 @@ import selectors
 import shutil
 import signal
 import socket  # noqa: F401
-import struct
 import subprocess  # noqa: F401
 import sys
 import tempfile
@@ -53,75 +54,6 @@ import threading  # noqa: F401
 import time
 import traceback
 import urllib.parse  # noqa: F401
-
-OUTPUT_TAIL = 64 * 1024
-HEADER = struct.Struct("!I")
-PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
-
-
-class TaskChannel:
-    """Stands in for the execnet channel an original-style task module talks to."""
-
-    def __init__(self, kwargs):
-        self._kwargs = kwargs
-        self.sent = False
-        self.results = None
-
-    def receive(self, timeout=None):
-        return self._kwargs
-
-    def send(self, obj):
-        # The first send is the task's answer; later ones are ignored, as the master would
-        # only ever have read one.
-        if not self.sent:
-            self.sent = True
-            self.results = obj
-
-    def isclosed(self):
-        return False
-
-    def close(self, error=None):
-        pass
-
-
-def unserialisable_type(obj):
-    """Name the first type inside obj that a plain-data transport cannot carry, else None."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, PLAIN_TYPES):
-            continue
-        if type(item) in (list, tuple):
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        else:
-            return type(item).__name__
-    return None
-
-
-def run_task(code, module_name, kwargs):
-    """Run one task module; return (results, error). Shared shape with the agent's thread mode."""
-    chan = TaskChannel(kwargs if kwargs is not None else {})
-    namespace = {
-        "__name__": "__channelexec__",
-        "__file__": f"<dirt task {module_name}>",
-        "__builtins__": __builtins__,
-        "channel": chan,
-    }
-    try:
-        exec(code, namespace)
-        if chan.sent:
-            return chan.results, None
-        execute = namespace.get("execute")
-        if callable(execute):
-            return execute(**chan._kwargs), None
-        return None, f"task module {module_name} sent no results and defines no execute()"
-    except SystemExit as exc:
-        return None, f"task called sys.exit({exc.code!r})"
-    except BaseException:
-        return None, traceback.format_exc()
 
 
 def child_main(server, task_id, code, module_name, kwargs, out_path, res_path):
@@ -430,17 +362,6 @@ def failed(error):
         "duration": 0.0,
         "output": "",
     }
-
-
-def kill_group(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        # The child may not have called setsid() yet; then it has no children either.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    except PermissionError:
-        pass
 
 
 def drain(fd):
