@@ -320,3 +320,28 @@ def test_results_json_matches_the_document_format(
     doc = task.to_doc()
     assert json.loads(json.dumps(doc))["results"] == {"success": True}
     assert {"_id", "type", "record_id", "name", "started", "completed", "node"} <= set(doc)
+
+
+def test_an_urgent_task_does_not_queue_behind_the_prefetched_ones(
+    service: Service, add_task_module: Callable[[str, str], str]
+) -> None:
+    from dirt.dispatch.runner import probe
+
+    service.save_node("local", probe("local", service.settings.nodes), slots=1)
+    add_task_module(
+        "nap", "import time\ndef execute():\n    time.sleep(0.05)\n    return {'success': True}\n"
+    )
+    running = RunningDispatcher(service)
+    try:
+        routine = submit(service, *["nap"] * 20)
+        wait_for(
+            lambda: any(t.state is TaskState.RUNNING for t in service.tasks(routine)),
+            what="the routine tasks to start",
+        )
+        urgent = service.submit_tasks("r2", ["nap"], priority=10).tasks[0].id
+        tasks = wait_finished(service, [*routine, urgent])
+    finally:
+        running.stop()
+    urgent_start = next(t.started for t in tasks if t.id == urgent)
+    later = [t for t in tasks if t.id != urgent and t.started > urgent_start]
+    assert len(later) >= 15

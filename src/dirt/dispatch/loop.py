@@ -28,7 +28,7 @@ log = logging.getLogger("dirt")
 WINDOW = 128  # waiting tasks kept in memory; refilled as they are reserved
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
 # stay waiting (and can be cancelled); any node of this dispatcher can take them.
-PREFETCH = 16
+PREFETCH = 64
 NODE_REFRESH_S = 5.0
 LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
 LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
@@ -206,6 +206,10 @@ class Dispatcher:
         with self._slots:
             self._confirm_starts(starts, started)
             self._held.extend(t for t in pairs if t.id in ours)
+            if len({t.priority for t in self._held}) > 1:
+                # Highest priority first, then oldest: the order the store hands them out.
+                ordered = sorted(self._held, key=lambda t: (-t.priority, t.created, t.id))
+                self._held = deque(ordered)
             if self._start_reserved():
                 self._wake.set()  # write their start now, not when the next outcome comes
 
