@@ -49,6 +49,8 @@ class Finished:
     output: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
     completed: float = field(default_factory=time.time)
+    # Set when the run's start was never written: start and finish are stored together.
+    started: float | None = None
 
 
 @dataclass
@@ -243,6 +245,8 @@ class Service:
                 "reason": f.reason,
                 "module_sha256": f.module_sha256,
                 "output": f.output,
+                "node": f.node,
+                "started": f.started,
             }
             for f in finished
         ]

@@ -186,11 +186,45 @@ _CLOSE_ATTEMPT = (
 )
 
 
-def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int) -> list[str]:
-    """Store final states; only tasks still running under the given claim are touched.
+# A reserved task that finished before its start was written is stored in one write, from
+# waiting straight to its final state: it ran for less than one store transaction.
+_START_AND_FINISH = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.WAITING.value,
+        tasks.c.claimed_by == bindparam("b_master"),
+        tasks.c.attempts == bindparam("b_previous"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        node=bindparam("b_node"),
+        started=bindparam("b_started"),
+        completed=bindparam("b_completed"),
+        attempts=bindparam("b_attempt"),
+        results=bindparam("b_results", type_=tasks.c.results.type),
+        reason=bindparam("b_reason"),
+        waiting_reason=None,
+        module_sha256=bindparam("b_sha"),
+        output=bindparam("b_output"),
+        seq=bindparam("b_seq"),
+    )
+)
 
-    Each outcome: id, master, attempt, state, completed, results, reason, module_sha256, output.
-    Returns the ids written.
+
+def _write_each(conn: Connection, statement: Any, params: list[dict[str, Any]]) -> list[str]:
+    """Run `statement` for every row; returns the b_id of the rows it changed."""
+    if len(params) > 1 and conn.execute(statement, params).rowcount == len(params):
+        return [p["b_id"] for p in params]  # the usual case: one executemany wrote them all
+    # Some task moved on (requeued, cancelled): find out which, one by one.
+    return [p["b_id"] for p in params if conn.execute(statement, p).rowcount == 1]
+
+
+def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int) -> list[str]:
+    """Store final states; only tasks still held under the given claim are touched.
+
+    Each outcome: id, master, attempt, state, completed, results, reason, module_sha256, output,
+    and, for a run whose start was never written, node and started. Returns the ids written.
     """
     if not outcomes:
         return []
@@ -209,16 +243,41 @@ def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int)
         }
         for o in outcomes
     ]
-    if len(params) > 1 and conn.execute(_FINISH, params).rowcount == len(params):
-        written = [o["id"] for o in outcomes]  # the usual case: one executemany wrote them all
-    else:
-        # Some task moved on (requeued, cancelled): find out which, one by one.
-        written = []
-        for o, p in zip(outcomes, params, strict=True):
-            if conn.execute(_FINISH, p).rowcount == 1:
-                written.append(o["id"])
+    running = [p for p, o in zip(params, outcomes, strict=True) if o.get("started") is None]
+    unstarted = []
+    for p, o in zip(params, outcomes, strict=True):
+        if o.get("started") is not None:
+            unstarted.append(
+                {
+                    **p,
+                    "b_node": o["node"],
+                    "b_started": o["started"],
+                    "b_previous": o["attempt"] - 1,
+                }
+            )
+    written = _write_each(conn, _FINISH, running) if running else []
     done = set(written)
     _close_attempts(conn, [o for o in outcomes if o["id"] in done])
+    if unstarted:
+        fresh = set(_write_each(conn, _START_AND_FINISH, unstarted))
+        if fresh:
+            conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "task_id": o["id"],
+                        "number": o["attempt"],
+                        "node": o["node"],
+                        "started": o["started"],
+                        "completed": o["completed"],
+                        "outcome": o["state"],
+                        "reason": o["reason"],
+                    }
+                    for o in outcomes
+                    if o["id"] in fresh
+                ],
+            )
+        written += [o["id"] for o in outcomes if o["id"] in fresh]
     return written
 
 

@@ -197,6 +197,7 @@ class Dispatcher:
         pairs = self._select()
         with self._slots:
             starts, self._to_start = self._to_start, []
+        starts = self._fold_starts(starts, finished)
         started, reserved = self.service.dispatch(
             finished,
             [(f.task.id, f.node, f.started, f.attempt) for f in starts],
@@ -571,6 +572,19 @@ class Dispatcher:
             # The connection broke between selection and sending; the lost handler requeues.
             self._on_lost(address, [task.id], f"could not send task: {exc}")
 
+    def _fold_starts(self, starts: list[InFlight], finished: list[Finished]) -> list[InFlight]:
+        """Runs that finished before their start was written are stored in one write; returns
+        the starts still to write."""
+        done = {f.task_id: f for f in finished}
+        remaining = []
+        for flight in starts:
+            result = done.get(flight.task.id)
+            if result is not None and result.attempt == flight.attempt:
+                result.started = flight.started
+            else:
+                remaining.append(flight)
+        return remaining
+
     def _confirm_starts(self, starts: list[InFlight], started: list[str]) -> None:
         """A sent task whose start the store refused (cancelled meanwhile) is killed."""
         ok = set(started)
@@ -598,22 +612,19 @@ class Dispatcher:
         """Store what finished, return what still runs to waiting, close every gateway."""
         try:
             finished = self._collect_outcomes()
-            if finished:
-                self.service.finish(finished)
             for state in self._nodes.values():
                 if state.connection is not None:
                     state.connection.close()
             # Closing kills what still runs; those tasks go back to waiting, while outcomes that
             # arrived complete in the meantime are still worth storing.
-            finished = self._collect_outcomes(keep_killed=True)
-            if finished:
-                self.service.finish(finished)
-            # Starts not yet written: write them, so the requeue below finds them running.
-            starts, self._to_start = self._to_start, []
-            if starts:
-                self.service.dispatch(
-                    [], [(f.task.id, f.node, f.started, f.attempt) for f in starts], []
-                )
+            finished += self._collect_outcomes(keep_killed=True)
+            # Starts not yet written are written too, so the requeue below finds them running.
+            with self._slots:
+                starts, self._to_start = self._to_start, []
+            starts = self._fold_starts(starts, finished)
+            self.service.dispatch(
+                finished, [(f.task.id, f.node, f.started, f.attempt) for f in starts], []
+            )
             self.service.release()
             items = [(task_id, f.attempt) for task_id, f in self._inflight.items()]
             if items:
