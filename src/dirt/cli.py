@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -53,7 +54,11 @@ class DirtGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DirtError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            # escape: messages name TOML tables ([nodes.hosts."build1"]), not rich markup
+            message = escape(str(exc))
+            err.print(
+                f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True
+            )
             sys.exit(2)
 
 
@@ -241,7 +246,9 @@ def _add_nodes(
                 failures += 1
                 progress.console.print(f"[red]✗[/] {host}: {error}")
                 continue
-            node = obj.service.save_node(host, sys_info, slots, ssh)
+            # --slots, else slots in the host's [nodes.hosts."HOST"] table, else as before.
+            own_slots = slots if slots is not None else settings.nodes.host(host).slots
+            node = obj.service.save_node(host, sys_info, own_slots, ssh)
             info = node.sys_info
             progress.console.print(
                 f"[green]✓[/] {host}: {info.get('hostname')} {info.get('system')} "
@@ -259,8 +266,12 @@ def nodes() -> None:
 
 @nodes.command("add")
 @click.argument("hosts", nargs=-1, required=True)
-@click.option("--slots", type=click.IntRange(1), help="Tasks run at once (default: cpu_count).")
-@click.option("--user", help="SSH login name (default: [nodes] user, or ssh's own).")
+@click.option(
+    "--slots",
+    type=click.IntRange(1),
+    help='Tasks run at once (default: slots in [nodes.hosts."HOST"], else cpu_count).',
+)
+@click.option("--user", help="SSH login name (default: dirt.toml's, or ssh's own).")
 @click.option("--port", type=click.IntRange(1, 65535), help="SSH port.")
 @click.option("--identity", type=click.Path(dir_okay=False), help="SSH private key file.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh_config file (ssh -F).")
@@ -285,7 +296,8 @@ def nodes_add(
 ) -> None:
     """Probe HOST... ([user@]host[:port], an ssh_config alias, or local) and add or refresh
     them, in parallel. The SSH options given are stored with each node and used whenever the
-    dispatcher connects to it.
+    dispatcher connects to it; they win over the host's [nodes.hosts."HOST"] table in dirt.toml,
+    which wins over [nodes].
 
     \b
     dirt nodes add build1 build2.example.org --user ci --identity ~/.ssh/ci_ed25519
@@ -515,17 +527,24 @@ def _status_list(obj: Context, as_json: bool, limit: int) -> None:
     if not summaries:
         out.print("no records yet; submit some with `dirt submit FILE.json`")
         return
-    table = Table("record", "description", "created", "tasks", *STATE_STYLE)
+    table = Table()
+    table.add_column("record", no_wrap=True)
+    table.add_column("tasks", justify="right", no_wrap=True)
+    table.add_column("states", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("description", overflow="ellipsis", max_width=40)
     for s in summaries:
+        states = "  ".join(
+            f"[{style}]{s.counts[state]} {state}[/]"
+            for state, style in STATE_STYLE.items()
+            if s.counts[state]
+        )
         table.add_row(
             s.record.id,
-            s.record.description.splitlines()[0][:50] if s.record.description else "",
-            _when(s.record.created),
             str(s.ntasks),
-            *(
-                f"[{style}]{s.counts[state]}[/]" if s.counts[state] else "0"
-                for state, style in STATE_STYLE.items()
-            ),
+            states or "-",
+            _when(s.record.created),
+            s.record.description.splitlines()[0] if s.record.description else "",
         )
     out.print(table)
 
@@ -561,36 +580,47 @@ def _status_record(obj: Context, record_id: str, as_json: bool) -> None:
     out.print(f"[bold]{record.id}[/]  {record.description}")
     for key, value in record.extra.items():
         out.print(f"  {key}: {value}")
-    table = Table("task", "name", "node", "state", "duration", "attempts", "reason")
+    table = Table()
+    table.add_column("task", overflow="fold")
+    for column in ("node", "state", "duration", "tries"):
+        table.add_column(column)
+    table.add_column("reason")
     for t in detail.tasks:
         duration = f"{t.duration:.2f} s" if t.duration is not None else "-"
-        reason = t.reason or t.waiting_reason or ""
+        reason = (t.reason or t.waiting_reason or "").strip()
         table.add_row(
-            t.id,
-            t.name,
+            f"{t.name}\n[dim]{t.id}[/]",
             t.node or "-",
             f"[{STATE_STYLE[t.state.value]}]{t.state.value}[/]",
             duration,
             str(t.attempts),
-            reason.strip().splitlines()[-1][:80] if reason.strip() else "",
+            reason.splitlines()[-1] if reason else "",
         )
     out.print(table)
     for t in detail.tasks:
         for a in detail.attachments.get(t.id, []):
             out.print(f"  {t.id}: attachment {a.link_name} ({a.filename}, {a.size} bytes)")
-    tried = [(t, a) for t in detail.tasks for a in detail.attempts.get(t.id, [])]
+    # Attempts are worth a table once a task was tried more than once or lost a node.
+    retried = {
+        t.id
+        for t in detail.tasks
+        if len(detail.attempts.get(t.id, [])) > 1
+        or any(a.outcome == "lost" for a in detail.attempts.get(t.id, []))
+    }
+    tried = [(t, a) for t in detail.tasks if t.id in retried for a in detail.attempts[t.id]]
     if tried:
-        attempts_table = Table("task", "attempt", "node", "started", "ended", "outcome", "reason")
+        attempts_table = Table("task", "try", "node", "started", "ended", "outcome")
+        attempts_table.add_column("reason")
         for t, a in tried:
             reason = (a.reason or "").strip()
             attempts_table.add_row(
-                t.id,
+                f"[dim]{t.id}[/]",
                 str(a.number),
                 a.node,
                 _when(a.started),
                 _when(a.completed),
                 a.outcome or "running",
-                reason.splitlines()[-1][:80] if reason else "",
+                reason.splitlines()[-1] if reason else "",
             )
         out.print(attempts_table)
 
