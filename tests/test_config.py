@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from dirt.config import find_project, load_settings
+from dirt.config import HostSettings, NodeDefaults, find_project, load_settings
 from dirt.errors import ConfigError, ProjectNotFoundError
 
 
@@ -60,3 +61,72 @@ def test_broken_toml_is_reported_with_the_file(project: Path) -> None:
     (project / "dirt.toml").write_text("[project\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(project, environ={})
+
+
+# ---- per-node tables: [nodes.hosts."ADDRESS"] -------------------------------------------------
+
+
+def test_a_host_table_sets_one_nodes_options_and_leaves_the_rest_unset(project: Path) -> None:
+    with (project / "dirt.toml").open("a") as f:
+        f.write(
+            '\n[nodes.hosts."build1"]\nuser = "ci"\nport = 2222\n'
+            'identity_file = "~/.ssh/ci_ed25519"\nhost_key_checking = "strict"\nslots = 4\n'
+            '\n[nodes.hosts."ci@10.0.0.7:2200"]\nconnect_timeout = 30\n'
+        )
+    nodes = load_settings(project, environ={}).nodes
+    assert set(nodes.hosts) == {"build1", "ci@10.0.0.7:2200"}
+    build1 = nodes.host("build1")
+    assert (build1.user, build1.port, build1.slots) == ("ci", 2222, 4)
+    assert build1.python is None and build1.ssh_config is None
+    assert build1.connection_options() == {
+        "user": "ci",
+        "port": 2222,
+        "identity_file": "~/.ssh/ci_ed25519",
+        "host_key_checking": "strict",
+    }
+    assert nodes.host("ci@10.0.0.7:2200").connect_timeout == 30.0
+    assert nodes.host("elsewhere") == HostSettings(), "a node without a table gets no options"
+
+
+def test_a_host_table_accepts_every_nodes_key_and_slots() -> None:
+    nodes_keys = {f.name for f in dataclasses.fields(NodeDefaults)} - {"hosts"}
+    assert {f.name for f in dataclasses.fields(HostSettings)} == nodes_keys | {"slots"}
+
+
+def test_every_problem_in_host_tables_is_reported_at_once(project: Path) -> None:
+    with (project / "dirt.toml").open("a") as f:
+        f.write(
+            '\n[nodes.hosts."build1"]\nusr = "ci"\nport = "22"\nslots = 0\n'
+            '\n[nodes.hosts."build2"]\nhost_key_checking = "maybe"\nconnect_timeout = true\n'
+            '\n[nodes.hosts]\nbuild3 = "fast"\n'
+        )
+    with pytest.raises(ConfigError) as info:
+        load_settings(project, environ={})
+    message = str(info.value)
+    assert (
+        'nodes.hosts."build1".usr: unknown key (known in [nodes.hosts."build1"]: user,' in message
+    )
+    assert "nodes.hosts.\"build1\".port: expected int, got '22'" in message
+    assert 'nodes.hosts."build1".slots: must be at least 1, got 0' in message
+    assert (
+        "nodes.hosts.\"build2\".host_key_checking: 'maybe' is not one of accept-new, strict, no"
+        in message
+    )
+    assert 'nodes.hosts."build2".connect_timeout: expected float, got True' in message
+    assert "[nodes.hosts.\"build3\"] must be a table, got 'fast'" in message
+
+
+def test_hosts_must_be_a_table_of_tables(project: Path) -> None:
+    text = (project / "dirt.toml").read_text().replace("[nodes]\n", '[nodes]\nhosts = "build1"\n')
+    (project / "dirt.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"\[nodes.hosts\] must be a table of tables"):
+        load_settings(project, environ={})
+
+
+def test_flags_change_only_the_host_table_keys_they_give(project: Path) -> None:
+    with (project / "dirt.toml").open("a") as f:
+        f.write('\n[nodes.hosts."build1"]\nuser = "ci"\nport = 2222\n')
+    overrides = {"nodes": {"hosts": {"build1": {"port": 2200}, "build2": {"slots": 2}}}}
+    nodes = load_settings(project, overrides=overrides, environ={}).nodes
+    assert (nodes.host("build1").user, nodes.host("build1").port) == ("ci", 2200)
+    assert nodes.host("build2").slots == 2

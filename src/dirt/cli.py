@@ -565,6 +565,7 @@ def _status_record(obj: Context, record_id: str, as_json: bool) -> None:
                     "completed": t.completed,
                     "reason": t.reason or t.waiting_reason,
                     "results": t.results,
+                    "output": t.output,
                     "attempts": [a.__dict__ for a in detail.attempts.get(t.id, [])],
                     "attachments": [
                         {"filename": a.filename, "link_name": a.link_name, "size": a.size}

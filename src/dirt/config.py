@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from dirt.errors import ConfigError, ProjectNotFoundError
 
@@ -37,6 +38,30 @@ class DispatchSettings:
 
 
 @dataclass
+class HostSettings:
+    """One node's own table, ``[nodes.hosts."ADDRESS"]``: a key left out (None) falls back to
+    ``[nodes]``. Keyed by the address the node was added under (an ssh_config alias counts).
+    """
+
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    ssh_config: str | None = None
+    python: str | None = None
+    host_key_checking: str | None = None
+    connect_timeout: float | None = None
+    slots: int | None = None  # used by `dirt nodes add` when no --slots is given
+
+    def connection_options(self) -> dict[str, Any]:
+        """The connection options this table sets: every key given except `slots`."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "slots" and getattr(self, f.name) is not None
+        }
+
+
+@dataclass
 class NodeDefaults:
     user: str = ""
     port: int = 0
@@ -45,6 +70,11 @@ class NodeDefaults:
     python: str = "python3"
     host_key_checking: str = "accept-new"
     connect_timeout: float = 10.0
+    hosts: dict[str, HostSettings] = field(default_factory=dict)
+
+    def host(self, address: str) -> HostSettings:
+        """The ``[nodes.hosts."ADDRESS"]`` table of one node (empty when there is none)."""
+        return self.hosts.get(address) or HostSettings()
 
 
 @dataclass
@@ -90,6 +120,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("nodes", "host_key_checking"): ("accept-new", "strict", "no"),
     ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
     ("auth", "read"): ("open", "token"),
+}
+
+# The smallest value a number may take. A host table is checked with the rules of [nodes].
+MINIMUM: dict[tuple[str, str], int | float] = {
+    ("nodes", "slots"): 1,
 }
 
 
@@ -142,6 +177,8 @@ def find_project(start: Path | None = None) -> Path:
 
 
 def _coerce(value: Any, kind: Any, where: str, problems: list[str], from_env: bool) -> Any:
+    if get_origin(kind) in (Union, types.UnionType):  # `int | None`: None means "not set"
+        kind = next(k for k in get_args(kind) if k is not type(None))
     if kind is bool:
         if from_env and isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -179,31 +216,87 @@ def _coerce(value: Any, kind: Any, where: str, problems: list[str], from_env: bo
     return None
 
 
+def _table_class(kind: Any) -> type | None:
+    """The dataclass of a ``dict[str, SomeTable]`` setting (e.g. [nodes.hosts]), else None."""
+    if get_origin(kind) is dict:
+        value_kind = get_args(kind)[1]
+        if dataclasses.is_dataclass(value_kind):
+            return value_kind
+    return None
+
+
+def _apply_table(
+    target: Any,
+    values: dict[str, Any],
+    name: str,
+    rules: str,
+    origin: str,
+    problems: list[str],
+) -> None:
+    """Set the keys of one TOML table `name` on the dataclass `target`, checking each against
+    its type and the CHOICES and MINIMUM of section `rules`."""
+    cls = type(target)
+    hints = get_type_hints(cls)
+    from_env = origin == "environment"
+    for key, value in values.items():
+        where = f"{origin}: {name}.{key}"
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            problems.append(f"{where}: unknown key (known in [{name}]: {known})")
+            continue
+        table_class = _table_class(hints[key])
+        if table_class is not None:
+            _apply_tables(
+                getattr(target, key), table_class, value, f"{name}.{key}", rules, origin, problems
+            )
+            continue
+        coerced = _coerce(value, hints[key], where, problems, from_env)
+        if coerced is None:
+            continue
+        choices = CHOICES.get((rules, key))
+        if choices and coerced not in choices:
+            problems.append(f"{where}: {coerced!r} is not one of {', '.join(choices)}")
+            continue
+        minimum = MINIMUM.get((rules, key))
+        if minimum is not None and coerced < minimum:
+            problems.append(f"{where}: must be at least {minimum}, got {coerced!r}")
+            continue
+        setattr(target, key, coerced)
+
+
+def _apply_tables(
+    tables: dict[str, Any],
+    cls: type,
+    values: Any,
+    name: str,
+    rules: str,
+    origin: str,
+    problems: list[str],
+) -> None:
+    """Fill `tables` from a table of tables (``[nodes.hosts."build1"]``, ...): a later origin
+    changes only the keys it gives."""
+    if not isinstance(values, dict):
+        problems.append(f"{origin}: [{name}] must be a table of tables, got {values!r}")
+        return
+    for key, table in values.items():
+        child = f'{name}."{key}"'
+        if not isinstance(table, dict):
+            problems.append(f"{origin}: [{child}] must be a table, got {table!r}")
+            continue
+        target = tables.get(key) or cls()
+        _apply_table(target, table, child, rules, origin, problems)
+        tables[key] = target
+
+
 def _apply(settings: Settings, data: dict[str, Any], origin: str, problems: list[str]) -> None:
     for section, values in data.items():
-        cls = SECTIONS.get(section)
-        if cls is None:
+        if section not in SECTIONS:
             problems.append(f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
             continue
         if not isinstance(values, dict):
             problems.append(f"{origin}: [{section}] must be a table")
             continue
-        target = getattr(settings, section)
-        hints = get_type_hints(cls)
-        for key, value in values.items():
-            where = f"{origin}: {section}.{key}"
-            if key not in hints:
-                known = ", ".join(f.name for f in dataclasses.fields(cls))
-                problems.append(f"{where}: unknown key (known in [{section}]: {known})")
-                continue
-            coerced = _coerce(value, hints[key], where, problems, origin == "environment")
-            if coerced is None:
-                continue
-            choices = CHOICES.get((section, key))
-            if choices and coerced not in choices:
-                problems.append(f"{where}: {coerced!r} is not one of {', '.join(choices)}")
-                continue
-            setattr(target, key, coerced)
+        _apply_table(getattr(settings, section), values, section, section, origin, problems)
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:

@@ -345,3 +345,20 @@ def test_an_urgent_task_does_not_queue_behind_the_prefetched_ones(
     urgent_start = next(t.started for t in tasks if t.id == urgent)
     later = [t for t in tasks if t.id != urgent and t.started > urgent_start]
     assert len(later) >= 15
+
+
+def test_a_tasks_output_is_kept_with_it(
+    isolation: str,
+    local_node: str,
+    dispatcher: RunningDispatcher,
+    service: Service,
+    add_task_module: Callable[[str, str], str],
+) -> None:
+    add_task_module(
+        "chatty",
+        "import sys\ndef execute():\n    print('compiling foo.c')\n"
+        "    print('warning: bar', file=sys.stderr)\n"
+        "    return {'success': True}\n",
+    )
+    (task,) = run(service, "chatty")
+    assert "compiling foo.c" in task.output and "warning: bar" in task.output

@@ -4,7 +4,9 @@ A node is `local` (a subprocess of the master) or `[user@]host[:port]`, reached 
 execnet's ``ssh=`` gateway: batch mode (never a prompt), host keys checked (unknown ones
 accepted on first use unless `strict`), one connection per node that every task reuses.
 Per-node options (user, port, identity file, ssh_config file, remote Python, host key policy)
-come from the node's stored `ssh` options over dirt.toml's ``[nodes]`` defaults.
+come from ``node_options``, the one place they are merged: the node's stored `ssh` options
+(given to `dirt nodes add`) over its ``[nodes.hosts."ADDRESS"]`` table in dirt.toml over the
+``[nodes]`` defaults; ``user@`` and ``:port`` in the address itself win over all three.
 
 When a connection cannot be opened, execnet only says the gateway failed; ``diagnose`` runs
 plain ``ssh`` with the same options to say why: no route, connection refused, auth refused,
@@ -37,12 +39,17 @@ HOST_KEY_POLICIES = {"accept-new": "accept-new", "strict": "yes", "no": "no"}
 MIN_PYTHON = (3, 8)  # the agent and execnet's bootstrap need this much on the node
 
 
-def node_options(defaults: NodeDefaults, ssh: Mapping[str, Any] | None = None) -> NodeDefaults:
-    """dirt.toml's [nodes] defaults with one node's own options laid over them."""
+def node_options(
+    defaults: NodeDefaults, ssh: Mapping[str, Any] | None = None, address: str | None = None
+) -> NodeDefaults:
+    """The options for one node, each from the first of: its own stored options (`ssh`, from
+    the command line), dirt.toml's ``[nodes.hosts."ADDRESS"]`` table, the ``[nodes]`` defaults.
+    """
+    table = defaults.host(address).connection_options() if address is not None else {}
     own = {k: v for k, v in (ssh or {}).items() if k in SSH_OPTION_KEYS and v not in (None, "")}
     if "port" in own:
         own["port"] = int(own["port"])
-    return dataclasses.replace(defaults, **own)
+    return dataclasses.replace(defaults, **{**table, **own})
 
 
 def ssh_options(address: NodeAddress, options: NodeDefaults) -> list[str]:
@@ -226,8 +233,13 @@ def connect(
     timeout: float = 30,
     ssh: Mapping[str, Any] | None = None,
 ) -> NodeConnection:
-    """An open connection to `address` with the agent running, or NodeError saying why not."""
-    options = node_options(defaults, ssh)
+    """An open connection to `address` with the agent running, or NodeError saying why not.
+
+    `timeout` is meant for the [nodes] connect_timeout; a node whose own connect_timeout is
+    longer gets the difference on top.
+    """
+    options = node_options(defaults, ssh, address)
+    timeout += max(0.0, options.connect_timeout - defaults.connect_timeout)
     parsed = parse_address(address)
     spec = spec_for(parsed, options)
     group = None if parsed.is_local else ClosingGroup()
@@ -247,7 +259,7 @@ def probe(
     ssh: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Connect to `address`, collect its sys_info, disconnect; NodeError says why not."""
-    options = node_options(defaults, ssh)
+    options = node_options(defaults, ssh, address)
     connection = connect(address, defaults, "thread", _ignore, _ignore, timeout, ssh)
     try:
         info = connection.sysinfo(timeout=timeout)
