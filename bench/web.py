@@ -3,9 +3,9 @@
     .venv/bin/python bench/web.py                 # 1,000 tasks vs 100,000 records/1,000,000 tasks
     .venv/bin/python bench/web.py --records 10000 # a quicker look
 
-Data is made by bulk INSERTs in one transaction (the triggers of migration 0002 keep the
-per-record counts as they would in real use). Requests go through the real app in process
-(starlette's TestClient), so the times are server times without a network.
+Data is made by bulk INSERTs in one transaction (the triggers of migrations 0002 and 0004 keep
+the per-record counts and the search index as they would in real use). Requests go through the
+real app in process (starlette's TestClient), so the times are server times without a network.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ NAMES = [f"suite.test_{n}" for n in ("build", "unit", "lint", "docs", "perf", "g
 STATES = ["succeeded"] * 86 + ["failed"] * 10 + ["waiting"] * 3 + ["cancelled"]
 BASE = 1_300_000_000.0
 CHUNK = 20_000
+# Under 3 characters there is no trigram to look up: the search scans (not held to the goal).
+SHORT_SEARCH = "/?q= (search, 2 characters, no match)"
 
 
 def fill(service: Service, n_records: int, per_record: int, say=print) -> dict:
@@ -174,6 +176,10 @@ def endpoints(service: Service, info: dict) -> dict[str, str]:
         "GET /api/changes?since=": f"/api/changes?since={since}&limit=100",
         "GET /metrics": "/metrics",
         "/?q= (search, newest match)": f"/?q=revision {n - 3}",
+        "/?q= (search, old match)": f"/?q=revision {n // 10}",
+        "/?q= (search, all match)": "/?q=change things",
+        "GET /api/records?q= (search, old match)": f"/api/records?q=revision {n // 10}",
+        SHORT_SEARCH: "/?q=zz",
     }
 
 
@@ -237,10 +243,10 @@ def main() -> int:
     for label, (s_med, s_p99) in small_times.items():
         b_med, b_p99 = big_times[label]
         ratio = b_med / s_med if s_med else float("inf")
-        if not label.startswith("/?q="):
+        if label != SHORT_SEARCH:
             worst = max(worst, ratio)
         print(f"| {label} | {s_med:.1f} / {s_p99:.1f} | {b_med:.1f} / {b_p99:.1f} | {ratio:.2f} |")
-    slowest = max(v[0] for k, v in big_times.items() if not k.startswith("/?q="))
+    slowest = max(v[0] for k, v in big_times.items() if k != SHORT_SEARCH)
     print(f"\nslowest median on the big store: {slowest:.1f} ms; worst ratio: {worst:.2f}")
     return 0
 
