@@ -47,7 +47,7 @@ def _fetch(conn: Connection, low: int, high: int | None, limit: int | None) -> l
         if limit is not None:
             query = query.limit(limit)
         for row in conn.execute(query):
-            fields = row._mapping
+            fields = dict(row._mapping)  # .get() on a RowMapping is slow for absent keys
             found.append(
                 Change(
                     seq=int(fields["seq"]),

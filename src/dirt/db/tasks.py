@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
+from dirt.db.engine import Prepared
 from dirt.db.records import _number
 from dirt.db.schema import attempts, tasks
 from dirt.models import Attempt, Task, TaskState
@@ -28,7 +29,8 @@ DISPATCH_COLUMNS = (
 
 def task_from_row(row: Any) -> Task:
     """A Task from a full row or from a row of DISPATCH_COLUMNS."""
-    fields = row._mapping
+    # A plain dict: RowMapping.get() raises and catches internally for every absent key.
+    fields = dict(row._mapping)
     return Task(
         id=fields["id"],
         record_id=fields["record_id"],
@@ -131,7 +133,14 @@ _CLAIM = (
     )
     .returning(tasks.c.attempts)
 )
-_OPEN_ATTEMPT = insert(attempts)
+_OPEN_ATTEMPT = Prepared(
+    insert(attempts).values(
+        task_id=bindparam("task_id"),
+        number=bindparam("number"),
+        node=bindparam("node"),
+        started=bindparam("started"),
+    )
+)
 
 
 def claim_tasks(
@@ -150,74 +159,84 @@ def claim_tasks(
         if row is not None:
             claimed.append((task_id, node, row[0]))
     if claimed:
-        conn.execute(
-            _OPEN_ATTEMPT,
+        _OPEN_ATTEMPT.run(
+            conn,
             [{"task_id": t, "number": n, "node": node, "started": now} for t, node, n in claimed],
         )
     return [t for t, _, _ in claimed]
 
 
-_FINISH = (
-    update(tasks)
-    .where(
-        tasks.c.id == bindparam("b_id"),
-        tasks.c.state == TaskState.RUNNING.value,
-        tasks.c.claimed_by == bindparam("b_master"),
-        tasks.c.attempts == bindparam("b_attempt"),
-    )
-    .values(
-        state=bindparam("b_state"),
-        completed=bindparam("b_completed"),
-        results=bindparam("b_results", type_=tasks.c.results.type),
-        reason=bindparam("b_reason"),
-        module_sha256=bindparam("b_sha"),
-        output=bindparam("b_output"),
-        seq=bindparam("b_seq"),
-    )
+_FINISH = Prepared(
+    (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("b_id"),
+            tasks.c.state == TaskState.RUNNING.value,
+            tasks.c.claimed_by == bindparam("b_master"),
+            tasks.c.attempts == bindparam("b_attempt"),
+        )
+        .values(
+            state=bindparam("b_state"),
+            completed=bindparam("b_completed"),
+            results=bindparam("b_results", type_=tasks.c.results.type),
+            reason=bindparam("b_reason"),
+            module_sha256=bindparam("b_sha"),
+            output=bindparam("b_output"),
+            seq=bindparam("b_seq"),
+        )
+    ),
+    json_params=["b_results"],
 )
-_CLOSE_ATTEMPT = (
-    update(attempts)
-    .where(and_(attempts.c.task_id == bindparam("b_task"), attempts.c.number == bindparam("b_n")))
-    .values(
-        completed=bindparam("b_completed"),
-        outcome=bindparam("b_outcome"),
-        reason=bindparam("b_reason"),
-    )
+_CLOSE_ATTEMPT = Prepared(
+    (
+        update(attempts)
+        .where(
+            and_(attempts.c.task_id == bindparam("b_task"), attempts.c.number == bindparam("b_n"))
+        )
+        .values(
+            completed=bindparam("b_completed"),
+            outcome=bindparam("b_outcome"),
+            reason=bindparam("b_reason"),
+        )
+    ),
 )
 
 
 # A reserved task that finished before its start was written is stored in one write, from
 # waiting straight to its final state: it ran for less than one store transaction.
-_START_AND_FINISH = (
-    update(tasks)
-    .where(
-        tasks.c.id == bindparam("b_id"),
-        tasks.c.state == TaskState.WAITING.value,
-        tasks.c.claimed_by == bindparam("b_master"),
-        tasks.c.attempts == bindparam("b_previous"),
-    )
-    .values(
-        state=bindparam("b_state"),
-        node=bindparam("b_node"),
-        started=bindparam("b_started"),
-        completed=bindparam("b_completed"),
-        attempts=bindparam("b_attempt"),
-        results=bindparam("b_results", type_=tasks.c.results.type),
-        reason=bindparam("b_reason"),
-        waiting_reason=None,
-        module_sha256=bindparam("b_sha"),
-        output=bindparam("b_output"),
-        seq=bindparam("b_seq"),
-    )
+_START_AND_FINISH = Prepared(
+    (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("b_id"),
+            tasks.c.state == TaskState.WAITING.value,
+            tasks.c.claimed_by == bindparam("b_master"),
+            tasks.c.attempts == bindparam("b_previous"),
+        )
+        .values(
+            state=bindparam("b_state"),
+            node=bindparam("b_node"),
+            started=bindparam("b_started"),
+            completed=bindparam("b_completed"),
+            attempts=bindparam("b_attempt"),
+            results=bindparam("b_results", type_=tasks.c.results.type),
+            reason=bindparam("b_reason"),
+            waiting_reason=None,
+            module_sha256=bindparam("b_sha"),
+            output=bindparam("b_output"),
+            seq=bindparam("b_seq"),
+        )
+    ),
+    json_params=["b_results"],
 )
 
 
-def _write_each(conn: Connection, statement: Any, params: list[dict[str, Any]]) -> list[str]:
+def _write_each(conn: Connection, statement: Prepared, params: list[dict[str, Any]]) -> list[str]:
     """Run `statement` for every row; returns the b_id of the rows it changed."""
-    if len(params) > 1 and conn.execute(statement, params).rowcount == len(params):
+    if len(params) > 1 and statement.run(conn, params) == len(params):
         return [p["b_id"] for p in params]  # the usual case: one executemany wrote them all
     # Some task moved on (requeued, cancelled): find out which, one by one.
-    return [p["b_id"] for p in params if conn.execute(statement, p).rowcount == 1]
+    return [p["b_id"] for p in params if statement.run(conn, [p]) == 1]
 
 
 def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int) -> list[str]:
@@ -284,8 +303,8 @@ def finish_tasks(conn: Connection, outcomes: Sequence[dict[str, Any]], seq: int)
 def _close_attempts(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> None:
     if not outcomes:
         return
-    conn.execute(
-        _CLOSE_ATTEMPT,
+    _CLOSE_ATTEMPT.run(
+        conn,
         [
             {
                 "b_task": o["id"],
@@ -522,32 +541,36 @@ def trailing_lost_attempts(conn: Connection, task_id: str) -> int:
 # are busy, so a freed slot is refilled without waiting for the store. A reserved task is still
 # waiting (honestly: it has not started) but carries the reserving master in claimed_by, which
 # keeps every other master off it. Starting it is a second conditional UPDATE.
-_RESERVE = (
-    update(tasks)
-    .where(
-        tasks.c.id == bindparam("b_id"),
-        tasks.c.state == TaskState.WAITING.value,
-        tasks.c.claimed_by.is_(None),
-    )
-    .values(claimed_by=bindparam("b_master"), seq=bindparam("b_seq"))
+_RESERVE = Prepared(
+    (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("b_id"),
+            tasks.c.state == TaskState.WAITING.value,
+            tasks.c.claimed_by.is_(None),
+        )
+        .values(claimed_by=bindparam("b_master"), seq=bindparam("b_seq"))
+    ),
 )
-_START = (
-    update(tasks)
-    .where(
-        tasks.c.id == bindparam("b_id"),
-        tasks.c.state == TaskState.WAITING.value,
-        tasks.c.claimed_by == bindparam("b_master"),
-        tasks.c.attempts == bindparam("b_previous"),
-    )
-    .values(
-        state=TaskState.RUNNING.value,
-        node=bindparam("b_node"),
-        started=bindparam("b_now"),
-        completed=None,
-        attempts=bindparam("b_attempt"),
-        waiting_reason=None,
-        seq=bindparam("b_seq"),
-    )
+_START = Prepared(
+    (
+        update(tasks)
+        .where(
+            tasks.c.id == bindparam("b_id"),
+            tasks.c.state == TaskState.WAITING.value,
+            tasks.c.claimed_by == bindparam("b_master"),
+            tasks.c.attempts == bindparam("b_previous"),
+        )
+        .values(
+            state=TaskState.RUNNING.value,
+            node=bindparam("b_node"),
+            started=bindparam("b_now"),
+            completed=None,
+            attempts=bindparam("b_attempt"),
+            waiting_reason=None,
+            seq=bindparam("b_seq"),
+        )
+    ),
 )
 
 
@@ -556,7 +579,7 @@ def reserve_tasks(conn: Connection, task_ids: Sequence[str], master: str, seq: i
     if not task_ids:
         return []
     params = [{"b_id": t, "b_master": master, "b_seq": seq} for t in task_ids]
-    if conn.execute(_RESERVE, params).rowcount == len(params):
+    if _RESERVE.run(conn, params) == len(params):
         return list(task_ids)
     # Another master reserved some of them first: find out which are ours.
     query = select(tasks.c.id).where(
@@ -590,19 +613,16 @@ def start_tasks(
         }
         for t, node, now, n in starts
     ]
-    if len(params) > 1 and conn.execute(_START, params).rowcount == len(params):
-        started = [p["b_id"] for p in params]
-    else:
-        started = [p["b_id"] for p in params if conn.execute(_START, p).rowcount == 1]
+    started = _write_each(conn, _START, params)
     done = set(started)
-    conn.execute(
-        _OPEN_ATTEMPT,
+    _OPEN_ATTEMPT.run(
+        conn,
         [
             {"task_id": t, "number": n, "node": node, "started": now}
             for t, node, now, n in starts
             if t in done
         ],
-    ) if done else None
+    )
     return started
 
 

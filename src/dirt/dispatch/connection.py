@@ -13,8 +13,9 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import execnet
@@ -40,6 +41,7 @@ class Outcome:
     killed: bool
     duration: float
     output: str
+    received: float = field(default_factory=time.time)  # when the master heard of it
 
     @classmethod
     def from_wire(cls, task_id: str, data: dict[str, Any]) -> Outcome:
