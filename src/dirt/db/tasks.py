@@ -166,25 +166,25 @@ def claim_tasks(
     return [t for t, _, _ in claimed]
 
 
+# What a finished run writes, whether or not its start was written before.
+_FINISHED_VALUES = {
+    "state": bindparam("b_state"),
+    "completed": bindparam("b_completed"),
+    "results": bindparam("b_results", type_=tasks.c.results.type),
+    "reason": bindparam("b_reason"),
+    "module_sha256": bindparam("b_sha"),
+    "output": bindparam("b_output"),
+    "seq": bindparam("b_seq"),
+}
 _FINISH = Prepared(
-    (
-        update(tasks)
-        .where(
-            tasks.c.id == bindparam("b_id"),
-            tasks.c.state == TaskState.RUNNING.value,
-            tasks.c.claimed_by == bindparam("b_master"),
-            tasks.c.attempts == bindparam("b_attempt"),
-        )
-        .values(
-            state=bindparam("b_state"),
-            completed=bindparam("b_completed"),
-            results=bindparam("b_results", type_=tasks.c.results.type),
-            reason=bindparam("b_reason"),
-            module_sha256=bindparam("b_sha"),
-            output=bindparam("b_output"),
-            seq=bindparam("b_seq"),
-        )
-    ),
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.RUNNING.value,
+        tasks.c.claimed_by == bindparam("b_master"),
+        tasks.c.attempts == bindparam("b_attempt"),
+    )
+    .values(**_FINISHED_VALUES),
     json_params=["b_results"],
 )
 _CLOSE_ATTEMPT = Prepared(
@@ -205,27 +205,19 @@ _CLOSE_ATTEMPT = Prepared(
 # A reserved task that finished before its start was written is stored in one write, from
 # waiting straight to its final state: it ran for less than one store transaction.
 _START_AND_FINISH = Prepared(
-    (
-        update(tasks)
-        .where(
-            tasks.c.id == bindparam("b_id"),
-            tasks.c.state == TaskState.WAITING.value,
-            tasks.c.claimed_by == bindparam("b_master"),
-            tasks.c.attempts == bindparam("b_previous"),
-        )
-        .values(
-            state=bindparam("b_state"),
-            node=bindparam("b_node"),
-            started=bindparam("b_started"),
-            completed=bindparam("b_completed"),
-            attempts=bindparam("b_attempt"),
-            results=bindparam("b_results", type_=tasks.c.results.type),
-            reason=bindparam("b_reason"),
-            waiting_reason=None,
-            module_sha256=bindparam("b_sha"),
-            output=bindparam("b_output"),
-            seq=bindparam("b_seq"),
-        )
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("b_id"),
+        tasks.c.state == TaskState.WAITING.value,
+        tasks.c.claimed_by == bindparam("b_master"),
+        tasks.c.attempts == bindparam("b_previous"),
+    )
+    .values(
+        **_FINISHED_VALUES,
+        node=bindparam("b_node"),
+        started=bindparam("b_started"),
+        attempts=bindparam("b_attempt"),
+        waiting_reason=None,
     ),
     json_params=["b_results"],
 )
