@@ -100,9 +100,15 @@ class _Checker:
     """Collects every problem of one submission instead of stopping at the first."""
 
     def __init__(self, task_exists: Callable[[str], bool], now: float) -> None:
-        self.task_exists = task_exists
+        self._task_exists = task_exists
+        self._existing: dict[str, bool] = {}  # a submission names the same few modules often
         self.now = now
         self.problems: list[str] = []
+
+    def task_exists(self, name: str) -> bool:
+        if name not in self._existing:
+            self._existing[name] = self._task_exists(name)
+        return self._existing[name]
 
     def check_created(self, doc: dict[str, Any], where: str) -> float:
         created = doc.get("created", self.now)

@@ -73,12 +73,17 @@ class TaskModules:
     def __init__(self, tasks_dir: Path) -> None:
         self.tasks_dir = Path(tasks_dir).resolve()
         self._cache: dict[str, tuple[tuple[int, int], TaskModule]] = {}
+        self._paths: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     def path_of(self, name: str) -> Path:
-        if not valid_task_name(name):
-            raise NotFoundError(f"task name {name!r} is not a dotted Python identifier")
-        path = self.tasks_dir.joinpath(*name.split(".")).with_suffix(".py")
+        # Remembered per name: the dispatcher asks for every task it starts.
+        path = self._paths.get(name)
+        if path is None:
+            if not valid_task_name(name):
+                raise NotFoundError(f"task name {name!r} is not a dotted Python identifier")
+            path = self.tasks_dir.joinpath(*name.split(".")).with_suffix(".py")
+            self._paths[name] = path
         return path
 
     def exists(self, name: str) -> bool:

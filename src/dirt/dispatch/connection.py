@@ -25,6 +25,17 @@ from dirt.remote import source as shipped_source
 log = logging.getLogger(__name__)
 
 ISOLATIONS = ("process", "thread")
+# The order of an outcome's fields on the wire (the agent's OUTCOME_FIELDS).
+OUTCOME_FIELDS = (
+    "results",
+    "error",
+    "exit_code",
+    "signal",
+    "timed_out",
+    "killed",
+    "duration",
+    "output",
+)
 _CLOSED = object()  # endmarker execnet hands the callback when the channel closes
 
 
@@ -44,7 +55,10 @@ class Outcome:
     received: float = field(default_factory=time.time)  # when the master heard of it
 
     @classmethod
-    def from_wire(cls, task_id: str, data: dict[str, Any]) -> Outcome:
+    def from_wire(cls, task_id: str, data: Any) -> Outcome:
+        """From the agent's tuple (in OUTCOME_FIELDS order) or a dict with those keys."""
+        if isinstance(data, tuple | list):
+            data = dict(zip(OUTCOME_FIELDS, data, strict=True))
         return cls(
             task_id=task_id,
             results=data.get("results"),

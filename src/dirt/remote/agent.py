@@ -13,7 +13,7 @@ then any of:
     ("stop",)
 node -> master:
     ("ready", {"pid": int, "isolation": str, "python": str})   once, after the config
-    ("done", task_id, outcome)
+    ("done", task_id, outcome)    outcome: a tuple in the order of OUTCOME_FIELDS
     ("load", [l1, l5, l15], running_count)
     ("fatal", message)                                          then the agent exits
 
@@ -57,6 +57,18 @@ exec(compile(source, "<dirt forkserver>", "exec"), {"__name__": "__main__"})
 """
 
 
+OUTCOME_FIELDS = (
+    "results",
+    "error",
+    "exit_code",
+    "signal",
+    "timed_out",
+    "killed",
+    "duration",
+    "output",
+)
+
+
 def outcome_dict(
     results=None,
     error=None,
@@ -92,7 +104,9 @@ class Sender:
 
     def done(self, task_id, outcome):
         try:
-            self.send(("done", task_id, outcome))
+            # A tuple, not the dict: execnet's pure-Python unserialiser on the master pays per
+            # string, and this message is sent once per task.
+            self.send(("done", task_id, tuple(outcome[k] for k in OUTCOME_FIELDS)))
         except Exception as exc:
             if self.channel.isclosed():
                 return
@@ -100,7 +114,7 @@ class Sender:
             name = unserialisable_type(outcome.get("results")) or type(exc).__name__
             fallback = dict(outcome, results=None, error=f"results not serialisable: {name}")
             with contextlib.suppress(Exception):
-                self.send(("done", task_id, fallback))
+                self.send(("done", task_id, tuple(fallback[k] for k in OUTCOME_FIELDS)))
 
 
 # process isolation -------------------------------------------------------------------------
