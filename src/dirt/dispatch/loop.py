@@ -417,15 +417,8 @@ class Dispatcher:
             self._update_reasons(self._views(connecting_counts=True))
         if wanted <= 0 or not self._pending:
             return []
-        chosen = []
-        for task in to_reserve(self._pending, views, wanted):
-            try:
-                self.service.modules.load(task.name)
-            except NotFoundError as exc:
-                self.service.fail_unrunnable(task.id, str(exc))
-                log.error("Task %s failed: %s", task.id, exc)
-                continue
-            chosen.append(task)
+        # A task whose module is gone is failed when it is launched (see _launch).
+        chosen = to_reserve(self._pending, views, wanted)
         taken = {t.id for t in chosen}
         self._pending = [t for t in self._pending if t.id not in taken]
         return chosen
