@@ -1,8 +1,10 @@
-"""The serve loop: wake on change, store outcomes, pair waiting tasks with free node slots.
+"""The serve loop: wake on change, reserve waiting tasks, store what the nodes did.
 
-One thread owns the loop and every write it makes; execnet's receiver threads only put outcomes
-on a queue and wake it. Node connections are opened on helper threads so a slow or dead host
-never holds up the others.
+One thread owns the loop and every store write it makes. When a task finishes, the node's
+execnet receiver thread frees its slot and at once starts the next reserved task that node can
+run (under the slots lock), then queues the outcome and wakes the loop; the loop writes starts,
+outcomes and new reservations in one transaction, at most every STEP_GAP. Node connections are
+opened on helper threads so a slow or dead host never holds up the others.
 """
 
 from __future__ import annotations
