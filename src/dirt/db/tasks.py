@@ -204,14 +204,17 @@ _CLOSE_ATTEMPT = Prepared(
 
 # A reserved task that finished before its start was written is stored in one write, from
 # waiting straight to its final state: it ran for less than one store transaction.
+# A task this master reserved and nobody changed since: still waiting, still ours, the same
+# attempt count it had when it was reserved.
+_STILL_RESERVED = (
+    tasks.c.id == bindparam("b_id"),
+    tasks.c.state == TaskState.WAITING.value,
+    tasks.c.claimed_by == bindparam("b_master"),
+    tasks.c.attempts == bindparam("b_previous"),
+)
 _START_AND_FINISH = Prepared(
     update(tasks)
-    .where(
-        tasks.c.id == bindparam("b_id"),
-        tasks.c.state == TaskState.WAITING.value,
-        tasks.c.claimed_by == bindparam("b_master"),
-        tasks.c.attempts == bindparam("b_previous"),
-    )
+    .where(*_STILL_RESERVED)
     .values(
         **_FINISHED_VALUES,
         node=bindparam("b_node"),
@@ -547,12 +550,7 @@ _RESERVE = Prepared(
 _START = Prepared(
     (
         update(tasks)
-        .where(
-            tasks.c.id == bindparam("b_id"),
-            tasks.c.state == TaskState.WAITING.value,
-            tasks.c.claimed_by == bindparam("b_master"),
-            tasks.c.attempts == bindparam("b_previous"),
-        )
+        .where(*_STILL_RESERVED)
         .values(
             state=TaskState.RUNNING.value,
             node=bindparam("b_node"),
