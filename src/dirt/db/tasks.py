@@ -313,6 +313,15 @@ def _close_attempts(conn: Connection, outcomes: Sequence[dict[str, Any]]) -> Non
     )
 
 
+# What every return to waiting clears: the node, the start and the claim of the last run.
+_BACK_TO_WAITING = {
+    "state": TaskState.WAITING.value,
+    "node": None,
+    "started": None,
+    "claimed_by": None,
+}
+
+
 def requeue_tasks(
     conn: Connection,
     items: Sequence[tuple[str, int]],
@@ -334,14 +343,7 @@ def requeue_tasks(
         result = conn.execute(
             update(tasks)
             .where(*conditions)
-            .values(
-                state=TaskState.WAITING.value,
-                node=None,
-                started=None,
-                claimed_by=None,
-                waiting_reason=reason,
-                seq=seq,
-            )
+            .values(**_BACK_TO_WAITING, waiting_reason=reason, seq=seq)
         )
         if result.rowcount == 1:
             written.append(task_id)
@@ -485,16 +487,13 @@ def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.state.in_(finished))
             .values(
-                state=TaskState.WAITING.value,
-                node=None,
-                started=None,
+                **_BACK_TO_WAITING,
                 completed=None,
                 results=None,
                 reason=None,
                 waiting_reason=None,
                 module_sha256=None,
                 output=None,
-                claimed_by=None,
                 cancel_requested=False,
                 seq=seq,
             )
