@@ -255,7 +255,7 @@ def namespaces_possible() -> tuple[bool, str]:
 
 @dataclass
 class Netns:
-    """A network namespace joined to this one by a veth pair on a /30 of 10.231.0.0/16."""
+    """A network namespace joined to this one by a veth pair on a /30 of 10.N.0.0/16."""
 
     name: str
     index: int
@@ -267,8 +267,11 @@ class Netns:
         self.outer_if = f"dtv{os.getpid() % 10000}x{self.index}"
         inner_if = f"{self.outer_if}n"
         base = 4 * self.index
-        self.outer_address = f"10.231.{base // 256}.{base % 256 + 1}"
-        self.inner_address = f"10.231.{base // 256}.{base % 256 + 2}"
+        # The second octet follows the pid, so test runs side by side (several checkouts on one
+        # machine) do not put the same /30 on two veths of the root namespace.
+        net = f"10.{100 + os.getpid() % 150}"
+        self.outer_address = f"{net}.{base // 256}.{base % 256 + 1}"
+        self.inner_address = f"{net}.{base // 256}.{base % 256 + 2}"
         _ip("netns", "add", self.name)
         try:
             _ip("link", "add", self.outer_if, "type", "veth", "peer", "name", inner_if)
