@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dirt import requires
-from dirt.errors import RequirementError, SubmissionError
+from dirt.errors import InputError, RequirementError, SubmissionError
 from dirt.models import Attachment, Record, Task
 from dirt.project import valid_task_name
 
@@ -380,9 +380,9 @@ LOCAL_HOSTS = frozenset({"local", "localhost"})
 
 
 def parse_address(text: Any) -> NodeAddress:
-    """Parse `[user@]host[:port]`, or raise SubmissionError saying what is wrong."""
+    """Parse `[user@]host[:port]`, or raise InputError saying what is wrong."""
     if not isinstance(text, str) or not text.strip():
-        raise SubmissionError([f"node address {text!r} is empty"])
+        raise InputError(f"node address {text!r} is empty")
     text = text.strip()
     user, _, hostport = text.rpartition("@")
     host, port_text = hostport, ""
@@ -403,7 +403,7 @@ def parse_address(text: Any) -> NodeAddress:
         else:
             port = int(port_text)
     if problems:
-        raise SubmissionError(problems)
+        raise InputError("; ".join(problems))
     return NodeAddress(text=text, host=host, user=user or None, port=port)
 
 
@@ -489,21 +489,21 @@ def make_cursor(created: float, item_id: str) -> str:
 
 
 def parse_cursor(text: str | None) -> tuple[float, str] | None:
-    """A cursor made by `make_cursor`, or SubmissionError naming the problem."""
+    """A cursor made by `make_cursor`, or InputError naming the problem."""
     if not text:
         return None
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         created, item_id = json.loads(raw)
     except (ValueError, TypeError, UnicodeDecodeError):
-        raise SubmissionError([f"'before' {text[:40]!r} is not a page cursor dirt made"]) from None
+        raise InputError(f"'before' {text[:40]!r} is not a page cursor dirt made") from None
     if not _is_number(created) or not isinstance(item_id, str):
-        raise SubmissionError([f"'before' {text[:40]!r} is not a page cursor dirt made"])
+        raise InputError(f"'before' {text[:40]!r} is not a page cursor dirt made")
     return float(created), item_id
 
 
 def token_name(value: Any) -> str:
-    """A valid API token name (1-200 printable characters), or SubmissionError."""
+    """A valid API token name (1-200 printable characters), or InputError."""
     if (
         not isinstance(value, str)
         or not value
@@ -511,7 +511,5 @@ def token_name(value: Any) -> str:
         or not value.isprintable()
         or value != value.strip()
     ):
-        raise SubmissionError(
-            [f"token name {value!r} must be 1-{MAX_ID_LENGTH} printable characters"]
-        )
+        raise InputError(f"token name {value!r} must be 1-{MAX_ID_LENGTH} printable characters")
     return value

@@ -26,6 +26,11 @@ class SubmissionError(DirtError):
         super().__init__(f"submission rejected, nothing was stored:\n{lines}")
 
 
+class InputError(DirtError):
+    """A value that names or locates something (a page cursor, a node address, a token name) is
+    malformed. Nothing was changed."""
+
+
 class RequirementError(DirtError):
     """A `requires` expression does not parse."""
 

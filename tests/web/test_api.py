@@ -57,10 +57,11 @@ def test_records_keyset_pages_cover_everything_once(seeded: Service, client: Tes
     assert seen[:2] == ["r124", "r123"]
 
 
-def test_bad_cursor_is_a_400_class_answer(client: TestClient) -> None:
+def test_bad_cursor_is_a_400_saying_so(client: TestClient) -> None:
     response = client.get("/api/records", params={"before": "not-a-cursor"})
-    assert response.status_code == 422
-    assert "cursor" in response.json()["problems"][0]
+    assert response.status_code == 400
+    assert "not a page cursor" in response.json()["error"]
+    assert "submission" not in response.text
 
 
 def test_record_detail_and_404(client: TestClient) -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
-from dirt.errors import DirtError, SubmissionError
+from dirt.errors import DirtError, InputError
 from dirt.models import TaskState
 from dirt.web.auth import COOKIE, require_read, require_write
 from dirt.web.common import service_of
@@ -48,8 +48,8 @@ def _render(request: Request, template: str, context: dict[str, Any], status: in
 def _cursor_or_none(text: str | None) -> tuple[tuple[float, str] | None, str | None]:
     try:
         return documents.parse_cursor(text), None
-    except SubmissionError as exc:
-        return None, exc.problems[0]
+    except InputError as exc:
+        return None, str(exc)
 
 
 @router.get("/", response_class=HTMLResponse)
