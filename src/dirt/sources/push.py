@@ -59,6 +59,7 @@ class Push:
     updates: tuple[Update, ...]
     delivery: str | None = None  # the source's id of this delivery, for replays
     pusher: str = ""
+    project: str | None = None  # the forge's name of the repository: owner/name, group/name
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,20 @@ def commit_documents(
     ci: CiSettings,
     tasks: Sequence[str] | None = None,
     created: float | None = None,
+    project: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The record of `commit` and its tasks (`tasks`, default `[ci] tasks`), as a submission."""
+    """The record of `commit` and its tasks (`tasks`, default `[ci] tasks`), as a submission.
+
+    Record fields left unknown (no ref for a bare sha, no forge link) are left out; the task
+    kwargs always hold `sha`, `ref` and `repository`.
+    """
     fields = {
         "sha": commit.sha,
         "ref": ref,
         "repository": repository,
         "author": commit.author,
         "changeset_url": changeset_url(commit, ref, ci),
+        "project": project,
     }
     record: dict[str, Any] = {"_id": commit.sha, "type": "record", "description": commit.subject}
     record.update({k: v for k, v in fields.items() if v})
@@ -165,6 +172,7 @@ def push_documents(push: Push, ci: CiSettings, now: float) -> PushDocuments:
                 repository=push.repository,
                 ci=ci,
                 created=now + index * CREATED_STEP,
+                project=push.project,
             )
         )
     return found
