@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,7 +123,7 @@ def test_starttls_and_login_with_the_password_from_its_variable(
 
     logins: list[tuple[bytes, bytes]] = []
 
-    def authenticator(server, session, envelope, mechanism, data):  # type: ignore[no-untyped-def]
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
         assert isinstance(data, LoginPassword)
         logins.append((data.login, data.password))
         return AuthResult(success=data.password == b"hunter2")
@@ -150,7 +151,7 @@ def test_ssl_from_the_start(smtp_later: SmtpServer, certificate: tuple[Path, Pat
 def test_a_refused_login_is_final(smtp_later: SmtpServer, certificate: tuple[Path, Path]) -> None:
     from aiosmtpd.smtp import AuthResult
 
-    def authenticator(server, session, envelope, mechanism, data):  # type: ignore[no-untyped-def]
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
         return AuthResult(success=False, handled=False)
 
     smtp_later.options = {"tls_context": server_tls(certificate), "authenticator": authenticator}

@@ -8,7 +8,7 @@ import pytest
 
 from dirt.ci_config import GithubSettings, GitlabSettings
 from dirt.db.outbox import Notification
-from dirt.models import TaskState
+from dirt.models import Record, TaskState
 from dirt.notify.base import PermanentFailure, TemporaryFailure
 from dirt.notify.forges import (
     GithubChannel,
@@ -164,7 +164,7 @@ def test_the_github_check_reads_the_repository(stub: HttpStub) -> None:
     assert (stub.requests[0].method, stub.requests[0].path) == ("GET", "/repos/octo/hello")
 
 
-def gitlab_record(stub: HttpStub):  # type: ignore[no-untyped-def]
+def gitlab_record(stub: HttpStub) -> Record:
     return git_record(repository=f"{stub.url}/mike/diaspora.git", project="mike/diaspora")
 
 
