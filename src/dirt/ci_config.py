@@ -155,6 +155,8 @@ POSITIVE: frozenset[tuple[str, str]] = frozenset(
 
 def _table_of(kind: Any) -> type | None:
     """The dataclass of an optional sub-table setting (`EmailSettings | None`), else None."""
+    if get_origin(kind) in (list, dict):
+        return None
     for option in get_args(kind) or (kind,):
         if dataclasses.is_dataclass(option) and isinstance(option, type):
             return option
