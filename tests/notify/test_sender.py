@@ -42,6 +42,13 @@ def failed_record_rows(notify: NotifySettings) -> list[NewNotification]:
     return planner.record_finished(git_record(), tasks, previous="passed")
 
 
+def queue_mail(service: Service, port: int, now: float) -> tuple[NotifySettings, int]:
+    """The settings of an SMTP server on `port`, and one mail about a failed record queued."""
+    notify = email_settings(port)
+    [nid] = write(service, failed_record_rows(notify), now)
+    return notify, nid
+
+
 def write(service: Service, rows: list[NewNotification], now: float) -> list[int]:
     with write_transaction(service.engine) as conn:
         return outbox.insert_notifications(conn, rows, now)
@@ -78,8 +85,7 @@ def make_sender() -> Iterator[MakeSender]:
 def test_a_pending_mail_is_sent_once(
     service: Service, smtp: SmtpServer, make_sender: MakeSender
 ) -> None:
-    notify = email_settings(smtp.port)
-    [nid] = write(service, failed_record_rows(notify), time.time())
+    notify, nid = queue_mail(service, smtp.port, time.time())
     sender = make_sender(service, notify)
     assert sender.send_due() == 1
     assert sender.send_due() == 0
@@ -90,11 +96,10 @@ def test_a_pending_mail_is_sent_once(
 def test_a_mail_waits_for_an_smtp_server_that_is_down_and_arrives_exactly_once(
     service: Service,
     smtp_later: SmtpServer,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
-    notify = email_settings(smtp_later.port)
     start = time.time()
-    [nid] = write(service, failed_record_rows(notify), start)
+    notify, nid = queue_mail(service, smtp_later.port, start)
     sender = make_sender(service, notify)
     assert sender.send_due(now=start) == 1  # refused
     first = state_of(service, nid)
@@ -115,11 +120,10 @@ def test_a_mail_waits_for_an_smtp_server_that_is_down_and_arrives_exactly_once(
 def test_a_mail_refused_for_good_is_failed_and_not_retried(
     service: Service,
     smtp: SmtpServer,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     smtp.inbox.rcpt_reply = "550 5.1.1 no such user"
-    notify = email_settings(smtp.port)
-    [nid] = write(service, failed_record_rows(notify), time.time())
+    notify, nid = queue_mail(service, smtp.port, time.time())
     sender = make_sender(service, notify)
     sender.send_due()
     failed = state_of(service, nid)
@@ -131,7 +135,7 @@ def test_notifications_pending_at_a_restart_go_out_after_it(
     settings: Settings,
     service: Service,
     smtp_later: SmtpServer,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     notify = email_settings(smtp_later.port)
     start = time.time()
@@ -154,11 +158,10 @@ def test_notifications_pending_at_a_restart_go_out_after_it(
 def test_what_a_dead_sender_claimed_is_sent_once_its_lease_ends(
     service: Service,
     smtp: SmtpServer,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
-    notify = email_settings(smtp.port)
     start = time.time()
-    [nid] = write(service, failed_record_rows(notify), start)
+    notify, nid = queue_mail(service, smtp.port, start)
     with write_transaction(service.engine) as conn:
         outbox.claim_due(conn, "a-server-that-died", start, POLICY.lease)
     sender = make_sender(service, notify)
@@ -171,7 +174,7 @@ def test_what_a_dead_sender_claimed_is_sent_once_its_lease_ends(
 def test_a_notification_retried_past_the_window_gives_up(
     service: Service,
     smtp_port: int,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     notify = email_settings(smtp_port)  # nothing ever listens there
     start = time.time()
@@ -190,7 +193,7 @@ def test_a_notification_retried_past_the_window_gives_up(
 def test_commit_statuses_reach_github_in_order(
     service: Service,
     stub: HttpStub,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     notify = NotifySettings(github=GithubSettings(api_url=stub.url, token_env="GH_TOKEN"))
     planner = Planner(notify, project="hello", base_url=BASE_URL)
@@ -206,7 +209,7 @@ def test_commit_statuses_reach_github_in_order(
 def test_a_status_replaced_before_it_went_out_is_never_sent(
     service: Service,
     stub: HttpStub,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     notify = NotifySettings(github=GithubSettings(api_url=stub.url, token_env="GH_TOKEN"))
     planner = Planner(notify, project="hello", base_url=BASE_URL)
@@ -221,7 +224,7 @@ def test_a_status_replaced_before_it_went_out_is_never_sent(
 def test_a_rate_limited_forge_is_asked_again_when_it_says(
     service: Service,
     stub: HttpStub,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     stub.answer_next(429, b"{}", **{"Retry-After": "120"})
     notify = NotifySettings(github=GithubSettings(api_url=stub.url, token_env="GH_TOKEN"))
@@ -235,7 +238,7 @@ def test_a_rate_limited_forge_is_asked_again_when_it_says(
 
 def test_a_channel_no_longer_configured_fails_its_rows(
     service: Service,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     [nid] = write(service, failed_record_rows(email_settings(25)), time.time())
     make_sender(service, NotifySettings()).send_due()
@@ -248,7 +251,7 @@ def test_a_channel_no_longer_configured_fails_its_rows(
 def test_the_running_sender_sends_what_is_written_while_it_waits(
     service: Service,
     smtp: SmtpServer,
-    make_sender,
+    make_sender: MakeSender,
 ) -> None:
     notify = email_settings(smtp.port)
     sender = make_sender(service, notify, idle=30.0)
