@@ -321,3 +321,12 @@ def test_a_malformed_payload_lists_every_problem() -> None:
 def test_a_payload_from_another_hook_version_says_reinstall() -> None:
     with pytest.raises(SourceError, match="reinstall the hook"):
         parse_hook_payload(b'{"dirt_hook": 7}')
+
+
+def test_a_checkout_gets_the_hook_in_its_git_folder(
+    checkout: Path, commit: Callable[..., str]
+) -> None:
+    commit("first")
+    hook = install_hook(checkout, "http://dirt.example.org/hooks/git")
+    assert hook == checkout / ".git" / "hooks" / "post-receive"
+    assert f"DIRT_REPOSITORY='{checkout}'" in hook.read_text()
