@@ -127,6 +127,12 @@ def test_extra_kwargs_may_not_set_what_dirt_sets_from_the_commit() -> None:
     assert "'ci.other' is not in ci.tasks" in message
 
 
+def test_extra_kwargs_must_be_json_values() -> None:
+    assert "quote TOML dates and times" in problems(
+        '[ci]\ntasks = ["ci.build"]\n[ci.kwargs."ci.build"]\nsince = 2024-05-01\n'
+    )
+
+
 def test_task_names_must_be_dotted_names() -> None:
     assert "'ci build' is not a dotted task name" in problems('[ci]\ntasks = ["ci build"]\n')
 

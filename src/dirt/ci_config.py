@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
@@ -239,6 +240,13 @@ class _Loader:
             if reserved:
                 self.problems.append(
                     f"{where}: {', '.join(reserved)} are set by dirt from the commit"
+                )
+                continue
+            try:
+                json.dumps(kwargs)
+            except (TypeError, ValueError):
+                self.problems.append(
+                    f"{where}: task kwargs must be JSON values (quote TOML dates and times)"
                 )
                 continue
             found[task] = dict(kwargs)

@@ -187,3 +187,10 @@ def test_a_missing_password_variable_is_retried_not_lost(smtp: SmtpServer) -> No
     )
     with pytest.raises(TemporaryFailure, match=r"\$P is not set"):
         email.send(mail())
+
+
+def test_a_stored_message_that_cannot_be_built_is_final(smtp: SmtpServer) -> None:
+    broken = mail(subject="two\nlines")
+    with pytest.raises(PermanentFailure, match="cannot be sent"):
+        channel(smtp.port).send(broken)
+    assert smtp.inbox.messages == []

@@ -170,7 +170,10 @@ class EmailChannel:
                 raise TemporaryFailure(
                     f"notify.email.password_env: ${s.password_env} is not set for the server"
                 )
-        message = self.message(notification)
+        try:
+            message = self.message(notification)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentFailure(f"the stored message cannot be sent: {exc!r}") from None
         where = f"SMTP {s.smtp_host}:{s.port}"
         try:
             with self._connect() as smtp:
