@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -330,3 +331,26 @@ def test_a_checkout_gets_the_hook_in_its_git_folder(
     hook = install_hook(checkout, "http://dirt.example.org/hooks/git")
     assert hook == checkout / ".git" / "hooks" / "post-receive"
     assert f"DIRT_REPOSITORY='{checkout}'" in hook.read_text()
+
+
+def test_a_push_while_another_is_sending_is_queued_for_that_sender(
+    bare: Path, checkout: Path, commit: Callable[..., str], stub: HttpStub
+) -> None:
+    install(bare, stub.url)
+    (bare / "dirt-spool" / ".lock").mkdir(parents=True)  # another push holds the sender's lock
+    commit("first")
+    assert "this one is queued" in push(checkout, "main")
+    assert stub.requests == [] and len(spool_files(bare)) == 1
+
+
+def test_a_lock_left_by_a_killed_hook_is_broken(
+    bare: Path, checkout: Path, commit: Callable[..., str], stub: HttpStub
+) -> None:
+    install(bare, stub.url)
+    lock = bare / "dirt-spool" / ".lock"
+    lock.mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    commit("first")
+    assert "sent 1 push(es)" in push(checkout, "main")
+    assert not lock.exists()
