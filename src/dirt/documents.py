@@ -86,8 +86,8 @@ def documents_of(payload: Any) -> list[Any]:
     """The original's two shapes: a JSON list of documents, or {"docs": [...]}."""
     if isinstance(payload, list):
         return payload
-    if isinstance(payload, dict) and isinstance(payload.get("docs"), list):
-        return payload["docs"]
+    if isinstance(payload, dict) and isinstance(docs := payload.get("docs"), list):
+        return docs
     raise SubmissionError(
         [
             'expected a JSON list of documents or an object {"docs": [...]}, '
@@ -115,7 +115,8 @@ class _Checker:
         if not _is_number(created):
             self.problems.append(f"{where}: 'created' must be epoch seconds, got {created!r}")
             return self.now
-        return created
+        seconds: float = created
+        return seconds
 
     def extra(self, doc: dict[str, Any], known: frozenset[str], where: str) -> dict[str, Any]:
         extra = {}
@@ -199,6 +200,7 @@ class _Checker:
         extra = self.extra(doc, TASK_FIELDS, where)
         if len(self.problems) > start:
             return None
+        assert isinstance(record_id, str) and isinstance(name, str)  # checked above
         return Task(
             id=task_id,
             record_id=record_id,
