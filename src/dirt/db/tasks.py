@@ -140,13 +140,6 @@ def waiting_tasks(conn: Connection, limit: int) -> list[Task]:
     return [task_from_row(row) for row in conn.execute(query)]
 
 
-def running_tasks(conn: Connection, master: str | None = None) -> list[Task]:
-    query = select(tasks).where(tasks.c.state == TaskState.RUNNING.value)
-    if master is not None:
-        query = query.where(tasks.c.claimed_by == master)
-    return [task_from_row(row) for row in conn.execute(query)]
-
-
 def running_claims(conn: Connection) -> list[tuple[str, int, str | None]]:
     """(task id, attempt, claiming master) of every running task."""
     query = select(tasks.c.id, tasks.c.attempts, tasks.c.claimed_by).where(

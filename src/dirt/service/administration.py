@@ -138,10 +138,10 @@ class Administration(ServiceBase):
         """Forget a node; refused (StateError) while it runs tasks."""
 
         def work(conn: Connection, seq: int) -> bool:
-            running = [t for t in tasks_db.running_tasks(conn) if t.node == address]
+            running = tasks_db.running_per_node(conn).get(address, 0)
             if running:
                 raise StateError(
-                    f"node {address!r} is running {len(running)} task(s); "
+                    f"node {address!r} is running {running} task(s); "
                     "disable it and wait, or stop the dispatcher first"
                 )
             return nodes_db.delete_node(conn, address)
