@@ -57,7 +57,8 @@ class Dispatching(ServiceBase):
         """Store finished runs with their attachments; returns those stored. A result for a
         task that moved on (requeued, cancelled, a stale attempt) is dropped.
 
-        Whatever follows from a stored result belongs here, in the same transaction.
+        Every final state a dispatcher stores passes here, so whatever follows from one (a
+        notification row) is written here, in the same transaction.
         """
         if not finished:
             return []
@@ -114,8 +115,8 @@ class Dispatching(ServiceBase):
                         )
                     )
             requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
-            failed = dispatching_db.finish_tasks(conn, give_up, self.master_id, seq)
-            return requeued, failed
+            failed = self._store_finished(conn, seq, give_up)
+            return requeued, [f.task_id for f in failed]
 
         requeued, failed = self._write(work)
         for task_id in requeued:
