@@ -72,6 +72,7 @@ def test_submit_the_seed_file_and_list_it(cli_project: Path) -> None:
     assert [r["_id"] for r in listing] == ["r124", "r123"]
     assert listing[1] == {
         "_id": "r123",
+        "type": "record",
         "description": "this is revision one two three",
         "created": 1315347385,
         "ntasks": 2,
