@@ -234,7 +234,8 @@ def metrics(request: Request) -> Response:
     lines = [
         "# HELP dirt_tasks Tasks in each state.",
         "# TYPE dirt_tasks gauge",
-        *(f'dirt_tasks{{state="{state}"}} {n}' for state, n in sorted(m["tasks"].items())),
+        # Every state, 0 included: a series that vanishes reads as "no data", not "none".
+        *(f'dirt_tasks{{state="{s.value}"}} {m["tasks"].get(s.value, 0)}' for s in TaskState),
         "# HELP dirt_task_attempts_started_total Task attempts dispatched to nodes.",
         "# TYPE dirt_task_attempts_started_total counter",
         f"dirt_task_attempts_started_total {m['attempts_started']}",
