@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -45,18 +45,6 @@ class Context:
         return self._service
 
 
-pass_context = click.make_pass_decorator(Context)
-
-
-def fail(exc: DirtError) -> NoReturn:
-    """Print a DirtError as one clear message and exit 2."""
-    # escape: messages name TOML tables ([nodes.hosts."build1"]), not rich markup
-    err.print(
-        f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
-    )
-    sys.exit(2)
-
-
 class DirtGroup(click.Group):
     """Turns a DirtError anywhere into a clear message and exit code 2."""
 
@@ -64,12 +52,12 @@ class DirtGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DirtError as exc:
-            fail(exc)
-
-
-def bad_option(option: str, problem: str) -> click.BadParameter:
-    """A usage error naming the option (click prints it with the usage line, exit 2)."""
-    return click.BadParameter(problem, param_hint=f"'{option}'")
+            # escape: messages name TOML tables ([nodes.hosts."build1"]), not rich markup
+            message = escape(str(exc))
+            err.print(
+                f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True
+            )
+            sys.exit(2)
 
 
 # ---- how states and times look in a terminal -------------------------------------------------
