@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from dirt.db import sources as sources_db
 from dirt.db.engine import read_transaction
 from dirt.db.sources import WatchedFile
-from dirt.documents import MAX_ID_LENGTH
+from dirt.documents.submission import MAX_ID_LENGTH
 
 log = logging.getLogger("dirt.sources")
 
