@@ -14,9 +14,9 @@ import fnmatch
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Protocol, get_args, get_origin, get_type_hints
 
-from dirt.config import _coerce
+from dirt.config_values import coerce
 from dirt.errors import ConfigError
 from dirt.project import valid_task_name
 
@@ -138,7 +138,25 @@ class CiConfig:
     notify: NotifySettings = field(default_factory=NotifySettings)
 
 
+class CiSections(Protocol):
+    """What holds the three sections: a `CiConfig`, or dirt's `Settings`."""
+
+    ci: CiSettings
+    hooks: HooksSettings
+    notify: NotifySettings
+
+
 SECTIONS: dict[str, type] = {"ci": CiSettings, "hooks": HooksSettings, "notify": NotifySettings}
+# The [notify.*] tables that are one channel each (DIRT_NOTIFY_EMAIL_SMTP_HOST sets one's key).
+CHANNEL_TABLES = ("email", "github", "gitlab")
+# Keys of the [notify] that was read but never implemented, and what took their place.
+RENAMED: dict[tuple[str, str], str] = {
+    ("notify", "email_to"): "[notify.email] to",
+    ("notify", "email_from"): "[notify.email] sender",
+    ("notify", "smtp_host"): "[notify.email] smtp_host",
+    ("notify", "smtp_port"): "[notify.email] smtp_port",
+    ("notify", "on"): "[notify.email] when",
+}
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("notify.email", "when"): WHEN}
 POSITIVE: frozenset[tuple[str, str]] = frozenset(
@@ -188,7 +206,9 @@ class _Loader:
             where = f"{self.origin}: {name}.{key}"
             if key not in hints:
                 known = ", ".join(f.name for f in dataclasses.fields(cls))
-                self.problems.append(f"{where}: unknown key (known in [{name}]: {known})")
+                instead = RENAMED.get((name, key))
+                hint = f"; use {instead} instead" if instead else ""
+                self.problems.append(f"{where}: unknown key (known in [{name}]: {known}){hint}")
                 continue
             kind = hints[key]
             table = _table_of(kind)
@@ -201,7 +221,7 @@ class _Loader:
             elif kind == dict[str, dict[str, Any]]:
                 setattr(target, key, self.kwargs_tables(value, f"{name}.{key}"))
             else:
-                coerced = _coerce(value, kind, where, self.problems, self.origin == "environment")
+                coerced = coerce(value, kind, where, self.problems, self.origin == "environment")
                 if coerced is not None and self.allowed(name, key, coerced, where):
                     setattr(target, key, coerced)
 
@@ -253,8 +273,8 @@ class _Loader:
         return found
 
 
-def _check(config: CiConfig, origin: str, problems: list[str]) -> None:
-    """Rules across keys, checked once every key of an origin is set."""
+def check_sections(config: CiSections, origin: str, problems: list[str]) -> None:
+    """Rules across keys, checked once every key is set."""
     ci = config.ci
     for name in ci.tasks:
         if not valid_task_name(name):
@@ -305,15 +325,22 @@ def _check(config: CiConfig, origin: str, problems: list[str]) -> None:
 
 
 def apply_sections(
-    config: CiConfig, data: Mapping[str, Any], origin: str, problems: list[str]
+    config: CiSections,
+    data: Mapping[str, Any],
+    origin: str,
+    problems: list[str],
+    *,
+    check: bool = True,
 ) -> None:
     """Apply the ``ci``, ``hooks`` and ``notify`` tables of `data` (a parsed dirt.toml, or the
-    DIRT_* overrides) to `config`; other sections are left to the caller."""
+    DIRT_* overrides) to `config`; other sections are left to the caller. `check=False` leaves
+    the rules across keys to a `check_sections` call once every origin is applied."""
     loader = _Loader(origin, problems)
     for section in SECTIONS:
         if section in data:
             loader.fill(getattr(config, section), data[section], section)
-    _check(config, origin, problems)
+    if check:
+        check_sections(config, origin, problems)
 
 
 def load_ci_config(data: Mapping[str, Any], origin: str = "dirt.toml") -> CiConfig:
@@ -326,7 +353,12 @@ def load_ci_config(data: Mapping[str, Any], origin: str = "dirt.toml") -> CiConf
     return config
 
 
-def missing_secrets(config: CiConfig, environ: Mapping[str, str]) -> list[str]:
+def channels_configured(notify: NotifySettings) -> bool:
+    """Whether any notification channel is on (else no notification row is ever written)."""
+    return bool(notify.email or notify.github or notify.gitlab or notify.webhook)
+
+
+def missing_secrets(config: CiSections, environ: Mapping[str, str]) -> list[str]:
     """A line per secret variable a configured channel or endpoint names but that is unset."""
     named: list[tuple[str, str]] = [
         ("hooks.github_secret_env", config.hooks.github_secret_env),

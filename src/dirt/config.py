@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
+from dirt import ci_config
+from dirt.ci_config import CiSettings, HooksSettings, NotifySettings
+from dirt.config_values import coerce
 from dirt.errors import ConfigError, ProjectNotFoundError
-from dirt.models import TaskState
 
 CONFIG_FILE = "dirt.toml"
 
@@ -89,20 +91,14 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024
+    # Where people reach the web pages: links in mails and commit statuses start with it.
+    # Default: http://HOST:PORT/ of this server (set it when a proxy or a name fronts dirt).
+    base_url: str = ""
 
 
 @dataclass
 class AuthSettings:
     read: str = "open"
-
-
-@dataclass
-class NotifySettings:
-    email_to: list[str] = field(default_factory=list)
-    email_from: str = "dirt@localhost"
-    smtp_host: str = "localhost"
-    smtp_port: int = 25
-    on: list[str] = field(default_factory=lambda: [TaskState.FAILED.value])
 
 
 SECTIONS: dict[str, type] = {
@@ -112,7 +108,8 @@ SECTIONS: dict[str, type] = {
     "log": LogSettings,
     "web": WebSettings,
     "auth": AuthSettings,
-    "notify": NotifySettings,
+    # [ci], [hooks] and [notify] (with its channel tables) are checked by dirt.ci_config.
+    **ci_config.SECTIONS,
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -140,6 +137,8 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     web: WebSettings = field(default_factory=WebSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    ci: CiSettings = field(default_factory=CiSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
@@ -156,6 +155,18 @@ class Settings:
             return self.project.database_url
         db_name = self.project.database or self.project.name
         return f"sqlite:///{self.project_dir / (db_name + '.sqlite')}"
+
+    @property
+    def base_url(self) -> str:
+        """`[web] base_url` without a trailing slash, else this server's own address."""
+        if self.web.base_url:
+            return self.web.base_url.rstrip("/")
+        host = self.web.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web.port}"
 
     @property
     def log_path(self) -> Path | None:
@@ -175,46 +186,6 @@ def find_project(start: Path | None = None) -> Path:
         f"no {CONFIG_FILE} in {here} or any folder above it: cd into a dirt project, "
         "pass --project PATH (or set DIRT_PROJECT), or make one with `dirt create NAME`"
     )
-
-
-def _coerce(value: Any, kind: Any, where: str, problems: list[str], from_env: bool) -> Any:
-    if get_origin(kind) in (Union, types.UnionType):  # `int | None`: None means "not set"
-        kind = next(k for k in get_args(kind) if k is not type(None))
-    if kind is bool:
-        if from_env and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if from_env and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if from_env and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    elif kind == list[str]:
-        if from_env and isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-    name = getattr(kind, "__name__", str(kind))
-    problems.append(f"{where}: expected {name}, got {value!r}")
-    return None
 
 
 def _table_class(kind: Any) -> type | None:
@@ -251,7 +222,7 @@ def _apply_table(
                 getattr(target, key), table_class, value, f"{name}.{key}", rules, origin, problems
             )
             continue
-        coerced = _coerce(value, hints[key], where, problems, from_env)
+        coerced = coerce(value, hints[key], where, problems, from_env)
         if coerced is None:
             continue
         choices = CHOICES.get((rules, key))
@@ -290,6 +261,7 @@ def _apply_tables(
 
 
 def _apply(settings: Settings, data: dict[str, Any], origin: str, problems: list[str]) -> None:
+    ci_sections: dict[str, Any] = {}
     for section, values in data.items():
         if section not in SECTIONS:
             problems.append(f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
@@ -297,12 +269,28 @@ def _apply(settings: Settings, data: dict[str, Any], origin: str, problems: list
         if not isinstance(values, dict):
             problems.append(f"{origin}: [{section}] must be a table")
             continue
+        if section in ci_config.SECTIONS:
+            ci_sections[section] = values
+            continue
         _apply_table(getattr(settings, section), values, section, section, origin, problems)
+    if ci_sections:
+        ci_config.apply_sections(settings, ci_sections, origin, problems, check=False)
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
-    """DIRT_SECTION_KEY=value, plus DIRT_DATABASE_URL as the common shortcut."""
-    data: dict[str, dict[str, str]] = {}
+def _check(settings: Settings, origin: str, problems: list[str]) -> None:
+    """Rules across keys, once every origin is applied."""
+    base_url = settings.web.base_url
+    if base_url and not (
+        base_url.startswith(("http://", "https://")) and len(base_url.split("/")[2]) > 0
+    ):
+        problems.append(f"{origin}: web.base_url: {base_url!r} is not an http(s) URL")
+    ci_config.check_sections(settings, origin, problems)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """DIRT_SECTION_KEY=value, plus DIRT_DATABASE_URL as the common shortcut. A channel table's
+    keys are DIRT_NOTIFY_CHANNEL_KEY (DIRT_NOTIFY_EMAIL_SMTP_HOST: [notify.email] smtp_host)."""
+    data: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith("DIRT_") or name == "DIRT_PROJECT":
             continue
@@ -311,8 +299,13 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
             data.setdefault("project", {})["database_url"] = value
             continue
         section, _, key = rest.partition("_")
-        if section in SECTIONS and key:
-            data.setdefault(section, {})[key] = value
+        if section not in SECTIONS or not key:
+            continue
+        table, _, channel_key = key.partition("_")
+        if section == "notify" and table in ci_config.CHANNEL_TABLES and channel_key:
+            data.setdefault(section, {}).setdefault(table, {})[channel_key] = value
+            continue
+        data.setdefault(section, {})[key] = value
     return data
 
 
@@ -345,6 +338,7 @@ def load_settings(
     _apply(settings, _env_overrides(env), "environment", problems)
     if overrides:
         _apply(settings, overrides, "command line", problems)
+    _check(settings, str(config_path), problems)
     if problems:
         raise ConfigError("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
     return settings

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-import tomllib
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
-from dirt.config import CONFIG_FILE, NotifySettings, Settings
 from dirt.dispatch.loop import Dispatcher
+from dirt.notify.runner import NotificationRunner, warn_missing_secrets
 from dirt.service import Service
 
 log = logging.getLogger("dirt")
@@ -21,34 +20,6 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
-
-
-def notify_keys(settings: Settings) -> list[str]:
-    """The [notify] keys set in dirt.toml, the environment (DIRT_NOTIFY_*) or by a caller."""
-    try:
-        data = tomllib.loads((settings.project_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        in_file = data.get("notify")
-    except (OSError, tomllib.TOMLDecodeError):  # load_settings read it; it changed since
-        in_file = None
-    given = set(in_file) if isinstance(in_file, dict) else set()
-    defaults = NotifySettings()
-    given |= {
-        f.name
-        for f in fields(NotifySettings)
-        if getattr(settings.notify, f.name) != getattr(defaults, f.name)
-    }
-    return sorted(given)
-
-
-def warn_unimplemented(settings: Settings) -> None:
-    """Say so when dirt.toml asks for what this version does not do (rather than stay silent)."""
-    keys = notify_keys(settings)
-    if keys:
-        log.warning(
-            "[notify] %s: notifications are not implemented yet; no email or message is sent "
-            "(the settings are read and ignored)",
-            ", ".join(keys),
-        )
 
 
 def _start_web(service: Service, host: str | None, port: int | None, fallback_port: bool) -> Any:
@@ -75,10 +46,14 @@ def serve(
     """Run until SIGINT or SIGTERM; running tasks go back to waiting. Returns the exit code.
 
     With `web`, the web server runs on a thread of this process, sharing the service, so the
-    pages hear of the dispatcher's writes at once.
+    pages hear of the dispatcher's writes at once. The notification sender runs on a thread
+    too: it stops after the dispatcher, so what the last tasks made still goes out (or stays
+    pending for the next start).
     """
-    warn_unimplemented(service.settings)
+    warn_missing_secrets(service.settings, os.environ)
     dispatcher = Dispatcher(service)
+    notifications = NotificationRunner(service)
+    notifications.start()
     web_server = _start_web(service, host, port, fallback_port) if web else None
     if web_server is not None and on_web is not None:
         on_web(web_server.url)
@@ -110,6 +85,7 @@ def serve(
         if web_server is not None:
             web_server.stop()
             log.info("web server stopped")
+        notifications.stop()
     log.info("dispatcher stopped")
     return 0
 
@@ -128,6 +104,7 @@ def serve_web(
         log.info("%s received: stopping the web server", signal.Signals(signum).name)
         stopping.set()
 
+    warn_missing_secrets(service.settings, os.environ)
     web_server = _start_web(service, host, port, fallback_port=False)
     _on_signals(stop)
     if on_web is not None:

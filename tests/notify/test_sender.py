@@ -17,13 +17,9 @@ from dirt.db.outbox import NewNotification
 from dirt.models import TaskState
 from dirt.notify.base import RetryPolicy
 from dirt.notify.plan import Planner
-from dirt.notify.sender import (
-    EngineOutbox,
-    Sender,
-    channels_from_settings,
-    send_once,
-)
+from dirt.notify.sender import Sender, channels_from_settings, send_once
 from dirt.service import Service
+from dirt.service.outbox import EngineOutbox
 from tests.conftest import wait_for
 from tests.httpstub import HttpStub
 from tests.notify.conftest import BASE_URL, SmtpServer, git_record, task

@@ -10,12 +10,15 @@ import click
 from dirt import __version__
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
+from dirt.cli.hook import hook
 from dirt.cli.nodes import nodes, updatenodes
+from dirt.cli.notify import notify
 from dirt.cli.project import create, demo
 from dirt.cli.serve import serve, web
 from dirt.cli.status import status
 from dirt.cli.submit import submit
 from dirt.cli.token import token
+from dirt.cli.watch import watch
 
 __all__ = ["main"]
 
@@ -34,5 +37,21 @@ def main(ctx: click.Context, project: str | None) -> None:
     ctx.obj = Context(project)
 
 
-for command in (create, submit, nodes, updatenodes, serve, web, token, status, cancel, retry, demo):
+COMMANDS = (
+    create,
+    submit,
+    nodes,
+    updatenodes,
+    serve,
+    web,
+    token,
+    status,
+    cancel,
+    retry,
+    hook,
+    watch,
+    notify,
+    demo,
+)
+for command in COMMANDS:
     main.add_command(command)

@@ -31,7 +31,19 @@ def json_value(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 
 @click.command()
-@click.argument("target")
+@click.argument("targets", nargs=-1, metavar="TARGET | --git [REV...]")
+@click.option(
+    "--git",
+    "from_git",
+    is_flag=True,
+    help="A record per commit REV (default HEAD; A..B: every commit in it) of the checkout "
+    "here, with the [ci] tasks (or -t); commits already recorded are left as they are.",
+)
+@click.option(
+    "--repository",
+    metavar="URL",
+    help="With --git: what nodes clone (default: [ci] repository, else the branch's remote).",
+)
 @click.option("-d", "--description", help="The record's description (when it is new).")
 @click.option("-t", "--task", "tasks", multiple=True, help="A task name; repeat for more.")
 @click.option(
@@ -53,7 +65,9 @@ def json_value(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.pass_obj
 def submit(
     obj: Context,
-    target: str,
+    targets: tuple[str, ...],
+    from_git: bool,
+    repository: str | None,
     description: str | None,
     tasks: tuple[str, ...],
     kwargs: Any,
@@ -63,12 +77,33 @@ def submit(
     timeout: float | None,
     wait: bool,
 ) -> None:
-    """Submit FILE.json (a list of documents or {"docs": [...]}), or tasks for RECORD_ID.
+    """Submit FILE.json (a list of documents or {"docs": [...]}), or tasks for RECORD_ID, or
+    with --git a record per commit of the checkout here.
 
     \b
     dirt submit test_data.json
     dirt submit r125 -d "revision 125" -t examples.simple -t examples.attachments
+    dirt submit --git                 # HEAD, with the tasks of [ci] tasks
+    dirt submit --git main~3..main -t ci.test
     """
+    if from_git:
+        if description or kwargs is not None or requirements or platform or timeout or priority:
+            raise click.UsageError(
+                "-d, --kwargs, --requires, --platform, --priority and --timeout do not go with "
+                "--git: a commit's record takes its fields from the commit, its tasks' kwargs "
+                "from [ci.kwargs]"
+            )
+        new_task_ids = submit_commits(obj, targets, tasks, repository)
+        if wait:
+            sys.exit(wait_for(obj.service, new_task_ids))
+        return
+    if repository:
+        raise click.UsageError("--repository goes with --git")
+    if len(targets) != 1:
+        raise click.UsageError(
+            "give one TARGET: a JSON file, or a record id with -t NAME (or --git [REV...])"
+        )
+    target = targets[0]
     if tasks:
         submission = obj.service.submit_tasks(
             target,
@@ -93,6 +128,33 @@ def submit(
         out.print(f"task {task.id} ({task.name}) added to {task.record_id}")
     if wait:
         sys.exit(wait_for(obj.service, [t.id for t in submission.tasks]))
+
+
+def submit_commits(
+    obj: Context, revs: tuple[str, ...], tasks: tuple[str, ...], repository: str | None
+) -> list[str]:
+    """`dirt submit --git`: a record per commit; returns the ids of the tasks added."""
+    from dirt.sources.git import submit_documents
+
+    settings = obj.settings
+    if not tasks and not settings.ci.tasks:
+        raise click.UsageError("name the tasks with -t NAME, or list them in [ci] tasks")
+    docs = submit_documents(
+        Path.cwd(), revs, settings.ci, tasks=tasks or None, repository=repository
+    )
+    taken = obj.service.submit_new(docs)
+    added = {r.id for r in taken.records}
+    for doc in docs:
+        if doc.get("type") != "record":
+            continue
+        record_id = str(doc["_id"])
+        if record_id in added:
+            out.print(escape(f"record {record_id} added: {doc.get('description', '')}"))
+        else:
+            out.print(escape(f"record {record_id} exists: nothing added"))
+    for task in taken.tasks:
+        out.print(escape(f"task {task.id} ({task.name}) added to {task.record_id}"))
+    return [t.id for t in taken.tasks]
 
 
 def _read_json_file(target: str) -> Any:

@@ -4,6 +4,7 @@ Every list is a keyset scan of an index: (created, id) row-value comparisons, ne
 never COUNT(*) over tasks. Counts come from `record_states` and `state_counts`, which triggers
 keep (migration 0002). The records search (`search`) is a short LIKE scan of the newest records,
 then an index: FTS5 trigram on SQLite, pg_trgm on PostgreSQL (migration 0004); see `_search_page`.
+The branch filter is an index on the record's `ref` field (migration 0200_ci); see `record_ref`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    String,
     column,
     func,
     literal_column,
     select,
     table,
     tuple_,
+    type_coerce,
 )
 
 from dirt.db.records import record_from_row
@@ -51,19 +54,38 @@ def _fts_phrase(search: str) -> str:
     return '"' + search.replace('"', '""') + '"'
 
 
-def _ordered(state: str | None, before: tuple[float, str] | None) -> Select[Any]:
-    """Records newest first, from `before` on; only those with a task in `state`."""
+def record_ref(conn: Connection) -> ColumnElement[str]:
+    """The record's `ref` field, written exactly as the index of migration 0200_ci is."""
+    if conn.dialect.name == "postgresql":
+        return type_coerce(records.c.extra.op("->>")(literal_column("'ref'")), String)
+    return type_coerce(func.json_extract(records.c.extra, literal_column("'$.ref'")), String)
+
+
+def full_ref(branch: str) -> str:
+    """A branch as a full ref: `main` is refs/heads/main; a full ref (refs/tags/v1) stays."""
+    return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def _ordered(
+    state: str | None,
+    before: tuple[float, str] | None,
+    where: ColumnElement[bool] | None = None,
+) -> Select[Any]:
+    """Records newest first, from `before` on; only those with a task in `state`, and those
+    `where` holds for."""
     if state is None:
         query = select(records).order_by(records.c.created.desc(), records.c.id.desc())
         if before is not None:
             query = query.where(tuple_(records.c.created, records.c.id) < tuple_(*before))
-        return query
+        return query if where is None else query.where(where)
     query = (
         select(records)
         .join(record_states, record_states.c.record_id == records.c.id)
         .where(record_states.c.state == state)
         .order_by(record_states.c.created.desc(), record_states.c.record_id.desc())
     )
+    if where is not None:
+        query = query.where(where)
     if before is not None:
         query = query.where(
             tuple_(record_states.c.created, record_states.c.record_id) < tuple_(*before)
@@ -95,12 +117,15 @@ def record_page(
     before: tuple[float, str] | None = None,
     state: str | None = None,
     search: str | None = None,
+    branch: str | None = None,
 ) -> list[Record]:
     """Records newest first; only those with a task in `state`; id or description containing
-    `search` (case-insensitive)."""
+    `search` (case-insensitive); made from a commit on `branch` (`main` or a full ref)."""
+    where = record_ref(conn) == full_ref(branch) if branch else None
     if not search:
-        return [record_from_row(row) for row in conn.execute(_ordered(state, before).limit(limit))]
-    return _search_page(conn, limit, before, state, search)
+        query = _ordered(state, before, where).limit(limit)
+        return [record_from_row(row) for row in conn.execute(query)]
+    return _search_page(conn, limit, before, state, search, where)
 
 
 def _search_page(
@@ -109,13 +134,14 @@ def _search_page(
     before: tuple[float, str] | None,
     state: str | None,
     search: str,
+    where: ColumnElement[bool] | None,
 ) -> list[Record]:
     if "\x00" in search:
         # PostgreSQL text cannot hold NUL, and SQLite's LIKE would stop reading the pattern there
         # (so "%\0%" would match everything): no record is found by it.
         return []
     postgres = conn.dialect.name == "postgresql"
-    base = _ordered(state, before)
+    base = _ordered(state, before, where)
     # 1. The next SEARCH_WINDOW records by a plain scan: cheap, and enough when matches are common.
     window = base.limit(SEARCH_WINDOW).subquery()
     query = (
@@ -133,7 +159,8 @@ def _search_page(
     if edge is None:
         return found  # the window held every remaining record
     # 2. The rest through the index: only matching records are read, then sorted.
-    rest = _indexed(conn, state, (edge.created, edge.id), search).limit(limit - len(found))
+    rest = _indexed(conn, state, (edge.created, edge.id), search, where)
+    rest = rest.limit(limit - len(found))
     if not postgres or len(search) < TRIGRAM:
         return found + [record_from_row(row) for row in conn.execute(rest)]
     # PostgreSQL's costs make ILIKE look cheap, so with a table of a few thousand pages it
@@ -150,7 +177,11 @@ def _search_page(
 
 
 def _indexed(
-    conn: Connection, state: str | None, before: tuple[float, str], search: str
+    conn: Connection,
+    state: str | None,
+    before: tuple[float, str],
+    search: str,
+    where: ColumnElement[bool] | None,
 ) -> Select[Any]:
     """Records from `before` on matching `search`, found through the search index."""
     postgres = conn.dialect.name == "postgresql"
@@ -160,8 +191,8 @@ def _indexed(
         # planner may walk (created, id) from `before` and test every older record.
         matches = select(records.c.id).where(match).cte("search_matches")
         matches = matches.prefix_with("MATERIALIZED")
-        return _ordered(state, before).where(records.c.id.in_(select(matches.c.id)))
-    query = _ordered(state, before).where(match)
+        return _ordered(state, before, where).where(records.c.id.in_(select(matches.c.id)))
+    query = _ordered(state, before, where).where(match)
     if len(search) >= TRIGRAM and _has_fts(conn):
         # The trigram index yields candidates (it folds case beyond ASCII); LIKE above keeps
         # the result exactly that of the scan.

@@ -285,3 +285,13 @@ def purge_finished(conn: Connection, before: float) -> int:
         delete(table).where(table.c.state.in_([SENT, SUPERSEDED]), table.c.finished < before)
     )
     return int(result.rowcount)
+
+
+def claim_owners(conn: Connection) -> list[str]:
+    """The senders that hold rows now (to find those whose process is gone)."""
+    query = (
+        select(table.c.claimed_by)
+        .where(table.c.state == SENDING, table.c.claimed_by.is_not(None))
+        .distinct()
+    )
+    return [owner for owner in conn.execute(query).scalars() if owner]

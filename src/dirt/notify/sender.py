@@ -19,11 +19,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sqlalchemy import Engine
-
 from dirt.ci_config import NotifySettings
 from dirt.db import outbox
-from dirt.db.engine import read_transaction, write_transaction
 from dirt.db.outbox import NewNotification, Notification
 from dirt.notify.base import Channel, PermanentFailure, RetryPolicy, TemporaryFailure
 from dirt.notify.email import EmailChannel
@@ -34,7 +31,7 @@ log = logging.getLogger("dirt.notify")
 
 
 class OutboxStore(Protocol):
-    """The writes and reads the sender needs (the service provides them in the server)."""
+    """The writes and reads the sender needs (`Service.outbox_store()` provides them)."""
 
     def claim(self, owner: str, now: float, lease: float, limit: int) -> list[Notification]: ...
 
@@ -49,37 +46,6 @@ class OutboxStore(Protocol):
     def release(self, owner: str, now: float) -> int: ...
 
     def next_due(self) -> float | None: ...
-
-
-class EngineOutbox:
-    """`OutboxStore` straight over an engine, one short transaction per call."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def claim(self, owner: str, now: float, lease: float, limit: int) -> list[Notification]:
-        with write_transaction(self.engine) as conn:
-            return outbox.claim_due(conn, owner, now, lease, limit)
-
-    def sent(self, notification_id: int, owner: str, now: float) -> bool:
-        with write_transaction(self.engine) as conn:
-            return outbox.mark_sent(conn, notification_id, owner, now)
-
-    def failed(self, notification_id: int, owner: str, error: str, now: float) -> bool:
-        with write_transaction(self.engine) as conn:
-            return outbox.mark_failed(conn, notification_id, owner, error, now)
-
-    def retry(self, notification_id: int, owner: str, error: str, next_try: float) -> str | None:
-        with write_transaction(self.engine) as conn:
-            return outbox.retry_later(conn, notification_id, owner, error, next_try)
-
-    def release(self, owner: str, now: float) -> int:
-        with write_transaction(self.engine) as conn:
-            return outbox.release_claims(conn, owner, now)
-
-    def next_due(self) -> float | None:
-        with read_transaction(self.engine) as conn:
-            return outbox.next_due(conn)
 
 
 def channels_from_settings(

@@ -19,14 +19,15 @@ from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState
-from dirt.service.base import ServiceBase, log
+from dirt.service.base import log
+from dirt.service.notices import Notices
 
 
 def _no_node(address: str) -> NotFoundError:
     return NotFoundError(f"no node {address!r}; see `dirt nodes list`")
 
 
-class Administration(ServiceBase):
+class Administration(Notices):
     # ---- submitting --------------------------------------------------------------------------
 
     def submit(self, payload: Any, *, records_may_exist: bool = False) -> documents.Submission:
@@ -44,6 +45,7 @@ class Administration(ServiceBase):
             )
             records_db.insert_records(conn, submission.records, seq)
             tasks_db.insert_tasks(conn, submission.tasks, seq)
+            self._notice_created(conn, submission.tasks, submission.records)
             return submission
 
         submission = self._write(work)
@@ -163,6 +165,8 @@ class Administration(ServiceBase):
                 raise NotFoundError(f"no task {task_id!r}")
             if not done:
                 raise StateError(f"task {task_id} is {task.state.value}: nothing to cancel")
+            if task.state is TaskState.CANCELLED:
+                self._notice_finished(conn, [task_id])
             return task
 
         task = self._write(work)
@@ -185,6 +189,7 @@ class Administration(ServiceBase):
                     f"task {task_id} is {task.state.value}: only a finished task can be retried"
                 )
             attachments_db.delete_attachments(conn, retried)
+            self._notice_retried(conn, retried)
             return task
 
         task = self._write(work)
@@ -199,6 +204,7 @@ class Administration(ServiceBase):
                 raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
             retried = control_db.retry_tasks(conn, tasks_db.failed_task_ids(conn, record_id), seq)
             attachments_db.delete_attachments(conn, retried)
+            self._notice_retried(conn, retried)
             return retried
 
         retried = self._write(work)

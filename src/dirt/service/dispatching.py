@@ -18,12 +18,13 @@ from dirt.db import nodes as nodes_db
 from dirt.db import tasks as tasks_db
 from dirt.db.dispatching import Start
 from dirt.models import Finished, Task, TaskState
-from dirt.service.base import ServiceBase, log
+from dirt.service.base import log
+from dirt.service.notices import Notices
 
 ORPHAN_REASON = "its dispatcher stopped without returning it"
 
 
-class Dispatching(ServiceBase):
+class Dispatching(Notices):
     def waiting_tasks(self, limit: int) -> list[Task]:
         """Waiting tasks no dispatcher holds: higher priority first, then oldest."""
         with self._read() as conn:
@@ -46,19 +47,21 @@ class Dispatching(ServiceBase):
         def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
             # Starts go first: a task can finish in the same step it was marked running.
             started = dispatching_db.start_tasks(conn, starts, self.master_id, seq)
+            self._notice_started(conn, started)
             self._store_finished(conn, seq, finished)
             return started, dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
 
         return self._write(work)
 
     def _store_finished(
-        self, conn: Connection, seq: int, finished: Sequence[Finished]
+        self, conn: Connection, seq: int, finished: Sequence[Finished], *, lost: bool = False
     ) -> list[Finished]:
         """Store finished runs with their attachments; returns those stored. A result for a
         task that moved on (requeued, cancelled, a stale attempt) is dropped.
 
         Every final state a dispatcher stores passes here, so whatever follows from one (a
-        notification row) is written here, in the same transaction.
+        notification row) is written here, in the same transaction. `lost`: these tasks fail
+        because their nodes were lost (a commit status says "error", not "failure").
         """
         if not finished:
             return []
@@ -72,6 +75,8 @@ class Dispatching(ServiceBase):
             log.info("Task %s pushed to db", f.task_id)
             for a in f.attachments:
                 log.info("Task %s: file %s attached", f.task_id, a.filename)
+        ids = [f.task_id for f in stored]
+        self._notice_finished(conn, ids, lost=ids if lost else ())
         return stored
 
     def release(self, task_ids: Sequence[str] | None = None) -> int:
@@ -115,7 +120,8 @@ class Dispatching(ServiceBase):
                         )
                     )
             requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
-            failed = self._store_finished(conn, seq, give_up)
+            self._notice_finished(conn, requeued)  # those cancelled while they ran
+            failed = self._store_finished(conn, seq, give_up, lost=True)
             return requeued, [f.task_id for f in failed]
 
         requeued, failed = self._write(work)
@@ -137,9 +143,14 @@ class Dispatching(ServiceBase):
 
     def fail_unrunnable(self, task_id: str, reason: str) -> bool:
         """A waiting task that can never run (its module is gone) fails with `reason`."""
-        return self._write(
-            lambda conn, seq: dispatching_db.fail_waiting(conn, task_id, reason, time.time(), seq)
-        )
+
+        def work(conn: Connection, seq: int) -> bool:
+            failed = dispatching_db.fail_waiting(conn, task_id, reason, time.time(), seq)
+            if failed:
+                self._notice_finished(conn, [task_id])
+            return failed
+
+        return self._write(work)
 
     def set_waiting_reasons(self, reasons: dict[str, str | None]) -> None:
         if reasons:
@@ -191,7 +202,9 @@ class Dispatching(ServiceBase):
         def work(conn: Connection, seq: int) -> list[str]:
             for master in gone:
                 dispatching_db.release_reservations(conn, seq, master)
-            return dispatching_db.requeue_tasks(conn, orphans, ORPHAN_REASON, time.time(), seq)
+            requeued = dispatching_db.requeue_tasks(conn, orphans, ORPHAN_REASON, time.time(), seq)
+            self._notice_finished(conn, requeued)  # those cancelled while they ran
+            return requeued
 
         recovered = self._write(work)
         for task_id in recovered:
@@ -211,10 +224,10 @@ class Dispatching(ServiceBase):
         pid = rest.partition(":")[0]
         if owner_host != socket.gethostname():
             return False
-        return not _pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
+        return not pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
 
 
-def _pid_alive(pid: str) -> bool:
+def pid_alive(pid: str) -> bool:
     if not pid.isdigit():
         return False
     try:

@@ -77,10 +77,12 @@ class Queries(ServiceBase):
         before: tuple[float, str] | None = None,
         state: str | None = None,
         search: str | None = None,
+        branch: str | None = None,
     ) -> list[RecordSummary]:
-        """Newest records first (keyset), optionally only those with a task in `state`."""
+        """Newest records first (keyset), optionally only those with a task in `state`, those
+        matching `search`, those made from a commit on `branch`."""
         with self._read() as conn:
-            found = browse_db.record_page(conn, limit, before, state, search)
+            found = browse_db.record_page(conn, limit, before, state, search, branch)
             counts = browse_db.record_counts(conn, [r.id for r in found])
         return [RecordSummary(r, counts[r.id]) for r in found]
 

@@ -118,9 +118,17 @@ def list_records(
         TaskState | None, Query(description="Only records with a task in this state")
     ] = None,
     q: str | None = Query(None, max_length=200, description="Search ids and descriptions"),
+    branch: str | None = Query(
+        None,
+        max_length=500,
+        description="Only records made from a commit on this branch (`main`) or ref "
+        "(`refs/tags/v1.0`)",
+    ),
 ) -> dict[str, Any]:
     cursor = documents.parse_cursor(before)
-    found = service_of(request).record_page(limit, cursor, state.value if state else None, q)
+    found = service_of(request).record_page(
+        limit, cursor, state.value if state else None, q, branch or None
+    )
     return {
         "records": [summary_view(s) for s in found],
         "next": _next([s.record for s in found], limit),

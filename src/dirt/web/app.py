@@ -28,7 +28,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, docs, pages
+from dirt.web import api, changes, couch, docs, hooks, pages
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -58,7 +58,7 @@ def _status_of(exc: DirtError) -> int:
 def _wants_json(request: Request) -> bool:
     path = request.url.path
     return (
-        path.startswith("/api/")
+        path.startswith(("/api/", "/hooks/"))
         or path.endswith("/_bulk_docs")
         or "text/html" not in request.headers.get("accept", "")
     )
@@ -129,6 +129,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.include_router(pages.router)
     app.include_router(pages.open_router)
     app.include_router(couch.router)
+    app.include_router(hooks.router)
     app.include_router(docs.router)
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -20,13 +20,8 @@ def service_of(request: Request) -> Service:
     return service
 
 
-async def read_json(request: Request) -> Any:
-    """The request's JSON body: 415 when not JSON, 413 when too big, 400 when malformed."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind not in JSON_TYPES and not kind.endswith("+json"):
-        raise HTTPException(
-            415, f"send the body as JSON with 'Content-Type: application/json', not {kind!r}"
-        )
+async def read_body(request: Request) -> bytes:
+    """The request's body as it came (a signature is over these bytes): 413 when too big."""
     limit = request.app.state.settings.web.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -36,6 +31,17 @@ async def read_json(request: Request) -> Any:
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body: 415 when not JSON, 413 when too big, 400 when malformed."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in JSON_TYPES and not kind.endswith("+json"):
+        raise HTTPException(
+            415, f"send the body as JSON with 'Content-Type: application/json', not {kind!r}"
+        )
+    body = await read_body(request)
     try:
         return json.loads(body)
     except UnicodeDecodeError:

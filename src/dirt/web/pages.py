@@ -63,13 +63,14 @@ def overview(
     before: str | None = Query(None, max_length=500),
     state: str | None = Query(None, max_length=20),
     q: str | None = Query(None, max_length=200),
+    branch: str | None = Query(None, max_length=500),
 ) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     cursor, problem = _cursor_or_none(before)
     if state and state not in STATES:
         problem, state = f"unknown state {state!r}; showing all records", None
-    summaries = service.record_page(PAGE_SIZE, cursor, state or None, q or None)
+    summaries = service.record_page(PAGE_SIZE, cursor, state or None, q or None, branch or None)
     older = None
     if len(summaries) == PAGE_SIZE:
         last = summaries[-1].record
@@ -81,6 +82,7 @@ def overview(
             "summaries": summaries,
             "state": state or "",
             "q": q or "",
+            "branch": branch or "",
             "older": older,
             "deep": before is not None,
             "problem": problem,
@@ -95,12 +97,34 @@ def record_page(request: Request, record_id: str) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     detail = service.record_detail(record_id)
+    extra = detail.record.extra
+    commit = _commit_of(extra)
+    shown = {k: v for k, v in extra.items() if commit is None or k not in COMMIT_FIELDS}
     links = {
         key: value
-        for key, value in detail.record.extra.items()
+        for key, value in shown.items()
         if isinstance(value, str) and value.startswith(("https://", "http://"))
     }
-    return _render(request, "record.html", {"detail": detail, "links": links, "seq": seq})
+    context = {"detail": detail, "fields": shown, "links": links, "commit": commit, "seq": seq}
+    return _render(request, "record.html", context)
+
+
+# A record made from a commit shows these together, at the top: sha (linked), ref, author.
+COMMIT_FIELDS = ("sha", "changeset_url", "ref", "author")
+
+
+def _commit_of(extra: dict[str, Any]) -> dict[str, str] | None:
+    sha = extra.get("sha")
+    if not isinstance(sha, str) or not sha:
+        return None
+    found = {key: extra[key] for key in COMMIT_FIELDS if isinstance(extra.get(key), str)}
+    url = found.get("changeset_url", "")
+    if not url.startswith(("https://", "http://")):
+        found.pop("changeset_url", None)
+    ref = found.get("ref", "")
+    if ref:
+        found["branch"] = ref.removeprefix("refs/heads/")
+    return found
 
 
 @router.get("/tasks/{name}", response_class=HTMLResponse)

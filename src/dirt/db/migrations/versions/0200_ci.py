@@ -1,6 +1,10 @@
-"""The CI loop: the notification outbox, webhook deliveries seen, watched files, branch outcomes.
+"""The CI loop: the notification outbox, webhook deliveries seen, watched files, branch outcomes,
+and an index of records by their `ref` (the record list filtered by branch).
 
-See dirt/db/ci_schema.py for what each table holds.
+See dirt/db/ci_schema.py for what each table holds. The ref index is on an expression of the
+record's extra fields (`dirt.db.browse.record_ref` builds the same expression in queries, as
+the index can serve only a query that names it exactly), with `created` and `id` after it: a
+branch's records newest first are one index scan, keyset pages included.
 
 Revision ID: 0200_ci
 Revises: 0004
@@ -15,7 +19,14 @@ branch_labels = None
 depends_on = None
 
 
+REF_INDEX = {
+    "sqlite": "CREATE INDEX ix_records_ref ON records (json_extract(extra, '$.ref'), created, id)",
+    "postgresql": "CREATE INDEX ix_records_ref ON records ((extra ->> 'ref'), created, id)",
+}
+
+
 def upgrade() -> None:
+    op.execute(REF_INDEX[op.get_bind().dialect.name])
     op.create_table(
         "notifications",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -80,3 +91,4 @@ def downgrade() -> None:
     op.drop_index("ix_notifications_key", "notifications")
     op.drop_index("ix_notifications_due", "notifications")
     op.drop_table("notifications")
+    op.drop_index("ix_records_ref", "records")
