@@ -71,7 +71,7 @@ def notify_test(obj: Context) -> None:
 
     results = check_channels(obj.settings)
     if not results:
-        out.print("no [notify.*] channel is configured in dirt.toml: nothing to test")
+        out.print(escape("no [notify.*] channel is configured in dirt.toml: nothing to test"))
         sys.exit(1)
     failed = 0
     for channel, problem, detail in results:

@@ -5,9 +5,10 @@ forge webhooks, `dirt watch`), each taken at most once however often it is deliv
 nothing), the watched file is remembered (never taken twice), records the store already holds
 are dropped with their tasks ("record exists: add nothing"), the rest is checked and stored with
 its notification rows. On SQLite that transaction holds the write lock from its start, so
-nothing slips in between the look and the insert. On PostgreSQL two servers can both find a
-sha absent: the second insert then fails on the records' primary key, and the transaction runs
-once more, which drops the record the other server stored.
+nothing slips in between the look and the insert; on PostgreSQL dirt's writers serialise on the
+change sequence's row. Should a record still appear between the look and the insert (another
+writer), the insert fails on the records' primary key and the transaction runs once more,
+which then drops the record.
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ def _record_ids(docs: Sequence[Any]) -> list[str]:
     ]
 
 
+class _Looks:
+    """Which records the store holds, each looked up once per transaction: the check and the
+    insert go by one look, so a record another server stored in between (PostgreSQL reads
+    what was committed since, statement by statement) fails the insert, and the transaction
+    runs again, instead of failing the check."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.known: dict[str, bool] = {}
+
+    def __call__(self, ids: set[str]) -> set[str]:
+        unknown = ids - self.known.keys()
+        if unknown:
+            found = records_db.existing_record_ids(self.conn, unknown)
+            self.known.update((i, i in found) for i in unknown)
+        return {i for i in ids if self.known[i]}
+
+
 class Intake(Notices):
     def submit_new(
         self,
@@ -70,7 +89,8 @@ class Intake(Notices):
                 return Taken(replay=True)
             if watched is not None and not sources_db.add_watched(conn, *watched, now):
                 return Taken(replay=True)
-            fresh = only_new(docs, lambda ids: records_db.existing_record_ids(conn, ids))
+            stored = _Looks(conn)
+            fresh = only_new(docs, stored)
             kept = set(_record_ids(fresh))
             existing = [i for i in _record_ids(docs) if i not in kept]
             if not fresh:
@@ -78,7 +98,7 @@ class Intake(Notices):
             submission = documents.parse_submission(
                 fresh,
                 task_exists=self.modules.exists,
-                stored_record_ids=lambda ids: records_db.existing_record_ids(conn, ids),
+                stored_record_ids=stored,
                 stored_task_ids=lambda ids: tasks_db.existing_task_ids(conn, ids),
             )
             records_db.insert_records(conn, submission.records, seq)
