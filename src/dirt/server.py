@@ -55,8 +55,10 @@ def serve(
     notifications = NotificationRunner(service)
     notifications.start()
     web_server = _start_web(service, host, port, fallback_port) if web else None
-    if web_server is not None and on_web is not None:
-        on_web(web_server.url)
+    if web_server is not None:
+        service.serving_at(web_server.url)
+        if on_web is not None:
+            on_web(web_server.url)
 
     def stop(signum: int, _frame: object) -> None:
         log.info(
@@ -106,6 +108,7 @@ def serve_web(
 
     warn_missing_secrets(service.settings, os.environ)
     web_server = _start_web(service, host, port, fallback_port=False)
+    service.serving_at(web_server.url)
     _on_signals(stop)
     if on_web is not None:
         on_web(web_server.url)

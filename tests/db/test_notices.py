@@ -5,6 +5,7 @@ and nothing at all when no channel is configured."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from dirt.ci_config import NotifySettings
 from dirt.db import outbox
+from dirt.db import sources as sources_db
+from dirt.db.engine import write_transaction
 from dirt.errors import SubmissionError
 from dirt.models import Finished, TaskState
 from dirt.service import Service
@@ -220,3 +223,41 @@ def test_the_outbox_listener_hears_of_rows_once_they_are_committed(
     assert heard == [2]  # the two pending statuses, readable when the listener runs
     store.set_waiting_reasons({task_id: "no node fits"})
     assert heard == [2]  # a write without rows wakes nobody
+
+
+def test_rows_a_dead_sender_on_this_host_held_are_due_again_at_start(store: Service) -> None:
+    now = time.time()
+    mine, theirs = (
+        outbox.NewNotification("record.finished", "email", {"subject": s}) for s in "ab"
+    )
+    with write_transaction(store.engine) as conn:
+        dead_id, alive_id = outbox.insert_notifications(conn, [mine, theirs], now)
+        dead = f"{socket.gethostname()}:{2**22 + 12345}:gone"  # no such pid
+        outbox.claim_due(conn, dead, now, 600, limit=1)
+        outbox.claim_due(conn, store.master_id, now, 600, limit=1)
+    assert store.release_dead_claims(now) == 1
+    by_id = {n.id: n for n in store.notifications(outbox.STATES)}
+    assert (by_id[dead_id].state, by_id[alive_id].state) == ("pending", "sending")
+
+
+def test_links_follow_the_port_the_server_took_unless_base_url_is_set(store: Service) -> None:
+    assert store.planner is not None
+    store.serving_at("http://build.example.org:41234/")
+    assert store.planner.base_url == "https://dirt.example.org"  # [web] base_url wins
+    store.settings.web.base_url = ""
+    store.serving_at("http://build.example.org:41234/")
+    assert store.planner.base_url == "http://build.example.org:41234"
+
+
+def test_old_sent_rows_and_delivery_ids_are_purged(store: Service) -> None:
+    old, recent = 1_000.0, time.time()
+    rows_made = [outbox.NewNotification("test", "email", {"subject": s}) for s in "abc"]
+    with write_transaction(store.engine) as conn:
+        sent, failed, pending = outbox.insert_notifications(conn, rows_made, old)
+        outbox.claim_due(conn, "me", old, 600, limit=2)
+        outbox.mark_sent(conn, sent, "me", old)
+        outbox.mark_failed(conn, failed, "me", "550", old)
+        sources_db.remember_delivery(conn, "github", "old", old)
+        sources_db.remember_delivery(conn, "github", "new", recent)
+    assert store.purge_outbox(recent - 3600) == (1, 1)
+    assert {n.id for n in store.notifications(outbox.STATES)} == {failed, pending}

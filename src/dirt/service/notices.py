@@ -40,6 +40,12 @@ class Notices(ServiceBase):
         # Set by a transaction that wrote rows; read after its commit, on the same thread.
         self._outbox_written = threading.local()
 
+    def serving_at(self, url: str) -> None:
+        """The web server listens at `url`: links point there unless `[web] base_url` says
+        otherwise (the port may be one `--port` chose, not `[web] port`)."""
+        if self.planner is not None and not self.settings.web.base_url:
+            self.planner.base_url = url.rstrip("/")
+
     def add_outbox_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback()` after each committed write that added notification rows."""
         self._outbox_listeners.append(callback)
