@@ -3,7 +3,9 @@
 One thread owns the loop and every store write it makes. When a task finishes, the node's
 execnet receiver thread frees its slot and at once starts the next reserved task that node can
 run, then queues the outcome and wakes the loop; the loop writes starts, outcomes and new
-reservations in one transaction, at most every STEP_GAP.
+reservations in one transaction: while busy, at most every STEP_GAP, and no more often than
+keeps the loop's share of the time in steps under STEP_SHARE (a step's cost is mostly fixed, so
+a slower machine writes more per step instead of spending more of its time writing).
 
 The state both kinds of thread touch (the slot bookkeeping in `Slots`, the driven nodes and
 their connections in `Nodes`) sits under one lock, `Dispatcher.lock`, and changes only through
@@ -29,11 +31,13 @@ from dirt.service import Finished, Service
 
 log = logging.getLogger("dirt")
 
-WINDOW = 128  # waiting tasks kept in memory; refilled as they are reserved
+WINDOW = 128  # waiting tasks kept in memory (or more, to reserve more); refilled as reserved
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
 # stay waiting (and can be cancelled); any node of this dispatcher can take them.
 PREFETCH = 64
 STEP_GAP = 0.005  # seconds: the shortest time between two store transactions of the loop
+STEP_SHARE = 0.2  # while busy, steps take at most this share of the loop's time...
+MAX_STEP_GAP = 0.05  # ...unless that would space them wider than this
 
 
 class Dispatcher:
@@ -59,6 +63,7 @@ class Dispatcher:
         self._window_complete = False
         self._reasons: dict[str, str | None] = {}
         self._cursor = 0
+        self._prefetch = PREFETCH
         self._loop_thread: threading.Thread | None = None
         self._last_poll = 0.0
         self._last_node_refresh = 0.0
@@ -112,15 +117,17 @@ class Dispatcher:
         self.ready.set()
         poll = self.settings.dispatch.poll_interval
         last_step = 0.0
+        gap = STEP_GAP
         try:
             while not self._stopping.is_set():
                 self._wake.wait(poll)
-                # Group commit: while busy, take a step at most every STEP_GAP so one store
+                # Group commit: while busy, steps are spaced `gap` apart so one store
                 # transaction carries many outcomes. Freed slots are refilled meanwhile by the
-                # receiver threads, so this delays only the writing, never the running.
-                gap = time.monotonic() - last_step
-                if gap < STEP_GAP and not self._stopping.is_set():
-                    time.sleep(STEP_GAP - gap)
+                # receiver threads (from up to `_prefetch` held tasks), so this delays only the
+                # writing, never the running.
+                since = time.monotonic() - last_step
+                if since < gap and not self._stopping.is_set():
+                    time.sleep(gap - since)
                 self._wake.clear()
                 last_step = time.monotonic()
                 try:
@@ -131,12 +138,16 @@ class Dispatcher:
                     # One bad task, node or result must never stop the dispatcher.
                     log.exception("dispatch step failed; carrying on")
                     time.sleep(poll)
+                took = time.monotonic() - last_step
+                gap = min(MAX_STEP_GAP, max(STEP_GAP, took / STEP_SHARE))
         finally:
             self._shutdown()
 
     def _step(self) -> None:
         now = time.time()
         finished = self._collect_outcomes()
+        # Hold enough to refill every slot that frees before the next step, twice over.
+        self._prefetch = max(PREFETCH, 2 * len(finished))
         self._handle_lost()
         if self.nodes.handle_opened(now, self._stopping.is_set()):
             self._pending_stale = True
@@ -224,17 +235,18 @@ class Dispatcher:
         return self.nodes.views(self.slots.running, connecting_counts)
 
     def _select(self) -> list[Task]:
-        """Waiting tasks to reserve now: enough for every free slot plus PREFETCH."""
+        """Waiting tasks to reserve now: enough for every free slot plus the prefetch."""
         if self._stopping.is_set():
             return []
         with self.lock:
             views = self._views()
             busy = self.slots.busy()
         capacity = sum(v.capacity for v in views if v.usable)
-        wanted = capacity + PREFETCH - busy
+        wanted = capacity + self._prefetch - busy
         if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):
-            self._pending = self.service.waiting_tasks(WINDOW)
-            self._window_complete = len(self._pending) < WINDOW
+            window = max(WINDOW, wanted)
+            self._pending = self.service.waiting_tasks(window)
+            self._window_complete = len(self._pending) < window
             self._pending_stale = False
             self._update_reasons(self._views(connecting_counts=True))
         if wanted <= 0 or not self._pending:
