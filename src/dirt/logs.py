@@ -6,6 +6,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Sequence
 
 from dirt.config import Settings
 
@@ -42,10 +43,22 @@ class _Formatter(logging.Formatter):
         return stamp[1]
 
     def format(self, record: logging.LogRecord) -> str:
-        line = record.__dict__.get("dirt_line")
-        if line is None:
-            line = record.__dict__["dirt_line"] = super().format(record)
-        return str(line)
+        text = record.__dict__.get("dirt_text")
+        if text is None:
+            text = super().format(record)
+            if record.__dict__.get("dirt_lines"):
+                # Several lines in one record (see info_lines): each gets the prefix.
+                prefix = text[: len(text) - len(record.message)]
+                text = prefix + record.message.replace("\n", "\n" + prefix)
+            record.__dict__["dirt_text"] = text
+        return str(text)
+
+
+def info_lines(logger: logging.Logger, lines: Sequence[str]) -> None:
+    """Log `lines` at INFO as they would be one by one, in one record: the dispatcher logs two
+    lines per task, and a record costs far more than a line."""
+    if lines and logger.isEnabledFor(logging.INFO):
+        logger.info("%s", "\n".join(lines), extra={"dirt_lines": True})
 
 
 def setup_logging(settings: Settings, console: bool = True, level: str | None = None) -> None:

@@ -29,6 +29,7 @@ from dirt.db import tokens as tokens_db
 from dirt.db.changes import Change
 from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
 from dirt.errors import NotFoundError, StateError
+from dirt.logs import info_lines
 from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task, TaskState
 from dirt.project import TaskModules
 
@@ -254,13 +255,14 @@ class Service:
         attachments_db.insert_attachments(
             conn, [a for f in finished if f.task_id in written for a in f.attachments]
         )
+        lines = []
         for f in finished:
             if f.task_id not in written:
                 log.warning("Task %s: result from %s dropped, the task moved on", f.task_id, f.node)
                 continue
-            log.info("Task %s pushed to db", f.task_id)
-            for a in f.attachments:
-                log.info("Task %s: file %s attached", f.task_id, a.filename)
+            lines.append(f"Task {f.task_id} pushed to db")
+            lines += [f"Task {f.task_id}: file {a.filename} attached" for a in f.attachments]
+        info_lines(log, lines)
 
     def requeue(
         self, items: Sequence[tuple[str, int]], reason: str, *, node_lost: bool = False

@@ -26,6 +26,7 @@ from dirt.dispatch.outcome import judge
 from dirt.dispatch.select import NodeView, fill_order, satisfies, to_reserve, waiting_reason
 from dirt.dispatch.slots import InFlight, Slots
 from dirt.errors import DirtError, NotFoundError
+from dirt.logs import info_lines
 from dirt.models import Task
 from dirt.service import Finished, Service
 
@@ -308,8 +309,7 @@ class Dispatcher:
             self._unrunnable(task, f"task module {task.name} cannot be read: {exc}")
             return
         timeout = task.timeout or self.settings.dispatch.timeout or None
-        self.slots.launch(task, address, module.sha256, timeout)
-        log.info("%s -> %s", task.id, address)
+        self.slots.launch(task, address, module.sha256, timeout)  # logged by _take_starts
         connection = self.nodes.connection(address)
         try:
             if connection is None:
@@ -342,9 +342,11 @@ class Dispatcher:
     # ---- starts and cancels --------------------------------------------------------------
 
     def _take_starts(self) -> list[InFlight]:
+        """The tasks sent to nodes since the last step, logged, their start still to write."""
         starts = self.slots.take_starts()
         for flight in starts:
             self._reasons.pop(flight.task.id, None)  # it waits no more
+        info_lines(log, [f"{f.task.id} -> {f.node}" for f in starts])
         return starts
 
     def _fold_starts(self, starts: list[InFlight], finished: list[Finished]) -> list[InFlight]:
