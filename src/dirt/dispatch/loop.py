@@ -3,9 +3,9 @@
 One thread owns the loop and every store write it makes. When a task finishes, the node's
 execnet receiver thread frees its slot and at once starts the next reserved task that node can
 run, then queues the outcome and wakes the loop; the loop writes starts, outcomes and new
-reservations in one transaction: while busy, at most every STEP_GAP, and no more often than
-keeps the loop's share of the time in steps under STEP_SHARE (a step's cost is mostly fixed, so
-a slower machine writes more per step instead of spending more of its time writing).
+reservations in one transaction. A step costs mostly the same however much it writes, so while
+busy the loop lets outcomes gather (group commit, see `_gather`): the writing waits, the running
+never does.
 
 The state both kinds of thread touch (the slot bookkeeping in `Slots`, the driven nodes and
 their connections in `Nodes`) sits under one lock, `Dispatcher.lock`, and changes only through
@@ -36,9 +36,13 @@ WINDOW = 128  # waiting tasks kept in memory (or more, to reserve more); refille
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
 # stay waiting (and can be cancelled); any node of this dispatcher can take them.
 PREFETCH = 64
-STEP_GAP = 0.005  # seconds: the shortest time between two store transactions of the loop
-STEP_SHARE = 0.2  # while busy, steps take at most this share of the loop's time...
-MAX_STEP_GAP = 0.05  # ...unless that would space them wider than this
+# Group commit while busy: a step waits STEP_GAP after the last one began, then until BATCH
+# outcomes are waiting or MAX_STEP_GAP has passed, and always long enough that steps take at
+# most STEP_SHARE of the loop's time (on a slow or loaded machine each step writes more).
+STEP_GAP = 0.005  # seconds
+BATCH = 32
+MAX_STEP_GAP = 0.05
+STEP_SHARE = 0.2
 
 
 class Dispatcher:
@@ -117,18 +121,11 @@ class Dispatcher:
         self._refresh_nodes(time.time())
         self.ready.set()
         poll = self.settings.dispatch.poll_interval
-        last_step = 0.0
-        gap = STEP_GAP
+        last_step = took = 0.0
         try:
             while not self._stopping.is_set():
                 self._wake.wait(poll)
-                # Group commit: while busy, steps are spaced `gap` apart so one store
-                # transaction carries many outcomes. Freed slots are refilled meanwhile by the
-                # receiver threads (from up to `_prefetch` held tasks), so this delays only the
-                # writing, never the running.
-                since = time.monotonic() - last_step
-                if since < gap and not self._stopping.is_set():
-                    time.sleep(gap - since)
+                self._gather(last_step, took)
                 self._wake.clear()
                 last_step = time.monotonic()
                 try:
@@ -140,9 +137,23 @@ class Dispatcher:
                     log.exception("dispatch step failed; carrying on")
                     time.sleep(poll)
                 took = time.monotonic() - last_step
-                gap = min(MAX_STEP_GAP, max(STEP_GAP, took / STEP_SHARE))
         finally:
             self._shutdown()
+
+    def _gather(self, last_step: float, took: float) -> None:
+        """Wait before the next step while outcomes gather (see BATCH); at once when idle.
+
+        Freed slots are refilled meanwhile by the receiver threads from the held tasks (twice
+        a step's worth, see `_prefetch`), so this delays only the writing, never the running.
+        """
+        share = took / STEP_SHARE
+        earliest = last_step + max(STEP_GAP, share)
+        latest = last_step + max(MAX_STEP_GAP, share)
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= latest or (now >= earliest and self._outcomes.qsize() >= BATCH):
+                return
+            time.sleep(min(STEP_GAP, (earliest if now < earliest else latest) - now))
 
     def _step(self) -> None:
         now = time.time()
