@@ -36,9 +36,9 @@ WINDOW = 128  # waiting tasks kept in memory (or more, to reserve more); refille
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
 # stay waiting (and can be cancelled); any node of this dispatcher can take them.
 PREFETCH = 64
-# Group commit while busy: a step waits STEP_GAP after the last one began, then until BATCH
-# outcomes are waiting or MAX_STEP_GAP has passed, and always long enough that steps take at
-# most STEP_SHARE of the loop's time (on a slow or loaded machine each step writes more).
+# Group commit while busy: a step waits STEP_GAP after the last one began (or longer, up to
+# MAX_STEP_GAP, so that steps take at most STEP_SHARE of the loop's time: on a slow or loaded
+# machine each step writes more), then until BATCH outcomes wait or MAX_STEP_GAP has passed.
 STEP_GAP = 0.005  # seconds
 BATCH = 32
 MAX_STEP_GAP = 0.05
@@ -52,6 +52,9 @@ class Dispatcher:
         self.service = service
         self.settings = settings or service.settings
         self._wake = threading.Event()
+        # Set with _wake for news that should not wait for outcomes to gather: a node connected
+        # or lost, another thread's commit (a submission, a cancel), a stop.
+        self._urgent = threading.Event()
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lost: queue.SimpleQueue[tuple[str, list[str], str]] = queue.SimpleQueue()
@@ -59,7 +62,7 @@ class Dispatcher:
         self.lock = threading.RLock()
         self.slots = Slots(self.lock)
         self.nodes = Nodes(
-            self.lock, service, self.settings, self._on_done, self._on_lost, self._wake.set
+            self.lock, service, self.settings, self._on_done, self._on_lost, self._wake_now
         )
         # Loop-thread state below; the flags are also raised by other threads' commits.
         self._check_cancels = True
@@ -80,7 +83,7 @@ class Dispatcher:
     def _on_commit(self, _seq: int) -> None:
         if threading.current_thread() is not self._loop_thread:
             self._changed()
-            self._wake.set()
+            self._wake_now()
 
     def _changed(self) -> None:
         """The store changed under us: waiting tasks, cancels and nodes are read again."""
@@ -102,12 +105,16 @@ class Dispatcher:
 
     def _on_lost(self, address: str, task_ids: list[str], reason: str) -> None:
         self._lost.put((address, task_ids, reason))
+        self._wake_now()
+
+    def _wake_now(self) -> None:
+        self._urgent.set()
         self._wake.set()
 
     def stop(self) -> None:
         """Take no new tasks; `run` returns running ones to waiting and returns."""
         self._stopping.set()
-        self._wake.set()
+        self._wake_now()
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -127,6 +134,7 @@ class Dispatcher:
                 self._wake.wait(poll)
                 self._gather(last_step, took)
                 self._wake.clear()
+                self._urgent.clear()
                 last_step = time.monotonic()
                 try:
                     self._step()
@@ -141,19 +149,20 @@ class Dispatcher:
             self._shutdown()
 
     def _gather(self, last_step: float, took: float) -> None:
-        """Wait before the next step while outcomes gather (see BATCH); at once when idle.
+        """Wait before the next step while outcomes gather (see BATCH); at once when idle or
+        when urgent news came.
 
         Freed slots are refilled meanwhile by the receiver threads from the held tasks (twice
         a step's worth, see `_prefetch`), so this delays only the writing, never the running.
         """
-        share = took / STEP_SHARE
-        earliest = last_step + max(STEP_GAP, share)
-        latest = last_step + max(MAX_STEP_GAP, share)
-        while not self._stopping.is_set():
+        # A step that took long (a node connecting, a slow disk) must not idle the next one.
+        earliest = last_step + min(MAX_STEP_GAP, max(STEP_GAP, took / STEP_SHARE))
+        latest = last_step + MAX_STEP_GAP
+        while not self._urgent.is_set():
             now = time.monotonic()
             if now >= latest or (now >= earliest and self._outcomes.qsize() >= BATCH):
                 return
-            time.sleep(min(STEP_GAP, (earliest if now < earliest else latest) - now))
+            self._urgent.wait(min(STEP_GAP, (earliest if now < earliest else latest) - now))
 
     def _step(self) -> None:
         now = time.time()
@@ -231,7 +240,14 @@ class Dispatcher:
                 address, task_ids, reason = self._lost.get_nowait()
             except queue.Empty:
                 return
-            lost = self.slots.lose_node(address, task_ids)
+            lost, unwritten = self.slots.lose_node(address, task_ids)
+            if unwritten:
+                # Sent, so perhaps run: their start is written, and they count as lost
+                # attempts like the rest (unless cancelled meanwhile: the store refuses those).
+                self._note_starts(unwritten)
+                started, _ = self.service.dispatch([], [f.start for f in unwritten], [])
+                refused = {f.task.id for f in unwritten} - set(started)
+                lost = [f for f in lost if f.task.id not in refused]
             items = [(f.task.id, f.attempt) for f in lost]
             log.warning(
                 "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(items)
@@ -353,10 +369,13 @@ class Dispatcher:
     # ---- starts and cancels --------------------------------------------------------------
 
     def _take_starts(self) -> list[InFlight]:
-        """The tasks sent to nodes since the last step, logged, their start still to write."""
-        starts = self.slots.take_starts()
+        """The tasks sent to nodes since the last step, their start still to write."""
+        return self._note_starts(self.slots.take_starts())
+
+    def _note_starts(self, starts: list[InFlight]) -> list[InFlight]:
+        """Log the tasks sent to nodes (in one record: see info_lines); they wait no more."""
         for flight in starts:
-            self._reasons.pop(flight.task.id, None)  # it waits no more
+            self._reasons.pop(flight.task.id, None)
         info_lines(log, [f"{f.task.id} -> {f.node}" for f in starts])
         return starts
 

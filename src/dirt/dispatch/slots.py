@@ -4,7 +4,8 @@ A task the dispatcher reserved in the store is *held* (still waiting there, canc
 slot frees on a node that can run it; then it is *launched*: in flight on that node, counted in
 the node's running slots, its start to be written in the loop's next store transaction. When its
 outcome arrives (on the node's receiver thread) its slot is freed at once, so the receiver can
-refill it; the task leaves flight when the loop stores the outcome, or when its node is lost.
+refill it; the task leaves flight when the loop stores the outcome, or when its node is lost
+(then it is requeued as a lost attempt: once sent, a task may have run).
 
 Every method takes `lock`, the one lock over the dispatcher's shared state (the node registry
 holds the same one), so a caller can make several transitions one step under ``with lock:``.
@@ -162,20 +163,21 @@ class Slots:
                     refused.append(flight)
         return refused
 
-    def lose_node(self, address: str, task_ids: Iterable[str]) -> list[InFlight]:
-        """The node at `address` is gone: every task on it leaves flight. Those whose start
-        was not written are still waiting (reserved) in the store, so they are held again, for
-        another node; returns the others (running in the store: to be requeued)."""
+    def lose_node(
+        self, address: str, task_ids: Iterable[str]
+    ) -> tuple[list[InFlight], list[InFlight]]:
+        """The node at `address` is gone: every task in flight there leaves flight. Returns
+        them all, and apart those of them whose start is not written yet (sent, so perhaps run:
+        the caller writes their start before requeueing them with the rest)."""
         with self.lock:
-            unwritten = [f for f in self._to_start if f.node == address]
-            self._to_start = [f for f in self._to_start if f.node != address]
-            for flight in unwritten:
-                self.finish(flight.task.id)
-                self._held.appendleft(flight.task)
             # The node may hold a task its connection never sent (or sent but did not count).
             ids = set(task_ids) | {t for t, f in self._inflight.items() if f.node == address}
-            lost = [self.finish(task_id) for task_id in sorted(ids)]
-            return [f for f in lost if f is not None]
+            lost = [f for f in map(self.finish, sorted(ids)) if f is not None]
+            gone = {f.task.id for f in lost}
+            # A start whose task already left flight (its outcome is being stored) stays.
+            unwritten = [f for f in self._to_start if f.task.id in gone]
+            self._to_start = [f for f in self._to_start if f.task.id not in gone]
+            return lost, unwritten
 
     def drain(self) -> list[InFlight]:
         """Every task still in flight, all leaving it (the dispatcher is stopping)."""
