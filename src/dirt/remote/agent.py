@@ -81,14 +81,19 @@ def serve(channel: Any) -> None:
         sender.send((FATAL, f"agent could not start: {exc}"))
         return
     isolation = "process" if isinstance(runner, ProcessRunner) else "thread"
-    sender.send((READY, {"pid": os.getpid(), "isolation": isolation, "python": sys.executable}))
-    try:
-        while True:
-            try:
-                message = channel.receive()
-            except Exception:
-                # The master closed the channel or went away: stop like on STOP.
-                break
+    finished = threading.Event()
+    failures: list[str] = []
+    closed = object()
+
+    def on_message(message: Any) -> None:
+        # Runs in execnet's receiver thread: one hand-off fewer per task than a receive loop.
+        if finished.is_set():
+            return
+        if message is closed:
+            # The master closed the channel or went away: stop like on STOP.
+            finished.set()
+            return
+        try:
             kind = message[0]
             if kind == RUN:
                 runner.run(*message[1:])
@@ -97,12 +102,17 @@ def serve(channel: Any) -> None:
             elif kind == LOAD:
                 sender.send((LOAD, list(os.getloadavg()), runner.running()))
             elif kind == STOP:
-                break
-    except Exception:
-        runner.stop()
-        sender.send((FATAL, "agent failed:\n" + traceback.format_exc()))
-        return
+                finished.set()
+        except Exception:
+            failures.append(traceback.format_exc())
+            finished.set()
+
+    sender.send((READY, {"pid": os.getpid(), "isolation": isolation, "python": sys.executable}))
+    channel.setcallback(on_message, endmarker=closed)
+    finished.wait()
     runner.stop()
+    if failures:
+        sender.send((FATAL, "agent failed:\n" + failures[0]))
 
 
 if __name__ == "__channelexec__":

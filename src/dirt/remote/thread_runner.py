@@ -7,6 +7,7 @@ timeouts and kills only stop waiting for the thread (it is abandoned, not stoppe
 from __future__ import annotations
 
 import heapq
+import queue
 import sys
 import threading
 import time
@@ -46,7 +47,11 @@ class ThreadOutput:
 
 
 class ThreadRunner:
-    """Runs each task in a thread; a watchdog thread reports the ones past their timeout."""
+    """Runs each task in a thread; a watchdog thread reports the ones past their timeout.
+
+    Threads are kept for the next task (starting one costs more than the trivial task it would
+    run); an abandoned thread rejoins the idle ones if its task ever ends.
+    """
 
     def __init__(self, report: Callable[[str, tuple[Any, ...]], None]) -> None:
         self.report = report
@@ -57,6 +62,9 @@ class ThreadRunner:
         self.active: dict[str, tuple[float, float | None]] = {}
         self.deadlines: list[tuple[float, str]] = []
         self.watchdog: threading.Thread | None = None
+        self.jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.idle = 0  # threads waiting for a job (or about to)
+        self.workers = 0
         self.stopping = False
         self.local = threading.local()
         if not isinstance(sys.stdout, ThreadOutput):
@@ -85,13 +93,29 @@ class ThreadRunner:
                 heapq.heappush(self.deadlines, (start + timeout, task_id))
                 self.ensure_watchdog()
                 self.cond.notify()
-        thread = threading.Thread(
-            target=self.task_thread,
-            args=(task_id, code, module_name, kwargs, start),
-            name=f"dirt-task-{task_id}",
-        )
-        thread.daemon = True
-        thread.start()
+            spawn = self.idle == 0
+            if spawn:
+                self.workers += 1
+                name = f"dirt-task-{self.workers}"
+            else:
+                self.idle -= 1
+        self.jobs.put((task_id, code, module_name, kwargs, start))
+        if spawn:
+            thread = threading.Thread(target=self.work, name=name)
+            thread.daemon = True
+            thread.start()
+
+    def work(self) -> None:
+        """A task thread: runs jobs until the runner stops."""
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            self.task_thread(*job)
+            with self.lock:
+                if self.stopping:
+                    return
+                self.idle += 1
 
     def task_thread(
         self, task_id: str, code: CodeType, module_name: str, kwargs: dict[str, Any], start: float
@@ -172,3 +196,6 @@ class ThreadRunner:
             self.stopping = True
             self.active.clear()
             self.cond.notify_all()
+            idle = self.idle
+        for _ in range(idle):
+            self.jobs.put(None)
