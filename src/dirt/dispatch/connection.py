@@ -20,17 +20,8 @@ from typing import Any
 
 import execnet
 
+from dirt.remote import protocol
 from dirt.remote import source as shipped_source
-from dirt.remote.protocol import (
-    DONE,
-    FATAL,
-    KILL,
-    LOAD,
-    READY,
-    RUN,
-    STOP,
-    decode_outcome,
-)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +50,7 @@ class Outcome:
     @classmethod
     def from_wire(cls, task_id: str, data: Any) -> Outcome:
         """From the outcome a node sent (see ``protocol.outcome``)."""
-        return cls(task_id, *decode_outcome(data))
+        return cls(task_id, *protocol.decode_outcome(data))
 
 
 class NodeLostError(Exception):
@@ -188,7 +179,7 @@ class NodeConnection:
         if self._channel is not None and not lost:
             try:
                 with self._send_lock:
-                    self._channel.send((STOP,))
+                    self._channel.send((protocol.STOP,))
                 self._channel.waitclose(timeout)
             except (OSError, EOFError, execnet.RemoteError, execnet.TimeoutError):
                 pass
@@ -257,13 +248,10 @@ class NodeConnection:
                 first = sha256 not in self._sent_shas
                 self._in_flight.add(task_id)
             message = (
-                RUN,
-                task_id,
-                module_name,
-                sha256,
-                source if first else None,
-                dict(kwargs),
-                timeout,
+                protocol.RUN,
+                *protocol.RunRequest(
+                    task_id, module_name, sha256, source if first else None, dict(kwargs), timeout
+                ),
             )
             try:
                 self._channel.send(message)
@@ -285,7 +273,7 @@ class NodeConnection:
                 return
         try:
             with self._send_lock:
-                self._channel.send((KILL, task_id))
+                self._channel.send((protocol.KILL, task_id))
         except (OSError, EOFError) as exc:
             raise NodeLostError(f"cannot send to {self.spec}: {exc}") from exc
 
@@ -299,7 +287,7 @@ class NodeConnection:
                 raise NodeLostError(f"connection to {self.spec} is not open")
             try:
                 with self._send_lock:
-                    self._channel.send((LOAD,))
+                    self._channel.send((protocol.LOAD,))
             except (OSError, EOFError) as exc:
                 raise NodeLostError(f"cannot send to {self.spec}: {exc}") from exc
             try:
@@ -316,17 +304,17 @@ class NodeConnection:
                 self._channel_closed()
                 return
             kind = message[0]
-            if kind == DONE:
+            if kind == protocol.DONE:
                 task_id = message[1]
                 with self._lock:
                     self._in_flight.discard(task_id)
                 self._on_done(Outcome.from_wire(task_id, message[2]))
-            elif kind == LOAD:
+            elif kind == protocol.LOAD:
                 self._load_replies.put((list(message[1]), int(message[2])))
-            elif kind == READY:
+            elif kind == protocol.READY:
                 self.agent_info = dict(message[1])
                 self._ready.set()
-            elif kind == FATAL:
+            elif kind == protocol.FATAL:
                 self._fatal = str(message[1])
                 self._ready.set()
             else:

@@ -27,6 +27,7 @@ from dirt.remote.protocol import (
     RUN,
     STOP,
     python_too_old,
+    run_request,
     unserialisable_type,
     without_results,
 )
@@ -96,7 +97,7 @@ def serve(channel: Any) -> None:
         try:
             kind = message[0]
             if kind == RUN:
-                runner.run(*message[1:])
+                runner.run(run_request(message))
             elif kind == KILL:
                 runner.kill(message[1])
             elif kind == LOAD:

@@ -55,8 +55,10 @@ from dirt.remote.protocol import (
     STARTED,
     STOP,
     FrameDecoder,
+    RunRequest,
     encode,
     outcome,
+    run_request,
     signal_name,
     unserialisable_type,
 )
@@ -182,7 +184,7 @@ class ForkServer:
     def handle(self, message: Any) -> None:
         kind = message[0]
         if kind == RUN:
-            self.start_task(*message[1:])
+            self.start_task(run_request(message))
         elif kind == KILL:
             running = self.by_task.get(message[1])
             if running is not None and not running.killed:
@@ -193,26 +195,21 @@ class ForkServer:
         else:
             self.send((ERROR, f"unknown request {kind!r}"))
 
-    def start_task(
-        self,
-        task_id: str,
-        module_name: str,
-        sha: str,
-        source: str | None,
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> None:
-        code, error = self.codes.get(sha, module_name, source)
+    def start_task(self, request: RunRequest) -> None:
+        task_id, module_name = request.task_id, request.module_name
+        code, error = self.codes.get(request.sha256, module_name, request.source)
         if code is None:
             self.send((DONE, task_id, outcome(error=error)))
             return
         self.seq += 1
-        running = Running(task_id, timeout, os.path.join(self.tmpdir, str(self.seq)))
+        running = Running(task_id, request.timeout, os.path.join(self.tmpdir, str(self.seq)))
         pid = os.fork()
         if pid == 0:
             status = 70
             try:
-                child_main(self, code, module_name, kwargs, running.out_path, running.res_path)
+                child_main(
+                    self, code, module_name, request.kwargs, running.out_path, running.res_path
+                )
                 status = 0
             finally:
                 # Never fall back into the fork server's loop, whatever happened.

@@ -30,6 +30,7 @@ from dirt.remote.protocol import (
     STARTED,
     STOP,
     FrameDecoder,
+    RunRequest,
     encode,
     frame,
     outcome,
@@ -163,23 +164,17 @@ class ForkServerClient:
             self.stdin.write(data)
             self.stdin.flush()
 
-    def run(
-        self,
-        task_id: str,
-        module_name: str,
-        sha: str,
-        source: str,
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> bool:
-        """Hand a task to the fork server; False if it is dead (the caller starts another)."""
-        send_source = None if sha in self.known_shas else source
+    def run(self, request: RunRequest) -> bool:
+        """Hand a task (its source given) to the fork server; False if the server is dead."""
+        sha = request.sha256
+        if sha in self.known_shas:
+            request = request._replace(source=None)
         with self.lock:
             if self.dead:
                 return False
-            self.in_flight[task_id] = None
+            self.in_flight[request.task_id] = None
         try:
-            self.request((RUN, task_id, module_name, sha, send_source, kwargs, timeout))
+            self.request((RUN, *request))
         except (OSError, ValueError):
             # The reader thread sees the EOF and reports this task with the others.
             return True
@@ -231,21 +226,16 @@ class ProcessRunner:
         self.sources: dict[str, str] = {}
         self.server: ForkServerClient | None = ForkServerClient(self.source, report)
 
-    def run(
-        self,
-        task_id: str,
-        module_name: str,
-        sha: str,
-        source: str | None,
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> None:
-        if source is not None:
-            self.sources[sha] = source
-        source = self.sources.get(sha)
-        if source is None:
-            self.report(task_id, outcome(error=f"agent has no source for {sha}"))
-            return
+    def run(self, request: RunRequest) -> None:
+        task_id, sha = request.task_id, request.sha256
+        if request.source is not None:
+            self.sources[sha] = request.source
+        else:
+            source = self.sources.get(sha)
+            if source is None:
+                self.report(task_id, outcome(error=f"agent has no source for {sha}"))
+                return
+            request = request._replace(source=source)
         for _ in range(2):
             server = self.server
             if server is None or server.dead:
@@ -255,7 +245,7 @@ class ProcessRunner:
                     self.server = None
                     self.report(task_id, outcome(error=str(exc)))
                     return
-            if server.run(task_id, module_name, sha, source, kwargs, timeout):
+            if server.run(request):
                 return
         self.report(task_id, outcome(error="fork server keeps dying; task not run"))
 

@@ -8,7 +8,7 @@ Every message is a tuple whose first item is its kind. Two links carry them:
 master <-> agent, one execnet channel per node (execnet serialises; plain data only, see
 ``unserialisable_type``). First the master sends the config
 ``{"isolation": "process"|"thread", "forkserver_source": str}``, then any of:
-    (RUN, task_id, module_name, sha256, source_or_None, kwargs, timeout_or_None)
+    (RUN, *RunRequest)         a task to start: see ``RunRequest``
     (KILL, task_id)
     (LOAD,)
     (STOP,)
@@ -36,7 +36,7 @@ from __future__ import annotations
 import marshal
 import signal as signals
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 # The oldest Python a node may run: the agent's start refuses older ones, ``dirt nodes add``
 # names it, and tests check every shipped module against it.
@@ -52,6 +52,23 @@ DONE = "done"
 FATAL = "fatal"
 STARTED = "started"
 ERROR = "error"
+
+
+class RunRequest(NamedTuple):
+    """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN, *request)``)."""
+
+    task_id: str
+    module_name: str
+    sha256: str
+    source: str | None  # None when this connection has had this sha256 already
+    kwargs: dict[str, Any]
+    timeout: float | None
+
+
+def run_request(message: tuple[Any, ...]) -> RunRequest:
+    """The request in a RUN message as received."""
+    return RunRequest(*message[1:])
+
 
 # outcomes ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any, TextIO
 
-from dirt.remote.protocol import OUTPUT_TAIL, outcome, unserialisable_type
+from dirt.remote.protocol import OUTPUT_TAIL, RunRequest, outcome, unserialisable_type
 from dirt.remote.tasking import TaskCodes, run_task
 
 
@@ -73,16 +73,9 @@ class ThreadRunner:
         else:
             self.local = sys.stdout._local
 
-    def run(
-        self,
-        task_id: str,
-        module_name: str,
-        sha: str,
-        source: str | None,
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> None:
-        code, error = self.codes.get(sha, module_name, source)
+    def run(self, request: RunRequest) -> None:
+        task_id, module_name, timeout = request.task_id, request.module_name, request.timeout
+        code, error = self.codes.get(request.sha256, module_name, request.source)
         if code is None:
             self.report(task_id, outcome(error=error))
             return
@@ -99,7 +92,7 @@ class ThreadRunner:
                 name = f"dirt-task-{self.workers}"
             else:
                 self.idle -= 1
-        self.jobs.put((task_id, code, module_name, kwargs, start))
+        self.jobs.put((task_id, code, module_name, request.kwargs, start))
         if spawn:
             thread = threading.Thread(target=self.work, name=name)
             thread.daemon = True
