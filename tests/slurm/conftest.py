@@ -1,6 +1,7 @@
-"""A one-host Slurm cluster for the whole test session, and helpers to submit and await jobs.
+"""A one-host Slurm cluster for the tests of this package, and helpers to submit and await jobs.
 
-The cluster starts once (about 1 s to an idle node) at the first test that needs it. A job
+The cluster starts once (about 1 s to an idle node) at the first test that needs it and stops
+when the last test of tests/slurm is done. A job
 that overruns its 1-minute time limit is submitted as early as possible (`overdue_job`) so
 that Slurm's TIMEOUT, which cannot come sooner than a minute, ripens while the other tests
 run; the TIMEOUT test comes last.
@@ -33,7 +34,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def slurm_cluster() -> Iterator[SlurmCluster]:
     ok, missing = slurm_available()
     need(ok, missing)
@@ -46,7 +47,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def slurm_runner(slurm_cluster: SlurmCluster) -> LocalRunner:
     """Runs Slurm's commands here, against the test cluster."""
     return LocalRunner(env=slurm_cluster.env)
@@ -110,7 +111,7 @@ def wait_running(runner: CommandRunner, job_id: str, timeout: float = 30) -> Job
     return wait_status(runner, job_id, lambda s: s.phase is not JobPhase.QUEUED, timeout)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def overdue_job(slurm_runner: LocalRunner, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A job that runs past its time limit (1 minute, the least Slurm has); never cancelled
     by a test, so it ends as TIMEOUT (Slurm checks time limits every 30 s)."""

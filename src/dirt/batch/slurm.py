@@ -40,6 +40,8 @@ UNREACHABLE = (
     "could not establish a configuration source",
 )
 GONE = "GONE"
+# scancel's words for a job that has nothing left to cancel
+_NOTHING_TO_CANCEL = ("invalid job id", "already completing or completed")
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@-]{0,199}")
 _FIELD = re.compile(r"(?:^|\s)([A-Z][A-Za-z0-9/:_]*)=")
 
@@ -132,7 +134,7 @@ def partition_info(partition: str, runner: CommandRunner = LOCAL) -> dict[str, A
     over the partition's nodes (a job needing one of them asks for it with --constraint).
     architecture, platform and release are strings when all nodes agree, lists when not.
     """
-    shown = _run(runner, ["scontrol", "-o", "show", "partition", partition])
+    shown = runner.run(["scontrol", "-o", "show", "partition", partition])
     if shown.rc != 0:
         if "not found" in shown.stderr + shown.stdout:
             raise BatchError(
@@ -171,14 +173,14 @@ def partition_info(partition: str, runner: CommandRunner = LOCAL) -> dict[str, A
 def _nodes(expression: str, runner: CommandRunner) -> list[dict[str, str]]:
     if not expression or expression == "(null)":
         return []
-    shown = _run(runner, ["scontrol", "-o", "show", "node", expression])
+    shown = runner.run(["scontrol", "-o", "show", "node", expression])
     if shown.rc != 0:
         raise _failure("scontrol show node", shown)
     return parse_scontrol(shown.stdout)
 
 
 def _partition_names(runner: CommandRunner) -> str:
-    listed = _run(runner, ["sinfo", "-h", "-o", "%R"])
+    listed = runner.run(["sinfo", "-h", "-o", "%R"])
     names = sorted(set(listed.stdout.split())) if listed.rc == 0 else []
     return ", ".join(names) or "none that sinfo could list"
 
@@ -282,7 +284,7 @@ def submit(
     if time_limit is not None:
         argv.append(f"--time={slurm_time(time_limit)}")
     argv += [*extra_args]
-    done = _run(runner, argv, stdin=script)
+    done = runner.run(argv, stdin=script)
     if done.rc != 0:
         raise _failure("sbatch", done)
     job_id = done.stdout.strip().split(";")[0]  # "123" or "123;cluster"
@@ -310,7 +312,7 @@ def check_submit(
     raises BatchError with Slurm's objection (an unknown option, an impossible constraint).
     """
     argv = ["sbatch", "--test-only", *_submit_options(partition, "dirt-check", "/dev/null")]
-    done = _run(runner, [*argv, *extra_args], stdin="#!/bin/sh\ntrue\n")
+    done = runner.run([*argv, *extra_args], stdin="#!/bin/sh\ntrue\n")
     if done.rc != 0:
         raise _failure("sbatch --test-only", done)
     return (done.stderr or done.stdout).strip().removeprefix("sbatch: ")
@@ -334,7 +336,7 @@ def poll(job_ids: Iterable[str], runner: CommandRunner = LOCAL) -> dict[str, Job
 
 def _poll_chunk(ids: list[str], runner: CommandRunner) -> dict[str, JobStatus]:
     fields = "JobID:|,State:|,exit_code:|,BatchHost:|,Reason:|"
-    done = _run(runner, ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", fields])
+    done = runner.run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-O", fields])
     if done.rc != 0:
         # Every id unknown is an error to squeue (while a partly known list is not).
         if "invalid job id" in done.stderr.lower():
@@ -347,6 +349,7 @@ def _poll_chunk(ids: list[str], runner: CommandRunner) -> dict[str, JobStatus]:
             continue
         job_id, state, raw_exit, host, reason = (p.strip() for p in parts)
         reason = reason.removesuffix("|").strip()
+        state = state.split()[0] if state else ""  # "CANCELLED by 0" in some versions
         exit_code, signal = _wait_status(state, raw_exit)
         statuses[job_id] = JobStatus(
             job_id=job_id,
@@ -378,23 +381,15 @@ def cancel(job_id: str, *more: str, runner: CommandRunner = LOCAL) -> None:
     for each in ids:
         if not str(each).isdigit():
             raise InputError(f"{each!r} is not a Slurm job id")
-    done = _run(runner, ["scancel", *ids])
-    problems = [
-        line
-        for line in done.stderr.splitlines()
-        if "error" in line.lower()
-        and "invalid job id" not in line.lower()
-        and "already completing or completed" not in line.lower()
-    ]
-    if done.rc != 0 or problems:
+    done = runner.run(["scancel", *ids])
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    problems = [line for line in errors if not any(b in line.lower() for b in _NOTHING_TO_CANCEL)]
+    # Exits 0 on errors here (22.05), non-zero in other versions: the lines decide.
+    if problems or (done.rc != 0 and not errors):
         raise _failure("scancel", CommandResult(done.rc or 1, done.stdout, "\n".join(problems)))
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def _run(runner: CommandRunner, argv: Sequence[str], stdin: str | None = None) -> CommandResult:
-    return runner.run(argv, stdin)
 
 
 def _said(done: CommandResult) -> str:
