@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dirt.dispatch.connection import Outcome
-from dirt.dispatch.outcome import judge, signal_name
+from dirt.dispatch.outcome import judge
 from dirt.models import TaskState
 
 
@@ -132,8 +132,3 @@ def test_killed_wins_over_timed_out_and_timed_out_over_the_error() -> None:
     assert judge(outcome(killed=True, timed_out=True), "m", 1).state is TaskState.CANCELLED
     verdict = judge(outcome(timed_out=True, error="boom"), "m", 1)
     assert verdict.reason == "timed out after 1 s"
-
-
-def test_signal_names() -> None:
-    assert signal_name(9) == "SIGKILL"
-    assert signal_name(250) == "signal 250"

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dirt.config import Settings
 from dirt.errors import SubmissionError
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import read_json, service_of
@@ -47,7 +48,7 @@ BULK_BODY = {
 
 
 def database_name(request: Request) -> str:
-    settings = request.app.state.settings
+    settings: Settings = request.app.state.settings
     return settings.project.database or settings.project.name
 
 
