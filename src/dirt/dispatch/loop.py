@@ -197,7 +197,7 @@ class Dispatcher:
         ours = set(reserved)
         self.slots.hold(t for t in pairs if t.id in ours)
         if self._start_reserved():
-            self._wake.set()  # write their start now, not when the next outcome comes
+            self._wake.set()  # their start is written at the next step, not after a poll
 
     def _refresh_nodes(self, now: float) -> None:
         self._last_node_refresh = now
