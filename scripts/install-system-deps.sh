@@ -10,6 +10,10 @@ command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null || missing+=(util-linux)
+# A one-host Slurm cluster (tests/slurm): controller, compute daemon, client commands, munge.
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && command -v sbatch >/dev/null; } ||
+  missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || command -v munged >/dev/null || missing+=(munge)
 [ ${#missing[@]} = 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "not root (or no apt-get): not installing ${missing[*]}; tests that need them will skip" >&2

@@ -252,15 +252,14 @@ def test_a_host_killed_mid_task_loses_nothing(
 ) -> None:
     add_node(service, "node-a", slots=2)
     pidfiles = [tmp_path / f"pids{i}" for i in range(2)]
-    # Long enough to outlast adding node-b (an SSH probe: seconds on a loaded machine), so both
-    # tasks are still running on node-a when it dies.
     ids = [
-        submit(service, "t.sleepy", kwargs={"seconds": 6, "pidfile": str(p)})[0] for p in pidfiles
+        submit(service, "t.sleepy", kwargs={"seconds": 2, "pidfile": str(p)})[0] for p in pidfiles
     ]
     for p in pidfiles:
         read_pids(p)  # both are running on node-a
-    add_node(service, "node-b", slots=2)
     fleet.servers[0].kill_all()  # node-a dies: its sshd, agent and tasks
+    # Added only now: probing it can outlast the tasks on a loaded machine.
+    add_node(service, "node-b", slots=2)
     tasks = wait_finished(service, ids, timeout=30)
     assert {t.state for t in tasks} == {TaskState.SUCCEEDED}
     assert {t.node for t in tasks} == {"node-b"}
@@ -307,7 +306,7 @@ def test_an_offline_node_comes_back_by_itself(
     listing = run_dirt("--project", str(project), "nodes", "list", env={"COLUMNS": "300"})
     assert "no (offline)" in listing.stdout
     assert "lost connection" in listing.stdout or "refused" in listing.stdout
-    state = running.dispatcher._nodes["node-a"]
+    state = running.dispatcher.nodes["node-a"]
     wait_for(
         lambda: state.backoff > service.settings.dispatch.backoff_initial,
         10,

@@ -68,7 +68,6 @@ tasks = Table(
     Column("seq", BigInteger, nullable=False),
     # Set by `dirt cancel` on a running task: its dispatcher kills it and stores "cancelled".
     Column("cancel_requested", Boolean, nullable=False, default=False),
-    Index("ix_tasks_dispatch", "state", "priority", "created"),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
     Index("ix_tasks_seq", "seq"),
@@ -158,4 +157,6 @@ state_counts = Table(
 )
 
 Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
+# The dispatcher's order (db.tasks.waiting_tasks, dispatch.select.reservation_key).
+Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
 Index("ix_tasks_completed", tasks.c.completed)
