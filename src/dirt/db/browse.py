@@ -181,7 +181,7 @@ def _indexed(
     state: str | None,
     before: tuple[float, str],
     search: str,
-    where: ColumnElement[bool] | None,
+    where: ColumnElement[bool] | None = None,
 ) -> Select[Any]:
     """Records from `before` on matching `search`, found through the search index."""
     postgres = conn.dialect.name == "postgresql"
