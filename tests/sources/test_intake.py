@@ -1,23 +1,18 @@
-"""The pieces of a forge delivery's path, end to end on a real store: verify, refuse a replay,
-make documents, store only what is new (phase 2 runs the last three in one transaction)."""
+"""A forge delivery's path on a real store: verify (`github_push`), then `Service.take_push`:
+refuse a replay, make documents, store only what is new, in one transaction."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from dirt.ci_config import CiSettings
-from dirt.db import records as records_db
-from dirt.db import sources as sources_db
-from dirt.db.engine import write_transaction
 from dirt.service import Service
-from dirt.sources.push import Push, SourceError, only_new, push_documents
+from dirt.sources.push import Push, SourceError
 from dirt.sources.webhooks import github_push, github_signature
 from tests.sources.forge_payloads import SECRET, github_payload, signed
-
-CI = CiSettings(tasks=["ci.test"])
 
 
 @pytest.fixture
@@ -25,16 +20,16 @@ def ci_task(add_task_module: Callable[[str, str], str]) -> None:
     add_task_module("ci.test", "def execute(**kwargs):\n    return {'success': True}\n")
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, dict[str, Any]]:
+    return {"log": {"file": ""}, "ci": {"tasks": ["ci.test"]}}
+
+
 def deliver(service: Service, headers: dict[str, str], body: bytes) -> int:
     """What POST /hooks/github does; returns the number of records stored."""
     push = github_push(headers, body, SECRET)
     assert isinstance(push, Push)
-    with write_transaction(service.engine) as conn:
-        if push.delivery and not sources_db.remember_delivery(conn, "github", push.delivery, 0):
-            return 0
-        docs = push_documents(push, CI, 1_700_000_000.0).documents
-        fresh = only_new(docs, lambda ids: records_db.existing_record_ids(conn, ids))
-    return len(service.submit(fresh).records) if fresh else 0
+    return len(service.take_push(push).records)
 
 
 def test_a_push_makes_a_record_with_the_forge_fields(service: Service, ci_task: None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 from rich.markup import escape
@@ -88,7 +89,5 @@ def notify_test(obj: Context) -> None:
 @click.pass_obj
 def notify_retry(obj: Context, ids: tuple[int, ...]) -> None:
     """Send failed notifications again: those named by ID, or all of them."""
-    import time
-
     count = obj.service.retry_notifications(list(ids) or None, time.time())
     out.print(f"{count} failed notification(s) pending again; a running `dirt serve` sends them")

@@ -3,15 +3,17 @@ change: the tasks a change touched, their records, and which records still have 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, select
 
 from dirt.db.records import record_from_row
 from dirt.db.schema import record_states, records, tasks
 from dirt.db.tasks import task_from_row
 from dirt.models import Record, Task, TaskState
 
+T = TypeVar("T")
 _CHUNK = 500
 _UNFINISHED = (TaskState.WAITING.value, TaskState.RUNNING.value)
 
@@ -22,22 +24,22 @@ def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
         yield wanted[start : start + _CHUNK]
 
 
-def tasks_by_id(conn: Connection, task_ids: Iterable[str]) -> dict[str, Task]:
-    found: dict[str, Task] = {}
-    for chunk in _chunks(task_ids):
-        for row in conn.execute(select(tasks).where(tasks.c.id.in_(chunk))):
-            task = task_from_row(row)
-            found[task.id] = task
+def _by_id(
+    conn: Connection, table: Table, from_row: Callable[[Any], T], ids: Iterable[str]
+) -> dict[str, T]:
+    found: dict[str, T] = {}
+    for chunk in _chunks(ids):
+        for row in conn.execute(select(table).where(table.c.id.in_(chunk))):
+            found[row.id] = from_row(row)
     return found
+
+
+def tasks_by_id(conn: Connection, task_ids: Iterable[str]) -> dict[str, Task]:
+    return _by_id(conn, tasks, task_from_row, task_ids)
 
 
 def records_by_id(conn: Connection, record_ids: Iterable[str]) -> dict[str, Record]:
-    found: dict[str, Record] = {}
-    for chunk in _chunks(record_ids):
-        for row in conn.execute(select(records).where(records.c.id.in_(chunk))):
-            record = record_from_row(row)
-            found[record.id] = record
-    return found
+    return _by_id(conn, records, record_from_row, record_ids)
 
 
 def unfinished_records(conn: Connection, record_ids: Iterable[str]) -> set[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -112,23 +112,25 @@ async def git_hook(request: Request) -> Any:
     return await _take(request, "git", lambda raw: parse_hook_payload(raw, delivery))
 
 
-@router.post(
-    "/github",
-    summary="A GitHub push event (X-Hub-Signature-256 with [hooks] github_secret_env)",
-    status_code=202,
-    responses=RESPONSES,
-)
-async def github_hook(request: Request) -> Any:
-    secret = _secret(request, "github")
-    return await _take(request, "github", lambda raw: github_push(request.headers, raw, secret))
+def _forge_route(forge: str, parse: Callable[[Mapping[str, str], bytes, str | None], Any]) -> None:
+    """POST /hooks/{forge}: a push event verified with the forge's secret."""
+
+    async def forge_hook(request: Request) -> Any:
+        secret = _secret(request, forge)
+        return await _take(request, forge, lambda raw: parse(request.headers, raw, secret))
+
+    forge_hook.__name__ = f"{forge}_hook"  # the operation's id in the OpenAPI schema
+    router.post(
+        f"/{forge}",
+        summary=FORGE_SUMMARIES[forge],
+        status_code=202,
+        responses=RESPONSES,
+    )(forge_hook)
 
 
-@router.post(
-    "/gitlab",
-    summary="A GitLab push or tag push event (X-Gitlab-Token with [hooks] gitlab_secret_env)",
-    status_code=202,
-    responses=RESPONSES,
-)
-async def gitlab_hook(request: Request) -> Any:
-    secret = _secret(request, "gitlab")
-    return await _take(request, "gitlab", lambda raw: gitlab_push(request.headers, raw, secret))
+FORGE_SUMMARIES = {
+    "github": "A GitHub push event (X-Hub-Signature-256 with [hooks] github_secret_env)",
+    "gitlab": "A GitLab push or tag push event (X-Gitlab-Token with [hooks] gitlab_secret_env)",
+}
+_forge_route("github", github_push)
+_forge_route("gitlab", gitlab_push)
