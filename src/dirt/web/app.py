@@ -24,7 +24,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, pages
+from dirt.web import api, changes, couch, couchdb, pages
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -116,6 +116,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.include_router(pages.open_router)
     app.include_router(couch.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    couchdb.install(app, service)  # last: it answers for database names no route above took
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DirtError)
