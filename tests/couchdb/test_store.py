@@ -50,7 +50,7 @@ def test_all_docs_in_code_point_order_on_every_backend(store: Service) -> None:
         walked += batch
         start, skip = batch[-1], 1
     assert walked == expected
-    docs, total, offset = couch.all_docs(
+    _, total, offset = couch.all_docs(
         start="a", end=None, inclusive_end=True, descending=False, limit=1, skip=0, full=False
     )
     assert (total, offset) == (len(expected), expected.index("a"))
@@ -68,4 +68,3 @@ def test_changes_resume_inside_one_transaction(store: Service) -> None:
         position = page.last
     assert len(seen) == 6 == len(set(seen)) and seen[0] == "r1"
     assert couch.info()[0] == 6
-

@@ -47,7 +47,8 @@ BULK_BODY = {
 
 def database_name(request: Request) -> str:
     settings = request.app.state.settings
-    return settings.project.database or settings.project.name
+    name: str = settings.project.database or settings.project.name
+    return name
 
 
 def _problems_of(index: int, doc: Any, problems: list[str]) -> list[str]:
@@ -123,7 +124,7 @@ async def bulk_docs(request: Request, db_name: str) -> JSONResponse:
     for doc in docs:
         doc_id = doc.get("_id") or next(made, None)
         # The first revision, as GET /{db}/{id} shows it (see dirt.couch.revs).
-        answer.append({"id": doc_id, "ok": True, "rev": rev_of(server_uuid, doc_id, 1)})
+        answer.append({"id": doc_id, "ok": True, "rev": rev_of(server_uuid, str(doc_id), 1)})
     return JSONResponse(answer, status_code=201)
 
 

@@ -71,8 +71,9 @@ def can_read(request: Request) -> bool:
 
 
 def can_write(request: Request) -> bool:
-    name, how = identity(request)
-    if name is not None and (how == "basic" or _same_origin(request)):
+    # Browsers send cached Basic credentials and cookies with another site's forms too.
+    name, _ = identity(request)
+    if name is not None and _same_origin(request):
         return True
     return access(request).can_write(request)
 
