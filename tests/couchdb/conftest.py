@@ -47,14 +47,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class HTTPFailure(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
 def http_json(method: str, url: str, body: Any = None, timeout: float = 60) -> Any:
+    """The JSON answer, or HTTPFailure (with the connection closed) for an error status."""
     data = None if body is None else json.dumps(body).encode("utf-8")
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Accept", "application/json")
     if data is not None:
         request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            answer = exc.read()
+        raise HTTPFailure(exc.code, json.loads(answer or b"{}")) from None
 
 
 class PouchDBServer:
@@ -89,16 +102,16 @@ class PouchDBServer:
         body = {"source": source, "target": target, "create_target": True, **options}
         try:
             answer: dict[str, Any] = http_json("POST", self.url + "_replicate", body, timeout=90)
-        except urllib.error.HTTPError as exc:  # a failed replication: its report says why
-            answer = {"status": exc.code, **json.loads(exc.read() or b"{}")}
+        except HTTPFailure as exc:  # a failed replication: its report says why
+            answer = {"status": exc.status, **exc.body}
         return answer
 
     def all_docs(self, db: str) -> dict[str, Any]:
         """The documents of database `db` ({} while it does not exist)."""
         try:
             rows = http_json("GET", f"{self.url}{db}/_all_docs?include_docs=true")["rows"]
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+        except HTTPFailure as exc:
+            if exc.status == 404:
                 return {}
             raise
         return {row["id"]: row["doc"] for row in rows}

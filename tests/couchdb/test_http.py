@@ -41,6 +41,10 @@ def test_root_is_the_welcome_for_clients_and_the_overview_for_browsers(c: TestCl
     page = c.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert "text/html" in page.headers["content-type"] and "r123" in page.text
     assert c.head("/", headers=JSON).status_code == 200
+    # The page's own requests: its live part (fetch sends */*) and its filters.
+    fragment = c.get("/", headers={"Accept": "*/*", "X-Dirt-Fragment": "1"})
+    assert "text/html" in fragment.headers["content-type"]
+    assert "text/html" in c.get("/?state=waiting", headers=JSON).headers["content-type"]
 
 
 def test_uuids_and_all_dbs(c: TestClient, db_name: str) -> None:

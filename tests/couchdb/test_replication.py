@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import urllib.error
 import urllib.request
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import select
 from dirt.db.schema import couch_local_docs
 from dirt.models import Attachment, TaskState
 from dirt.service import Service
-from tests.couchdb.conftest import PouchDBServer, http_json, serve, wait_until
+from tests.couchdb.conftest import HTTPFailure, PouchDBServer, http_json, serve, wait_until
 from tests.web.conftest import finish_task, run_task
 
 RECORD = "r123"
@@ -113,9 +112,9 @@ def test_replicates_with_a_token_as_password(
     try:
         host = f"127.0.0.1:{server.port}"
         # (Not through pouchdb-server: a failed replication crashes it, under Node 20.)
-        with pytest.raises(urllib.error.HTTPError) as denied:
+        with pytest.raises(HTTPFailure) as denied:
             http_json("GET", f"http://{host}/{db_name}/_changes")
-        assert denied.value.code == 401
+        assert denied.value.status == 401
         report = pouchdb.replicate(f"http://replicator:{token}@{host}/{db_name}", "allowed")
         assert report["ok"] is True and report["docs_written"] == 5
         assert len(pouchdb.all_docs("allowed")) == 5

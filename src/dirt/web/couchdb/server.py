@@ -47,7 +47,8 @@ def wants_html(request_headers: dict[str, str] | Any) -> bool:
 
 
 class CouchWelcome:
-    """ASGI middleware: `GET /` and `HEAD /` without text/html in Accept get the welcome."""
+    """ASGI middleware: `GET /` and `HEAD /` without text/html in Accept get the welcome, unless
+    they are the overview page's own requests (a query, or its live part's X-Dirt-Fragment)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -57,7 +58,9 @@ class CouchWelcome:
             scope["type"] == "http"
             and scope["path"] == "/"
             and scope["method"] in ("GET", "HEAD")
-            and b"text/html" not in dict(scope["headers"]).get(b"accept", b"")
+            and not scope.get("query_string")
+            and b"text/html" not in (headers := dict(scope["headers"])).get(b"accept", b"")
+            and b"x-dirt-fragment" not in headers
         ):
             store: CouchStore = scope["app"].state.couch
             await couch_json(welcome(store))(scope, receive, send)
