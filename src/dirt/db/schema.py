@@ -39,7 +39,8 @@ records = Table(
     # Bumped by a trigger on every update (migration 0100_couch): the CouchDB `_rev` generation.
     Column("revision", Integer, nullable=False, server_default="1"),
     Index("ix_records_created_id", "created", "id"),
-    Index("ix_records_seq", "seq"),
+    # (seq, id): the change feed's keyset order (migration 0100_couch; "C" collation on PostgreSQL)
+    Index("ix_records_seq_id", "seq", "id"),
 )
 
 tasks = Table(
@@ -75,7 +76,7 @@ tasks = Table(
     Index("ix_tasks_dispatch", "state", "priority", "created"),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
-    Index("ix_tasks_seq", "seq"),
+    Index("ix_tasks_seq_id", "seq", "id"),
 )
 
 attempts = Table(

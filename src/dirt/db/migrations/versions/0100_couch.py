@@ -11,6 +11,10 @@ records, kept by triggers, so the database info and `_all_docs` count without a 
 counted by `state_counts`). On PostgreSQL, `_all_docs` pages through ids in code-point order
 (CouchDB's raw collation) with indexes in the "C" collation; SQLite compares ids that way.
 
+The change feed pages in (seq, id) order, so the indexes on `seq` become (seq, id): a page inside
+one big transaction (a 100,000-task submission) is an index range, not a sort of the whole
+transaction's rows. They replace the `seq` indexes, so a write maintains no more indexes.
+
 Revision ID: 0100_couch
 Revises: 0004
 """
@@ -87,6 +91,7 @@ POSTGRES_TRIGGERS = [
     'CREATE INDEX ix_records_id_c ON records (id COLLATE "C")',
     'CREATE INDEX ix_tasks_id_c ON tasks (id COLLATE "C")',
 ]
+SEQ_INDEXES = {"records": "ix_records_seq", "tasks": "ix_tasks_seq"}
 
 
 def upgrade() -> None:
@@ -115,10 +120,17 @@ def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     for statement in POSTGRES_TRIGGERS if postgres else SQLITE_TRIGGERS:
         op.execute(statement)
+    collate = ' COLLATE "C"' if postgres else ""
+    for table, old in SEQ_INDEXES.items():
+        op.execute(f"CREATE INDEX {old}_id ON {table} (seq, id{collate})")
+        op.drop_index(old, table)
 
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    for table, old in SEQ_INDEXES.items():
+        op.create_index(old, table, ["seq"])
+        op.drop_index(f"{old}_id", table)
     if postgres:
         op.execute("DROP INDEX IF EXISTS ix_tasks_id_c")
         op.execute("DROP INDEX IF EXISTS ix_records_id_c")
