@@ -26,7 +26,7 @@ ARGUMENTS_TASK_ID = uuid.uuid5(uuid.NAMESPACE_URL, "dirt-demo/examples.arguments
 def demo_documents() -> list[dict[str, Any]]:
     """The seed's sample records and tasks, plus a task that takes arguments."""
     seed = resources.files("dirt") / "seed" / "test_data.json"
-    docs = json.loads(seed.read_text(encoding="utf-8"))
+    docs: list[dict[str, Any]] = json.loads(seed.read_text(encoding="utf-8"))
     docs.append(
         {
             "_id": ARGUMENTS_TASK_ID,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import tomllib
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
+from dirt.config import CONFIG_FILE, NotifySettings, Settings
 from dirt.dispatch.loop import Dispatcher
 from dirt.service import Service
 
@@ -18,6 +21,34 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+
+def notify_keys(settings: Settings) -> list[str]:
+    """The [notify] keys set in dirt.toml, the environment (DIRT_NOTIFY_*) or by a caller."""
+    try:
+        data = tomllib.loads((settings.project_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        in_file = data.get("notify")
+    except (OSError, tomllib.TOMLDecodeError):  # load_settings read it; it changed since
+        in_file = None
+    given = set(in_file) if isinstance(in_file, dict) else set()
+    defaults = NotifySettings()
+    given |= {
+        f.name
+        for f in fields(NotifySettings)
+        if getattr(settings.notify, f.name) != getattr(defaults, f.name)
+    }
+    return sorted(given)
+
+
+def warn_unimplemented(settings: Settings) -> None:
+    """Say so when dirt.toml asks for what this version does not do (rather than stay silent)."""
+    keys = notify_keys(settings)
+    if keys:
+        log.warning(
+            "[notify] %s: notifications are not implemented yet; no email or message is sent "
+            "(the settings are read and ignored)",
+            ", ".join(keys),
+        )
 
 
 def _start_web(service: Service, host: str | None, port: int | None, fallback_port: bool) -> Any:
@@ -46,6 +77,7 @@ def serve(
     With `web`, the web server runs on a thread of this process, sharing the service, so the
     pages hear of the dispatcher's writes at once.
     """
+    warn_unimplemented(service.settings)
     dispatcher = Dispatcher(service)
     web_server = _start_web(service, host, port, fallback_port) if web else None
     if web_server is not None and on_web is not None:

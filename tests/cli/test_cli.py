@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from dirt import __version__
-from tests.conftest import DIRT, run_dirt, wait_for
+from tests.cli.conftest import serve
+from tests.conftest import run_dirt, wait_for
 
 SEED = Path(__file__).parents[2] / "src" / "dirt" / "seed" / "test_data.json"
-
-
-@pytest.fixture
-def cli_project(tmp_path: Path) -> Path:
-    result = run_dirt("create", "proj", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (tmp_path / "proj" / "dirt.toml").write_text(
-        (tmp_path / "proj" / "dirt.toml")
-        .read_text()
-        .replace("poll_interval = 0.05", "poll_interval = 0.02")
-    )
-    return tmp_path / "proj"
 
 
 def dirt_ok(*args: str, cwd: Path, timeout: float = 60) -> str:
@@ -72,6 +57,7 @@ def test_submit_the_seed_file_and_list_it(cli_project: Path) -> None:
     assert [r["_id"] for r in listing] == ["r124", "r123"]
     assert listing[1] == {
         "_id": "r123",
+        "type": "record",
         "description": "this is revision one two three",
         "created": 1315347385,
         "ntasks": 2,
@@ -159,18 +145,6 @@ def test_nodes_add_list_disable_enable_remove(cli_project: Path) -> None:
 def test_a_bad_node_address_is_refused(cli_project: Path) -> None:
     result = run_dirt("nodes", "add", "me@host:99999", cwd=cli_project)
     assert result.returncode == 2 and "port '99999' is not 1-65535" in result.stderr
-
-
-def serve(cli_project: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
-    return subprocess.Popen(
-        [DIRT, "serve", "--no-web"],
-        cwd=cli_project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def test_submit_wait_runs_to_completion_and_exits_1_on_failure(cli_project: Path) -> None:

@@ -94,6 +94,7 @@ def test_state_filter_follows_task_states(seeded: Service, client: TestClient, n
     metrics = client.get("/metrics").text
     assert 'dirt_tasks{state="failed"} 1' in metrics
     assert 'dirt_tasks{state="waiting"} 2' in metrics
+    assert 'dirt_tasks{state="cancelled"} 0' in metrics
     assert "dirt_task_attempts_started_total 1" in metrics
 
 

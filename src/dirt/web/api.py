@@ -10,20 +10,25 @@ from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
 from dirt.models import TaskState
+from dirt.views import detail_view, node_view, nodes_view, summary_view, task_view
 from dirt.web.auth import require_read, require_write
-from dirt.web.common import node_doc, read_json, service_of, summary_doc, task_doc
+from dirt.web.common import read_json, service_of
 from dirt.web.security import attachment_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed request (bad JSON, bad cursor)"},
     401: {"description": "An API token is needed"},
+    403: {"description": "A write from another web site's page, refused"},
     404: {"description": "No such record, task, node or attachment"},
     409: {"description": "Not possible in the object's current state"},
     413: {"description": "Body over web.max_body_bytes"},
     415: {"description": "Body is not JSON"},
-    422: {"description": "Rejected whole: `problems` lists every reason; nothing stored"},
+    422: {
+        "description": "Invalid request or rejected submission: `problems` lists every reason; "
+        "nothing stored"
+    },
 }
 
 RECORD_BODY = {
@@ -117,7 +122,7 @@ def list_records(
     cursor = documents.parse_cursor(before)
     found = service_of(request).record_page(limit, cursor, state.value if state else None, q)
     return {
-        "records": [summary_doc(s) for s in found],
+        "records": [summary_view(s) for s in found],
         "next": _next([s.record for s in found], limit),
     }
 
@@ -126,14 +131,7 @@ def list_records(
     "/records/{record_id}", tags=["records"], summary="A record and its tasks", responses=ERRORS
 )
 def get_record(request: Request, record_id: str) -> dict[str, Any]:
-    detail = service_of(request).record_detail(record_id)
-    return {
-        "record": detail.record.to_doc(),
-        "tasks": [
-            task_doc(t, detail.attachments.get(t.id, []), detail.attempts.get(t.id, []))
-            for t in detail.tasks
-        ],
-    }
+    return detail_view(service_of(request).record_detail(record_id))
 
 
 def _stored(submission: documents.Submission) -> dict[str, Any]:
@@ -186,7 +184,7 @@ def task_history(
     before: str | None = Query(None, max_length=500),
 ) -> dict[str, Any]:
     found = service_of(request).task_runs(name, limit, documents.parse_cursor(before))
-    return {"tasks": [task_doc(t) for t in found], "next": _next(found, limit)}
+    return {"tasks": [task_view(t) for t in found], "next": _next(found, limit)}
 
 
 @router.get(
@@ -196,19 +194,12 @@ def task_history(
     responses=ERRORS,
 )
 def get_task(request: Request, task_id: str) -> dict[str, Any]:
-    task, attachments, attempts = service_of(request).task_detail(task_id)
-    return task_doc(task, attachments, attempts)
+    return task_view(*service_of(request).task_detail(task_id))
 
 
-def _control(request: Request, task_id: str, action: str) -> dict[str, Any]:
-    """Retry or cancel a task (StateError, so 409, when its state does not allow it)."""
-    service = service_of(request)
-    if action == "retry":
-        service.retry_task(task_id)
-    else:
-        service.cancel_task(task_id)
-    task, attachments, attempts = service.task_detail(task_id)
-    return {"ok": True, "task": task_doc(task, attachments, attempts)}
+def _task_changed(request: Request, task_id: str) -> dict[str, Any]:
+    """The answer to a retry or cancel: the task as it is now."""
+    return {"ok": True, "task": task_view(*service_of(request).task_detail(task_id))}
 
 
 @router.post(
@@ -219,7 +210,8 @@ def _control(request: Request, task_id: str, action: str) -> dict[str, Any]:
     responses=ERRORS,
 )
 def retry_task(request: Request, task_id: str) -> dict[str, Any]:
-    return _control(request, task_id, "retry")
+    service_of(request).retry_task(task_id)  # StateError (409) when the task is not finished
+    return _task_changed(request, task_id)
 
 
 @router.post(
@@ -230,7 +222,8 @@ def retry_task(request: Request, task_id: str) -> dict[str, Any]:
     responses=ERRORS,
 )
 def cancel_task(request: Request, task_id: str) -> dict[str, Any]:
-    return _control(request, task_id, "cancel")
+    service_of(request).cancel_task(task_id)  # StateError (409) when the task is finished
+    return _task_changed(request, task_id)
 
 
 @router.get(
@@ -249,15 +242,14 @@ def get_attachment(request: Request, task_id: str, filename: str) -> Response:
 )
 def list_nodes(request: Request) -> list[dict[str, Any]]:
     service = service_of(request)
-    running = service.running_per_node()
-    return [node_doc(n, running.get(n.address, 0)) for n in service.nodes()]
+    return nodes_view(service.nodes(), service.running_per_node())
 
 
 def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:
     service = service_of(request)
     service.set_node_enabled(address, enabled)
     node = service.node(address)
-    return node_doc(node, service.running_per_node().get(address, 0))
+    return node_view(node, service.running_per_node().get(address, 0))
 
 
 @router.post(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,11 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
 
 from dirt import __version__
 from dirt.config import Settings
 from dirt.errors import (
+    ConfigError,
     DirtError,
+    InputError,
+    NodeError,
     NotFoundError,
     ProjectNotFoundError,
     RequirementError,
@@ -24,7 +28,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, couchdb, pages
+from dirt.web import api, changes, couch, couchdb, docs, pages
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -33,14 +37,22 @@ from dirt.web.security import SecurityHeaders
 log = logging.getLogger("dirt.web")
 
 
+# The status a DirtError answers with: the client's to fix (4xx) or the server's (5xx). The first
+# class the error is an instance of wins; any other DirtError is a 400.
+STATUS_OF: tuple[tuple[type[DirtError], int], ...] = (
+    (SubmissionError, 422),  # rejected whole, every problem listed
+    (RequirementError, 422),
+    (InputError, 400),  # a malformed cursor, node address or token name
+    (NotFoundError, 404),
+    (StateError, 409),  # e.g. retrying a task that is still running
+    (NodeError, 502),  # a node that could not be reached
+    (ConfigError, 500),  # the server's own settings, not the request
+    (ProjectNotFoundError, 500),
+)
+
+
 def _status_of(exc: DirtError) -> int:
-    if isinstance(exc, SubmissionError | RequirementError):
-        return 422
-    if isinstance(exc, NotFoundError | ProjectNotFoundError):
-        return 404
-    if isinstance(exc, StateError):
-        return 409
-    return 400
+    return next((status for kind, status in STATUS_OF if isinstance(exc, kind)), 400)
 
 
 def _wants_json(request: Request) -> bool:
@@ -57,14 +69,14 @@ def _error(
     status: int,
     message: str,
     problems: list[str] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     if _wants_json(request):
         body: dict[str, Any] = {"error": message}
         if problems is not None:
             body["problems"] = problems
         return JSONResponse(body, status_code=status, headers=headers)
-    templates = request.app.state.templates
+    templates: Jinja2Templates = request.app.state.templates
     access = request.app.state.access
     context = {
         "status": status,
@@ -103,6 +115,8 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
         '`auth.read = "token"`; writes need `Authorization: Bearer TOKEN` (`dirt token create '
         "NAME`) except from loopback while the server listens on loopback.",
         lifespan=lifespan,
+        docs_url=None,  # web/docs.py serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
@@ -115,6 +129,8 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.include_router(pages.router)
     app.include_router(pages.open_router)
     app.include_router(couch.router)
+    app.include_router(docs.router)
+    docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     couchdb.install(app, service)  # last: it answers for database names no route above took
     app.add_middleware(SecurityHeaders)

@@ -57,7 +57,8 @@ class Access:
         if not hasattr(request.state, "dirt_identity"):
             token, _ = self._token(request)
             request.state.dirt_identity = self.service.verify_token(token) if token else None
-        return request.state.dirt_identity
+        name: str | None = request.state.dirt_identity
+        return name
 
     def _trusted_local(self, request: Request) -> bool:
         client = request.client.host if request.client else None
@@ -76,7 +77,9 @@ class Access:
             return self.identity(request) is not None
         if not self._same_origin(request):
             return False
-        return self._trusted_local(request) or (token is not None and self.identity(request))
+        return self._trusted_local(request) or (
+            token is not None and self.identity(request) is not None
+        )
 
     def signed_in(self, request: Request) -> bool:
         """May this browser change things (shows the buttons)?"""
@@ -109,7 +112,8 @@ class Access:
 
 
 def access(request: Request) -> Access:
-    return request.app.state.access
+    found: Access = request.app.state.access
+    return found
 
 
 def require_read(request: Request) -> None:

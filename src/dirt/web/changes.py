@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -99,7 +100,8 @@ router = APIRouter(dependencies=[Depends(require_read)])
 
 
 def _hub(request: Request) -> ChangeHub:
-    return request.app.state.hub
+    hub: ChangeHub = request.app.state.hub
+    return hub
 
 
 def _start_seq(request: Request, since: int | None) -> int:
@@ -152,7 +154,7 @@ async def changes(
         0, ge=0, le=MAX_LONG_POLL_S, description="Seconds to wait for a change when none yet."
     ),
     limit: int = Query(500, ge=1, le=5000),
-) -> dict:
+) -> dict[str, Any]:
     """`{"results": [{"seq", "type", "id", ...}], "last_seq": N}`; ask again with since=last_seq."""
     hub = _hub(request)
     if timeout > 0 and hub.seq <= since:

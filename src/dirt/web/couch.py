@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dirt.config import Settings
 from dirt.couch.revs import rev_of
 from dirt.errors import SubmissionError
 from dirt.web.auth import require_read, require_write
@@ -46,9 +47,8 @@ BULK_BODY = {
 
 
 def database_name(request: Request) -> str:
-    settings = request.app.state.settings
-    name: str = settings.project.database or settings.project.name
-    return name
+    settings: Settings = request.app.state.settings
+    return settings.project.database or settings.project.name
 
 
 def _problems_of(index: int, doc: Any, problems: list[str]) -> list[str]:

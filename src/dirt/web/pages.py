@@ -12,10 +12,11 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
-from dirt.errors import DirtError, InputError
+from dirt.errors import InputError
 from dirt.models import TaskState
 from dirt.web.auth import COOKIE, require_read, require_write
 from dirt.web.common import service_of
@@ -26,11 +27,15 @@ open_router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 CHART_RUNS = 200
 STATES = [s.value for s in TaskState]
+# Runs that reached a verdict: a cancelled run says nothing about how often a task succeeds.
+RATED = frozenset(s.value for s in TaskState if s.finished and s is not TaskState.CANCELLED)
 
 
-def _render(request: Request, template: str, context: dict[str, Any], status: int = 200):
+def _render(
+    request: Request, template: str, context: dict[str, Any], status: int = 200
+) -> Response:
     fragment = request.headers.get("x-dirt-fragment") == "1"
-    templates = request.app.state.templates
+    templates: Jinja2Templates = request.app.state.templates
     access = request.app.state.access
     context = {
         **context,
@@ -58,7 +63,7 @@ def overview(
     before: str | None = Query(None, max_length=500),
     state: str | None = Query(None, max_length=20),
     q: str | None = Query(None, max_length=200),
-):
+) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     cursor, problem = _cursor_or_none(before)
@@ -86,7 +91,7 @@ def overview(
 
 
 @router.get("/records/{record_id}", response_class=HTMLResponse)
-def record_page(request: Request, record_id: str):
+def record_page(request: Request, record_id: str) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     detail = service.record_detail(record_id)
@@ -99,14 +104,17 @@ def record_page(request: Request, record_id: str):
 
 
 @router.get("/tasks/{name}", response_class=HTMLResponse)
-def task_page(request: Request, name: str, before: str | None = Query(None, max_length=500)):
+def task_page(
+    request: Request, name: str, before: str | None = Query(None, max_length=500)
+) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     cursor, problem = _cursor_or_none(before)
     runs = service.task_runs(name, PAGE_SIZE, cursor)
     outcomes = service.task_run_outcomes(name, CHART_RUNS)
-    finished = [r for r in outcomes if r["state"] in ("succeeded", "failed")]
-    rate = sum(r["state"] == "succeeded" for r in finished) / len(finished) if finished else None
+    finished = [r for r in outcomes if r["state"] in RATED]
+    succeeded = sum(r["state"] == TaskState.SUCCEEDED for r in finished)
+    rate = succeeded / len(finished) if finished else None
     older = None
     if len(runs) == PAGE_SIZE:
         older = documents.make_cursor(runs[-1].created, runs[-1].id)
@@ -128,7 +136,7 @@ def task_page(request: Request, name: str, before: str | None = Query(None, max_
 
 
 @router.get("/nodes", response_class=HTMLResponse)
-def nodes_page(request: Request):
+def nodes_page(request: Request) -> Response:
     service = service_of(request)
     seq = service.current_seq()
     found = service.nodes()
@@ -164,13 +172,15 @@ def disable_node(request: Request, address: str) -> RedirectResponse:
     return RedirectResponse(_back(request, "/nodes"), status_code=303)
 
 
-@router.post("/tasks/{task_id}/{action}", dependencies=[Depends(require_write)])
-def task_action(request: Request, task_id: str, action: str) -> RedirectResponse:
-    from dirt.web.api import _control
+@router.post("/tasks/{task_id}/retry", dependencies=[Depends(require_write)])
+def retry_task(request: Request, task_id: str) -> RedirectResponse:
+    service_of(request).retry_task(task_id)
+    return RedirectResponse(_back(request, "/"), status_code=303)
 
-    if action not in ("retry", "cancel"):
-        raise DirtError(f"unknown action {action!r}")
-    _control(request, task_id, action)
+
+@router.post("/tasks/{task_id}/cancel", dependencies=[Depends(require_write)])
+def cancel_task(request: Request, task_id: str) -> RedirectResponse:
+    service_of(request).cancel_task(task_id)
     return RedirectResponse(_back(request, "/"), status_code=303)
 
 
@@ -178,12 +188,12 @@ def task_action(request: Request, task_id: str, action: str) -> RedirectResponse
 
 
 @open_router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request):
+def login_form(request: Request) -> Response:
     return _render(request, "login.html", {"problem": None})
 
 
 @open_router.post("/login", response_class=HTMLResponse)
-async def login(request: Request):
+async def login(request: Request) -> Response:
     body = (await request.body())[:4096].decode("utf-8", "replace")
     token = (parse_qs(body).get("token") or [""])[0].strip()
     service = service_of(request)
@@ -224,7 +234,8 @@ def metrics(request: Request) -> Response:
     lines = [
         "# HELP dirt_tasks Tasks in each state.",
         "# TYPE dirt_tasks gauge",
-        *(f'dirt_tasks{{state="{state}"}} {n}' for state, n in sorted(m["tasks"].items())),
+        # Every state, 0 included: a series that vanishes reads as "no data", not "none".
+        *(f'dirt_tasks{{state="{s.value}"}} {m["tasks"].get(s.value, 0)}' for s in TaskState),
         "# HELP dirt_task_attempts_started_total Task attempts dispatched to nodes.",
         "# TYPE dirt_task_attempts_started_total counter",
         f"dirt_task_attempts_started_total {m['attempts_started']}",

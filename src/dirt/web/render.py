@@ -12,12 +12,21 @@ from urllib.parse import quote, urlencode
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from dirt.web.common import attachment_url
+from dirt.models import TaskState
+from dirt.views import attachment_url
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
-STATE_ORDER = ("succeeded", "failed", "running", "waiting", "cancelled")
+# The stacked bar, the legend and the chart read as the original's: outcomes first, then work
+# still to do. A state not ranked here (a new one) comes last, never missing.
+_BAR_RANK = {
+    TaskState.SUCCEEDED: 0,
+    TaskState.FAILED: 1,
+    TaskState.RUNNING: 2,
+    TaskState.WAITING: 3,
+}
+STATE_ORDER = tuple(s.value for s in sorted(TaskState, key=lambda s: _BAR_RANK.get(s, 99)))
 
 
 def when(epoch: float | None) -> Markup:
@@ -153,6 +162,10 @@ def make_templates() -> Jinja2Templates:
         q=lambda value: quote(str(value), safe=""),
     )
     env.globals.update(
-        attachment_url=attachment_url, query=query, chart=chart, STATE_ORDER=STATE_ORDER
+        attachment_url=attachment_url,
+        query=query,
+        chart=chart,
+        STATE_ORDER=STATE_ORDER,
+        TaskState=TaskState,
     )
     return templates

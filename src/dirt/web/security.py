@@ -14,12 +14,20 @@ PAGE_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
-# FastAPI's /docs and /redoc load their viewer from a CDN and start it inline.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; worker-src blob:; frame-ancestors 'none'"
-)
+
+
+def docs_csp(script_hashes: list[str]) -> str:
+    """The CSP of /docs and /redoc: their viewers come from dirt's origin (no CDN); the inline
+    script that starts one runs by its sha256 (base64); the viewers set inline styles and ReDoc
+    runs its search in a blob: worker."""
+    inline = "".join(f" 'sha256-{h}'" for h in script_hashes)
+    return (
+        f"default-src 'self'; script-src 'self'{inline}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; font-src 'self'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
+
+
 # An attachment shown inline may not run or load anything.
 ATTACHMENT_CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
 
@@ -71,19 +79,17 @@ def attachment_response(attachment: Attachment) -> Response:
 
 
 class SecurityHeaders:
-    """ASGI middleware: nosniff, no framing, a CSP unless the route set its own."""
+    """ASGI middleware: nosniff, no framing, PAGE_CSP unless the route set its own."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        csp = DOCS_CSP if path in ("/docs", "/redoc") else PAGE_CSP
 
-        async def send_with_headers(message: dict) -> None:
+        async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
@@ -91,7 +97,7 @@ class SecurityHeaders:
                     if name not in present:
                         headers.append((name, value))
                 if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", csp.encode()))
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
