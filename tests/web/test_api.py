@@ -13,14 +13,11 @@ from fastapi.testclient import TestClient
 from dirt.models import Attachment, TaskState
 from dirt.service import Service
 from dirt.web.app import create_app
-from tests.web.conftest import finish_task, make_client, run_task
+from tests.web.conftest import BROWSER, finish_task, make_client, run_task
 
 SIMPLE_R123 = "2e3dabbff38ca7f6fa05c5a0cbbc95a4"
 ATTACH_R123 = "2e3dabbff38ca7f6fa05c5a0cbbc9858"
 SIMPLE_R124 = "dbe14f5601fd40bfb82a7666cbc766fc"
-
-# What a browser sends: `GET /` answers CouchDB clients (no text/html) with the welcome object.
-BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
 def new_record(record_id: str = "r200", **extra: Any) -> dict[str, Any]:
