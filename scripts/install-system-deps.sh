@@ -10,6 +10,10 @@ command -v curl >/dev/null || missing+=(curl)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null || missing+=(util-linux)
+# A one-host Slurm cluster (tests/slurm): controller, compute daemon, client commands, munge.
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && command -v sbatch >/dev/null; } ||
+  missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || command -v munged >/dev/null || missing+=(munge)
 # PouchDB Server (npm): the CouchDB-compatible server the CouchDB tests replicate dirt into.
 POUCHDB_SERVER=pouchdb-server@4.2.0
 command -v pouchdb-server >/dev/null || { command -v npm >/dev/null || missing+=(npm); }

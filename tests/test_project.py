@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dirt.errors import ProjectExistsError
+from dirt.errors import InputError, ProjectExistsError
 from dirt.project import TaskModules, create_project, valid_task_name
 
 
@@ -35,6 +35,12 @@ def test_create_refuses_an_existing_folder(tmp_path: Path) -> None:
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
+def test_create_refuses_a_name_that_is_no_project_name(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a usable project name"):
+        create_project(tmp_path / "ok", name="no/slashes")
+    assert not (tmp_path / "ok").exists()
+
+
 def test_task_names_are_dotted_identifiers_only() -> None:
     assert valid_task_name("examples.simple")
     for bad in ("", "a..b", "../x", "a/b", "a.b.", "1abc", "a-b", "class.x", None, 3):
@@ -46,7 +52,7 @@ def test_task_modules_resolve_names_to_files_and_hash_them(project: Path) -> Non
     module = modules.load("examples.simple")
     assert module.path == (project / "tasks/examples/simple.py").resolve()
     assert len(module.sha256) == 64
-    assert "examples.attachments" in modules.names()
+    assert modules.exists("examples.attachments")
 
 
 def test_a_symlink_out_of_tasks_is_not_a_task(project: Path, tmp_path: Path) -> None:

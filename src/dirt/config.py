@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from dirt.errors import ConfigError, ProjectNotFoundError
+from dirt.models import TaskState
 
 CONFIG_FILE = "dirt.toml"
 
@@ -101,7 +102,7 @@ class NotifySettings:
     email_from: str = "dirt@localhost"
     smtp_host: str = "localhost"
     smtp_port: int = 25
-    on: list[str] = field(default_factory=lambda: ["failed"])
+    on: list[str] = field(default_factory=lambda: [TaskState.FAILED.value])
 
 
 SECTIONS: dict[str, type] = {
@@ -220,7 +221,7 @@ def _table_class(kind: Any) -> type | None:
     """The dataclass of a ``dict[str, SomeTable]`` setting (e.g. [nodes.hosts]), else None."""
     if get_origin(kind) is dict:
         value_kind = get_args(kind)[1]
-        if dataclasses.is_dataclass(value_kind):
+        if isinstance(value_kind, type) and dataclasses.is_dataclass(value_kind):
             return value_kind
     return None
 

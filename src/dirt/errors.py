@@ -27,8 +27,8 @@ class SubmissionError(DirtError):
 
 
 class InputError(DirtError):
-    """A value that names or locates something (a page cursor, a node address, a token name) is
-    malformed. Nothing was changed."""
+    """A value that names or locates something (a page cursor, a node address, a token name, a
+    project name) is malformed. Nothing was changed."""
 
 
 class RequirementError(DirtError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,6 +21,16 @@ class TaskState(StrEnum):
 
 
 FINISHED_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class Outcome(StrEnum):
+    """How one attempt ended: the final state its task took, or lost (its node went away and
+    the task went back to waiting)."""
+
+    SUCCEEDED = TaskState.SUCCEEDED.value
+    FAILED = TaskState.FAILED.value
+    CANCELLED = TaskState.CANCELLED.value
+    LOST = "lost"
 
 
 @dataclass
@@ -111,7 +122,7 @@ class Attempt:
     node: str
     started: float
     completed: float | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None  # None while the attempt runs
     reason: str | None = None
 
 
@@ -160,6 +171,24 @@ class Attachment:
     size: int
     content: bytes | None = None
     created: float = 0.0
+
+
+@dataclass
+class Finished:
+    """What a dispatcher learned about one run of a task, ready to store."""
+
+    task_id: str
+    attempt: int
+    node: str
+    state: TaskState
+    results: dict[str, Any] | None
+    reason: str | None
+    module_sha256: str | None
+    output: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    completed: float = field(default_factory=time.time)
+    # Set when the run's start was never written: start and finish are stored together.
+    started: float | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from dirt.errors import NotFoundError, ProjectExistsError
+from dirt.errors import InputError, NotFoundError, ProjectExistsError
 
 TEMPLATE_SUFFIX = ".tmpl"
 
@@ -26,7 +26,7 @@ def create_project(path: Path | str, name: str | None = None, db_name: str | Non
             "pick another name or remove it first"
         )
     if not valid_project_name(name):
-        raise ProjectExistsError(
+        raise InputError(
             f"{name!r} is not a usable project name: use letters, digits, '-', '_' and '.'"
         )
     skeleton = resources.files("dirt") / "skeleton"
@@ -111,15 +111,3 @@ class TaskModules:
         with self._lock:
             self._cache[name] = (stamp, module)
         return module
-
-    def names(self) -> list[str]:
-        """Every task name the project offers."""
-        found = []
-        for path in sorted(self.tasks_dir.rglob("*.py")):
-            rel = path.relative_to(self.tasks_dir).with_suffix("")
-            if rel.name == "__init__":
-                continue
-            name = ".".join(rel.parts)
-            if valid_task_name(name):
-                found.append(name)
-        return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 from typing import Any
 
 import pytest
@@ -88,7 +89,9 @@ def test_search_with_a_state_filter(store: Service, small_window: None) -> None:
         docs + [{"type": "task", "name": "examples.simple", **t} for t in tasks],
     )
     running = {d["_id"] for d in docs if rng.random() < 0.4}
-    assert store.claim([(f"t-{rid}", "n1") for rid in sorted(running)])
+    started = [f"t-{rid}" for rid in sorted(running)]
+    assert store.dispatch([], [], started) == ([], started)
+    assert store.dispatch([], [(t, "n1", time.time(), 1) for t in started], [])[0] == started
     for needle in NEEDLES:
         want = [d["_id"] for d in newest_first(docs) if contains(needle, d)]
         assert all_pages(store, needle, 4, "running") == [i for i in want if i in running]

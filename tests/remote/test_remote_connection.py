@@ -95,15 +95,6 @@ def test_unsendable_kwargs_raise_type_error(thread_node: Node) -> None:
     assert thread_node.run(src).results == {"success": True}
 
 
-def test_shipped_sources_are_stdlib_only() -> None:
-    for name in ("agent", "forkserver", "sysinfo", "probe_load"):
-        assert "dirt" not in [
-            line.split()[1].split(".")[0]
-            for line in source(name).splitlines()
-            if line.startswith(("import ", "from "))
-        ]
-
-
 def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
     group = execnet.Group()
     try:
@@ -116,14 +107,3 @@ def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
         group.terminate(10)
     assert kind == "fatal"
     assert "fork server did not start: exit code 7" in message
-
-
-def test_probe_load_reports_averages() -> None:
-    group = execnet.Group()
-    try:
-        gw = group.makegateway(popen_spec())
-        averages, cpus = gw.remote_exec(source("probe_load")).receive(30)
-    finally:
-        group.terminate(10)
-    assert len(averages) == 3
-    assert cpus >= 1

@@ -60,6 +60,28 @@ def test_attachment_bytes_survive(node: Node) -> None:
     assert outcome.results["attachments"][0]["contents"] == bytes(range(256))
 
 
+def test_big_results_come_back_whole(node: Node) -> None:
+    # Larger than any pipe buffer or read size on the way (fork server -> agent -> master).
+    outcome = node.run(
+        """
+        def execute(size):
+            return {"success": True, "blob": bytes(range(256)) * (size // 256)}
+        """,
+        {"size": 8 << 20},
+    )
+    assert outcome.error is None
+    assert outcome.results["blob"] == bytes(range(256)) * (32 << 10)
+
+
+def test_many_tasks_at_once_each_get_their_own_outcome(node: Node) -> None:
+    source = "def execute(n):\n    return {'success': True, 'n': n}\n"
+    task_ids = {node.start(source, {"n": n}): n for n in range(50)}
+    for task_id, n in task_ids.items():
+        outcome = node.wait(task_id)
+        assert outcome.error is None
+        assert outcome.results == {"success": True, "n": n}
+
+
 def test_exception_gives_traceback(node: Node) -> None:
     outcome = node.run(
         """

@@ -253,12 +253,13 @@ def test_a_host_killed_mid_task_loses_nothing(
     add_node(service, "node-a", slots=2)
     pidfiles = [tmp_path / f"pids{i}" for i in range(2)]
     ids = [
-        submit(service, "t.sleepy", kwargs={"seconds": 1, "pidfile": str(p)})[0] for p in pidfiles
+        submit(service, "t.sleepy", kwargs={"seconds": 2, "pidfile": str(p)})[0] for p in pidfiles
     ]
     for p in pidfiles:
         read_pids(p)  # both are running on node-a
-    add_node(service, "node-b", slots=2)
     fleet.servers[0].kill_all()  # node-a dies: its sshd, agent and tasks
+    # Added only now: probing it can outlast the tasks on a loaded machine.
+    add_node(service, "node-b", slots=2)
     tasks = wait_finished(service, ids, timeout=30)
     assert {t.state for t in tasks} == {TaskState.SUCCEEDED}
     assert {t.node for t in tasks} == {"node-b"}

@@ -91,13 +91,13 @@ def test_a_missing_python_is_reported(project: Path, fleet: Fleet) -> None:
     assert "no Python: '/nonexistent/python3' not found" in said(result)
 
 
-def test_a_python_older_than_3_8_is_reported(project: Path, fleet: Fleet, tmp_path: Path) -> None:
-    old = tmp_path / "python3.6"
-    old.write_text("#!/bin/sh\necho '(3, 6)'\n")
+def test_a_python_older_than_3_9_is_reported(project: Path, fleet: Fleet, tmp_path: Path) -> None:
+    old = tmp_path / "python3.8"
+    old.write_text("#!/bin/sh\necho '(3, 8)'\n")
     old.chmod(0o755)
     result = dirt(project, fleet, "nodes", "add", "node-a", "--python", str(old))
     assert result.returncode == 1
-    assert "Python too old" in said(result) and "is 3.6, the agent needs 3.8" in said(result)
+    assert "Python too old" in said(result) and "is 3.8, the agent needs 3.9" in said(result)
 
 
 def test_an_address_nobody_answers_is_reported_as_no_route(

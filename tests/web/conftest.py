@@ -75,7 +75,10 @@ def node(service: Service) -> str:
 
 
 def run_task(service: Service, task_id: str, node: str) -> None:
-    assert service.claim([(task_id, node)]) == [task_id]
+    """Reserve the task and start it on `node`, as a dispatcher does."""
+    assert service.dispatch([], [], [task_id]) == ([], [task_id])
+    attempt = service.task(task_id).attempts + 1
+    assert service.dispatch([], [(task_id, node, time.time(), attempt)], []) == ([task_id], [])
 
 
 def finish_task(
@@ -88,7 +91,7 @@ def finish_task(
     reason: str | None = None,
 ) -> None:
     task = service.task(task_id)
-    service.finish(
+    service.dispatch(
         [
             Finished(
                 task_id=task_id,
@@ -101,7 +104,9 @@ def finish_task(
                 attachments=attachments or [],
                 completed=time.time(),
             )
-        ]
+        ],
+        [],
+        [],
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     Connection,
     Select,
@@ -38,7 +39,7 @@ TRIGRAM = 3
 
 # migration 0004 (SQLite): FTS5 trigram index of records(id, description), rowid = records.rowid.
 _records_search = table("records_search", column("rowid"))
-_records_rowid = literal_column("records.rowid")
+_records_rowid: ColumnClause[Any] = literal_column("records.rowid")
 
 
 def _like(search: str) -> str:
@@ -50,7 +51,7 @@ def _fts_phrase(search: str) -> str:
     return '"' + search.replace('"', '""') + '"'
 
 
-def _ordered(state: str | None, before: tuple[float, str] | None) -> Select:
+def _ordered(state: str | None, before: tuple[float, str] | None) -> Select[Any]:
     """Records newest first, from `before` on; only those with a task in `state`."""
     if state is None:
         query = select(records).order_by(records.c.created.desc(), records.c.id.desc())
@@ -70,7 +71,9 @@ def _ordered(state: str | None, before: tuple[float, str] | None) -> Select:
     return query
 
 
-def _matches(postgres: bool, id_: Any, description: Any, search: str) -> ColumnElement[bool]:
+def _matches(
+    postgres: bool, id_: ColumnElement[str], description: ColumnElement[str], search: str
+) -> ColumnElement[bool]:
     """Case-insensitive substring of id or description: ILIKE on PostgreSQL (served by the
     pg_trgm indexes of migration 0004), LIKE on SQLite (which ignores ASCII case only)."""
     pattern = _like(search)
@@ -146,7 +149,9 @@ def _search_page(
     return found + [record_from_row(row) for row in rows]
 
 
-def _indexed(conn: Connection, state: str | None, before: tuple[float, str], search: str) -> Select:
+def _indexed(
+    conn: Connection, state: str | None, before: tuple[float, str], search: str
+) -> Select[Any]:
     """Records from `before` on matching `search`, found through the search index."""
     postgres = conn.dialect.name == "postgresql"
     match = _matches(postgres, records.c.id, records.c.description, search)

@@ -63,7 +63,13 @@ def upsert_node(conn: Connection, node: Node, seq: int) -> None:
         )
 
 
-def update_node(conn: Connection, address: str, seq: int, **values: Any) -> bool:
+def update_node(
+    conn: Connection, address: str, seq: int, *, infra_failure: bool = False, **values: Any
+) -> bool:
+    """Set columns of one node; `infra_failure` counts one more task lost to the node itself.
+    False when there is no such node."""
+    if infra_failure:
+        values["infra_failures"] = nodes.c.infra_failures + 1
     result = conn.execute(update(nodes).where(nodes.c.address == address).values(seq=seq, **values))
     return result.rowcount == 1
 

@@ -11,7 +11,7 @@ from dirt.db.schema import records
 from dirt.models import Record
 
 
-def _number(value: float) -> float | int:
+def epoch_seconds(value: float) -> float | int:
     # Epoch seconds that came in as integers go back out as integers.
     return int(value) if float(value).is_integer() else value
 
@@ -20,7 +20,7 @@ def record_from_row(row: Any) -> Record:
     return Record(
         id=row.id,
         description=row.description,
-        created=_number(row.created),
+        created=epoch_seconds(row.created),
         extra=row.extra or {},
         seq=row.seq,
     )

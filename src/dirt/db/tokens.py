@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, insert, select
@@ -13,6 +14,11 @@ from dirt.db.schema import api_tokens
 class TokenInfo:
     name: str
     created: float
+
+
+def digest(token: str) -> str:
+    """How a token is stored and looked up: its sha256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def insert_token(conn: Connection, name: str, token_sha256: str, created: float) -> None:

@@ -1,7 +1,7 @@
 """Master side of one node: a persistent execnet gateway running the node agent.
 
 One `NodeConnection` per node keeps one gateway and one agent channel open; every task on that
-node goes over that channel (see ``dirt/remote/agent.py`` for the protocol). Outcomes arrive on
+node goes over that channel (the messages are in ``dirt/remote/protocol.py``). Outcomes arrive on
 execnet's receiver thread and are handed to ``on_done``; if the gateway dies, ``on_lost`` gets
 the ids of the tasks that were in flight, once.
 """
@@ -20,28 +20,21 @@ from typing import Any
 
 import execnet
 
+from dirt.remote import protocol
 from dirt.remote import source as shipped_source
 
 log = logging.getLogger(__name__)
 
 ISOLATIONS = ("process", "thread")
-# The order of an outcome's fields on the wire (the agent's OUTCOME_FIELDS).
-OUTCOME_FIELDS = (
-    "results",
-    "error",
-    "exit_code",
-    "signal",
-    "timed_out",
-    "killed",
-    "duration",
-    "output",
-)
 _CLOSED = object()  # endmarker execnet hands the callback when the channel closes
 
 
 @dataclass
 class Outcome:
-    """What came back from a node for one task. The results are not validated here."""
+    """What came back from a node for one task. The results are not validated here.
+
+    The fields from `results` to `output` are ``protocol.OUTCOME_FIELDS``, in that order.
+    """
 
     task_id: str
     results: object
@@ -56,20 +49,8 @@ class Outcome:
 
     @classmethod
     def from_wire(cls, task_id: str, data: Any) -> Outcome:
-        """From the agent's tuple (in OUTCOME_FIELDS order) or a dict with those keys."""
-        if isinstance(data, tuple | list):
-            data = dict(zip(OUTCOME_FIELDS, data, strict=True))
-        return cls(
-            task_id=task_id,
-            results=data.get("results"),
-            error=data.get("error"),
-            exit_code=data.get("exit_code"),
-            signal=data.get("signal"),
-            timed_out=bool(data.get("timed_out", False)),
-            killed=bool(data.get("killed", False)),
-            duration=float(data.get("duration") or 0.0),
-            output=data.get("output") or "",
-        )
+        """From the outcome a node sent (see ``protocol.outcome``)."""
+        return cls(task_id, *protocol.decode_outcome(data))
 
 
 class NodeLostError(Exception):
@@ -177,7 +158,8 @@ class NodeConnection:
         if "error" in box:
             exc = box["error"]
             raise NodeLostError(f"could not reach {self.spec}: {exc}") from exc
-        return box["gw"]
+        made: execnet.Gateway = box["gw"]
+        return made
 
     def _abandon(self) -> None:
         with self._lock:
@@ -197,7 +179,7 @@ class NodeConnection:
         if self._channel is not None and not lost:
             try:
                 with self._send_lock:
-                    self._channel.send(("stop",))
+                    self._channel.send((protocol.STOP,))
                 self._channel.waitclose(timeout)
             except (OSError, EOFError, execnet.RemoteError, execnet.TimeoutError):
                 pass
@@ -245,6 +227,8 @@ class NodeConnection:
             channel.waitclose(timeout)
         except (OSError, EOFError, execnet.RemoteError, execnet.TimeoutError) as exc:
             raise NodeLostError(f"sysinfo probe on {self.spec} failed: {exc}") from exc
+        if not isinstance(info, dict):
+            raise NodeLostError(f"sysinfo probe on {self.spec} sent {type(info).__name__}")
         return info
 
     def run(
@@ -264,13 +248,10 @@ class NodeConnection:
                 first = sha256 not in self._sent_shas
                 self._in_flight.add(task_id)
             message = (
-                "run",
-                task_id,
-                module_name,
-                sha256,
-                source if first else None,
-                dict(kwargs),
-                timeout,
+                protocol.RUN,
+                *protocol.RunRequest(
+                    task_id, module_name, sha256, source if first else None, dict(kwargs), timeout
+                ),
             )
             try:
                 self._channel.send(message)
@@ -292,7 +273,7 @@ class NodeConnection:
                 return
         try:
             with self._send_lock:
-                self._channel.send(("kill", task_id))
+                self._channel.send((protocol.KILL, task_id))
         except (OSError, EOFError) as exc:
             raise NodeLostError(f"cannot send to {self.spec}: {exc}") from exc
 
@@ -306,7 +287,7 @@ class NodeConnection:
                 raise NodeLostError(f"connection to {self.spec} is not open")
             try:
                 with self._send_lock:
-                    self._channel.send(("load",))
+                    self._channel.send((protocol.LOAD,))
             except (OSError, EOFError) as exc:
                 raise NodeLostError(f"cannot send to {self.spec}: {exc}") from exc
             try:
@@ -323,17 +304,17 @@ class NodeConnection:
                 self._channel_closed()
                 return
             kind = message[0]
-            if kind == "done":
+            if kind == protocol.DONE:
                 task_id = message[1]
                 with self._lock:
                     self._in_flight.discard(task_id)
                 self._on_done(Outcome.from_wire(task_id, message[2]))
-            elif kind == "load":
+            elif kind == protocol.LOAD:
                 self._load_replies.put((list(message[1]), int(message[2])))
-            elif kind == "ready":
+            elif kind == protocol.READY:
                 self.agent_info = dict(message[1])
                 self._ready.set()
-            elif kind == "fatal":
+            elif kind == protocol.FATAL:
                 self._fatal = str(message[1])
                 self._ready.set()
             else:

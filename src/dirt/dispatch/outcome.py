@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal as signals
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from dirt.dispatch.connection import Outcome
 from dirt.documents import ResultError, parse_results
 from dirt.models import Attachment, TaskState
+from dirt.remote.protocol import signal_name
 
 
 @dataclass
@@ -18,13 +18,6 @@ class Verdict:
     results: dict[str, Any] | None
     reason: str | None
     attachments: list[Attachment] = field(default_factory=list)
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signals.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def judge(outcome: Outcome, module_name: str, timeout: float | None) -> Verdict:

@@ -32,11 +32,11 @@ from dirt.config import NodeDefaults
 from dirt.dispatch.connection import NodeConnection, NodeLostError, Outcome, popen_spec
 from dirt.documents import NodeAddress, parse_address
 from dirt.errors import NodeError
+from dirt.remote.protocol import python_too_old
 
 # The per-node options a node may carry (stored in nodes.ssh, given to `dirt nodes add`).
 SSH_OPTION_KEYS = ("user", "port", "identity_file", "ssh_config", "python", "host_key_checking")
 HOST_KEY_POLICIES = {"accept-new": "accept-new", "strict": "yes", "no": "no"}
-MIN_PYTHON = (3, 8)  # the agent and execnet's bootstrap need this much on the node
 
 
 def node_options(
@@ -175,16 +175,7 @@ def diagnose(address: str, options: NodeDefaults, timeout: float = 20) -> str | 
     if found.returncode != 0 or match is None:
         detail = (found.stderr.strip() or found.stdout.strip() or "no output").splitlines()[-1]
         return f"{options.python} does not run: {detail}"
-    version = (int(match.group(1)), int(match.group(2)))
-    if version < MIN_PYTHON:
-        return python_too_old(options.python, version)
-    return None
-
-
-def python_too_old(python: str, version: tuple[int, ...]) -> str:
-    need = ".".join(map(str, MIN_PYTHON))
-    have = ".".join(map(str, version[:2]))
-    return f"Python too old: {python} is {have}, the agent needs {need} or newer"
+    return python_too_old(options.python, (int(match.group(1)), int(match.group(2))))
 
 
 class ClosingGroup(execnet.Group):
@@ -215,7 +206,7 @@ class ClosingGroup(execnet.Group):
         return gw
 
 
-def _close_popen(popen: subprocess.Popen) -> None:
+def _close_popen(popen: subprocess.Popen[bytes]) -> None:
     if popen.poll() is None:
         popen.kill()
     popen.wait()
@@ -268,8 +259,9 @@ def probe(
     finally:
         connection.close()
     version = tuple(info.get("version_info") or ())[:2]
-    if version and version < MIN_PYTHON:
-        raise NodeError(f"node {address}: {python_too_old(options.python, version)}")
+    too_old = python_too_old(options.python, version) if version else None
+    if too_old is not None:
+        raise NodeError(f"node {address}: {too_old}")
     return info
 
 

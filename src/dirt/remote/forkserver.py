@@ -1,25 +1,13 @@
 """Warm fork server: runs each task module in its own forked process on a node.
 
 Shipped as source text: the agent starts ``python -c BOOTSTRAP`` and sends this source as the
-first frame on its stdin; stdlib only, no imports of dirt.
-TaskChannel, run_task, kill_group and the framing constants come from ``tasking.py``,
-which ``dirt.remote.source()`` ships in front of this text. It is single-threaded on purpose
-(selectors plus a SIGCHLD wakeup pipe) so that ``os.fork()`` is safe: a forked child of a
-threaded process can inherit a held lock.
-
-Protocol with the agent, over the fork server's stdin and stdout: frames of a 4-byte big-endian
-length followed by a ``marshal`` payload.
-
-agent -> fork server:
-    ("run", task_id, module_name, sha256, source_or_None, kwargs, timeout_or_None)
-    ("kill", task_id)
-    ("stop",)
-fork server -> agent:
-    ("ready", pid, tmpdir)                tmpdir holds the children's output and result files
-    ("started", task_id, child_pid)      so the agent can kill the group if we die
-    ("done", task_id, outcome)           outcome as in the agent protocol
-    ("error", message)                   a request the fork server could not act on
+first frame on its stdin; stdlib only. ``dirt.remote.source()`` ships it after protocol.py and
+tasking.py and drops the imports between them; the messages are in ``protocol.py``. It is
+single-threaded on purpose (selectors plus a SIGCHLD wakeup pipe) so that ``os.fork()`` is safe:
+a forked child of a threaded process can inherit a held lock.
 """
+
+from __future__ import annotations
 
 # Besides what the server itself uses, common stdlib modules (the F401 ones) are imported once
 # here so that each forked task finds them already loaded.
@@ -52,11 +40,39 @@ import tempfile
 import textwrap  # noqa: F401
 import threading  # noqa: F401
 import time
-import traceback
 import urllib.parse  # noqa: F401
+from types import CodeType
+from typing import Any
+
+from dirt.remote.protocol import (
+    DONE,
+    ERROR,
+    KILL,
+    OUTPUT_TAIL,
+    READ_SIZE,
+    READY,
+    RUN,
+    STARTED,
+    STOP,
+    FrameDecoder,
+    RunRequest,
+    encode,
+    outcome,
+    run_request,
+    signal_name,
+    unserialisable_type,
+)
+from dirt.remote.tasking import TaskCodes, kill_group, run_task
 
 
-def child_main(server, task_id, code, module_name, kwargs, out_path, res_path):
+def child_main(
+    server: ForkServer,
+    code: CodeType,
+    module_name: str,
+    kwargs: dict[str, Any],
+    out_path: str,
+    res_path: str,
+) -> None:
     """Body of a forked child; the caller exits the process straight after."""
     os.setsid()
     # Undo the fork server's signal plumbing: the task may run subprocesses of its own and
@@ -80,15 +96,14 @@ def child_main(server, task_id, code, module_name, kwargs, out_path, res_path):
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    outcome = {"results": results, "error": error}
     try:
-        data = marshal.dumps(outcome)
+        data = marshal.dumps((results, error))
         if error is None and unserialisable_type(results) is not None:
             # marshal also takes sets and code objects; the master side cannot.
             raise ValueError
     except Exception:
         name = unserialisable_type(results) or type(results).__name__
-        data = marshal.dumps({"results": None, "error": f"results not serialisable: {name}"})
+        data = marshal.dumps((None, f"results not serialisable: {name}"))
     tmp = res_path + ".tmp"
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -97,6 +112,8 @@ def child_main(server, task_id, code, module_name, kwargs, out_path, res_path):
 
 
 class Running:
+    """One task's forked child, while it runs."""
+
     __slots__ = (
         "deadline",
         "killed",
@@ -109,9 +126,20 @@ class Running:
         "timeout",
     )
 
+    def __init__(self, task_id: str, timeout: float | None, base: str) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.timed_out = False
+        self.killed = False
+        self.out_path = base + ".out"
+        self.res_path = base + ".res"
+        self.start = time.monotonic()
+        self.deadline = None if timeout is None else self.start + timeout
+        self.pid = 0
+
 
 class ForkServer:
-    def __init__(self):
+    def __init__(self) -> None:
         # Keep the protocol on private fds and point 0/1 elsewhere, so a stray print here
         # cannot corrupt the protocol and children do not inherit it.
         self.proto_in = os.dup(0)
@@ -127,22 +155,21 @@ class ForkServer:
         self.selector.register(self.proto_in, selectors.EVENT_READ, "proto")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.tmpdir = tempfile.mkdtemp(prefix="dirt-forkserver-")
-        self.codes = {}
-        self.by_pid = {}
-        self.by_task = {}
+        self.codes = TaskCodes("fork server")
+        self.by_pid: dict[int, Running] = {}
+        self.by_task: dict[str, Running] = {}
         self.seq = 0
-        self.buffer = b""
+        self.decoder = FrameDecoder()
         self.stopping = False
         self.agent_gone = False
 
-    def private_fds(self):
+    def private_fds(self) -> list[int]:
         return [self.proto_in, self.proto_out, self.wake_r, self.wake_w, self.selector.fileno()]
 
-    def send(self, message):
+    def send(self, message: tuple[Any, ...]) -> None:
         if self.agent_gone:
             return
-        data = marshal.dumps(message)
-        view = memoryview(HEADER.pack(len(data)) + data)
+        view = memoryview(encode(message))
         try:
             while view:
                 view = view[os.write(self.proto_out, view) :]
@@ -154,49 +181,34 @@ class ForkServer:
 
     # requests ---------------------------------------------------------------------------
 
-    def handle(self, message):
+    def handle(self, message: Any) -> None:
         kind = message[0]
-        if kind == "run":
-            self.start_task(*message[1:])
-        elif kind == "kill":
+        if kind == RUN:
+            self.start_task(run_request(message))
+        elif kind == KILL:
             running = self.by_task.get(message[1])
             if running is not None and not running.killed:
                 running.killed = True
                 kill_group(running.pid)
-        elif kind == "stop":
+        elif kind == STOP:
             self.stopping = True
         else:
-            self.send(("error", f"unknown request {kind!r}"))
+            self.send((ERROR, f"unknown request {kind!r}"))
 
-    def start_task(self, task_id, module_name, sha, source, kwargs, timeout):
-        code = self.codes.get(sha)
+    def start_task(self, request: RunRequest) -> None:
+        task_id, module_name = request.task_id, request.module_name
+        code, error = self.codes.get(request.sha256, module_name, request.source)
         if code is None:
-            if source is None:
-                self.send(("done", task_id, failed(f"fork server has no source for {sha}")))
-                return
-            try:
-                code = compile(source, f"<dirt task {module_name}>", "exec")
-            except BaseException:
-                self.send(("done", task_id, failed(traceback.format_exc())))
-                return
-            self.codes[sha] = code
+            self.send((DONE, task_id, outcome(error=error)))
+            return
         self.seq += 1
-        base = os.path.join(self.tmpdir, str(self.seq))
-        running = Running()
-        running.task_id = task_id
-        running.timeout = timeout
-        running.timed_out = False
-        running.killed = False
-        running.out_path = base + ".out"
-        running.res_path = base + ".res"
-        running.start = time.monotonic()
-        running.deadline = None if timeout is None else running.start + timeout
+        running = Running(task_id, request.timeout, os.path.join(self.tmpdir, str(self.seq)))
         pid = os.fork()
         if pid == 0:
             status = 70
             try:
                 child_main(
-                    self, task_id, code, module_name, kwargs, running.out_path, running.res_path
+                    self, code, module_name, request.kwargs, running.out_path, running.res_path
                 )
                 status = 0
             finally:
@@ -205,11 +217,11 @@ class ForkServer:
         running.pid = pid
         self.by_pid[pid] = running
         self.by_task[task_id] = running
-        self.send(("started", task_id, pid))
+        self.send((STARTED, task_id, pid))
 
     # children ---------------------------------------------------------------------------
 
-    def reap(self):
+    def reap(self) -> None:
         while self.by_pid:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -223,21 +235,20 @@ class ForkServer:
             del self.by_task[running.task_id]
             # Whatever the task left behind in its process group goes with it.
             kill_group(pid)
-            self.send(("done", running.task_id, self.outcome(running, status)))
+            self.send((DONE, running.task_id, self.outcome_of(running, status)))
 
-    def outcome(self, running, status):
+    def outcome_of(self, running: Running, status: int) -> tuple[Any, ...]:
         duration = time.monotonic() - running.start
-        exit_code = os.waitstatus_to_exitcode(status)
+        exit_code: int | None = os.waitstatus_to_exitcode(status)
         sig = None
-        if exit_code < 0:
+        if exit_code is not None and exit_code < 0:
             sig, exit_code = -exit_code, None
         results = None
         error = None
         got_results = False
         try:
             with open(running.res_path, "rb") as fh:
-                data = marshal.loads(fh.read())
-            results, error = data["results"], data["error"]
+                results, error = marshal.loads(fh.read())
             got_results = True
         except FileNotFoundError:
             pass
@@ -258,25 +269,25 @@ class ForkServer:
         for path in (running.out_path, running.res_path, running.res_path + ".tmp"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        return {
-            "results": results,
-            "error": error,
-            "exit_code": exit_code,
-            "signal": sig,
-            "timed_out": running.timed_out,
-            "killed": running.killed,
-            "duration": duration,
-            "output": output,
-        }
+        return outcome(
+            results=results,
+            error=error,
+            exit_code=exit_code,
+            signal=sig,
+            timed_out=running.timed_out,
+            killed=running.killed,
+            duration=duration,
+            output=output,
+        )
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         for running in list(self.by_task.values()):
             deadline = running.deadline
             if deadline is not None and now >= deadline and not running.timed_out:
                 running.timed_out = True
                 kill_group(running.pid)
 
-    def next_wait(self, now):
+    def next_wait(self, now: float) -> float | None:
         deadlines = [
             r.deadline for r in self.by_task.values() if r.deadline is not None and not r.timed_out
         ]
@@ -286,25 +297,19 @@ class ForkServer:
 
     # main loop --------------------------------------------------------------------------
 
-    def read_requests(self):
+    def read_requests(self) -> None:
         try:
-            chunk = os.read(self.proto_in, 1 << 20)
+            chunk = os.read(self.proto_in, READ_SIZE)
         except InterruptedError:
             return
         if not chunk:
             # The agent is gone; nobody is left to report to.
             self.stopping = True
             return
-        self.buffer += chunk
-        while len(self.buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buffer)
-            if len(self.buffer) < HEADER.size + size:
-                break
-            payload = self.buffer[HEADER.size : HEADER.size + size]
-            self.buffer = self.buffer[HEADER.size + size :]
-            self.handle(marshal.loads(payload))
+        for message in self.decoder.feed(chunk):
+            self.handle(message)
 
-    def serve(self):
+    def serve(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
         # A Python-level handler is needed for the wakeup fd to be written; the real work
         # happens in the loop.
@@ -314,13 +319,13 @@ class ForkServer:
         # children's garbage collector from touching (and copying) those pages.
         gc.collect()
         gc.freeze()
-        self.send(("ready", os.getpid(), self.tmpdir))
+        self.send((READY, os.getpid(), self.tmpdir))
         try:
             self.loop()
         finally:
             self.shutdown()
 
-    def loop(self):
+    def loop(self) -> None:
         while not self.stopping:
             now = time.monotonic()
             self.expire(now)
@@ -337,7 +342,7 @@ class ForkServer:
             if self.by_pid:
                 self.reap()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         try:
             for running in list(self.by_task.values()):
                 running.killed = True
@@ -351,20 +356,7 @@ class ForkServer:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-def failed(error):
-    return {
-        "results": None,
-        "error": error,
-        "exit_code": None,
-        "signal": None,
-        "timed_out": False,
-        "killed": False,
-        "duration": 0.0,
-        "output": "",
-    }
-
-
-def drain(fd):
+def drain(fd: int) -> None:
     while True:
         try:
             if not os.read(fd, 4096):
@@ -377,7 +369,7 @@ def drain(fd):
             raise
 
 
-def read_tail(path):
+def read_tail(path: str) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -387,13 +379,6 @@ def read_tail(path):
     except FileNotFoundError:
         return ""
     return data.decode("utf-8", "replace")
-
-
-def signal_name(sig):
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Probe shipped to a node with ``gateway.remote_exec``: sends one dict describing the node.
 
-Stdlib only, no imports of dirt. The keys of the original dirt are kept (cpu_count, platform,
-architecture, environ, path, version_info, pythonpath, hostname, fqdn, ip) and a few added.
+Stdlib only, no imports of dirt (see ``dirt.remote.source``). The keys of the original dirt are
+kept (cpu_count, platform, architecture, environ, path, version_info, pythonpath, hostname,
+fqdn, ip) and a few added.
 """
+
+from __future__ import annotations
 
 import contextlib
 import os
@@ -10,18 +13,22 @@ import platform
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 NAME_LOOKUP_TIMEOUT = 2.0
 
 
-def bounded(func, fallback, timeout=NAME_LOOKUP_TIMEOUT):
+def bounded(func: Callable[[], T], fallback: T, timeout: float = NAME_LOOKUP_TIMEOUT) -> T:
     """func() or fallback if it raises or takes longer than timeout.
 
     Name lookups can block for tens of seconds on a node with broken DNS; the probe must not.
     """
-    box = []
+    box: list[T] = []
 
-    def target():
+    def target() -> None:
         with contextlib.suppress(Exception):
             box.append(func())
 
@@ -32,21 +39,21 @@ def bounded(func, fallback, timeout=NAME_LOOKUP_TIMEOUT):
     return box[0] if box else fallback
 
 
-def memory_total():
+def memory_total() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
 
 
-def load():
+def load() -> list[float] | None:
     try:
         return list(os.getloadavg())
     except (OSError, AttributeError):
         return None
 
 
-def collect():
+def collect() -> dict[str, Any]:
     hostname = socket.gethostname()
     return {
         "cpu_count": os.cpu_count(),
@@ -69,4 +76,4 @@ def collect():
 
 
 if __name__ == "__channelexec__":
-    channel.send(collect())  # noqa: F821
+    channel.send(collect())  # type: ignore[name-defined]  # noqa: F821

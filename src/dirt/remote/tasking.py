@@ -1,65 +1,49 @@
 """What the agent (thread isolation) and the fork server (process isolation) share: how a task
 module is run, and how a finished task's process group is killed.
 
-Stdlib only. Never imported on a node: ``dirt.remote.source()`` puts this text in front of the
-agent's and the fork server's own source when it ships them, so both define these names.
+Stdlib only. Shipped after ``protocol.py`` in the agent's and the fork server's source (see
+``dirt.remote.source``), which drops the imports of its sibling modules.
 """
+
+from __future__ import annotations
 
 import builtins
 import contextlib
 import os
 import signal
-import struct
 import traceback
-
-OUTPUT_TAIL = 64 * 1024
-HEADER = struct.Struct("!I")
-PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
+from types import CodeType
+from typing import Any
 
 
 class TaskChannel:
     """Stands in for the execnet channel an original-style task module talks to."""
 
-    def __init__(self, kwargs):
+    def __init__(self, kwargs: dict[str, Any]) -> None:
         self._kwargs = kwargs
         self.sent = False
-        self.results = None
+        self.results: Any = None
 
-    def receive(self, timeout=None):
+    def receive(self, timeout: float | None = None) -> dict[str, Any]:
         return self._kwargs
 
-    def send(self, obj):
+    def send(self, obj: Any) -> None:
         # The first send is the task's answer; later ones are ignored, as the master would
         # only ever have read one.
         if not self.sent:
             self.sent = True
             self.results = obj
 
-    def isclosed(self):
+    def isclosed(self) -> bool:
         return False
 
-    def close(self, error=None):
+    def close(self, error: object = None) -> None:
         pass
 
 
-def unserialisable_type(obj):
-    """Name the first type inside obj that a plain-data transport cannot carry, else None."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, PLAIN_TYPES):
-            continue
-        if type(item) in (list, tuple):
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        else:
-            return type(item).__name__
-    return None
-
-
-def run_task(code, module_name, kwargs):
+def run_task(
+    code: CodeType, module_name: str, kwargs: dict[str, Any] | None
+) -> tuple[Any, str | None]:
     """Run one task module; return (results, error)."""
     chan = TaskChannel(kwargs if kwargs is not None else {})
     namespace = {
@@ -82,7 +66,8 @@ def run_task(code, module_name, kwargs):
         return None, traceback.format_exc()
 
 
-def kill_group(pid):
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by `pid` (or `pid` alone if it leads none)."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -90,3 +75,27 @@ def kill_group(pid):
             os.kill(pid, signal.SIGKILL)
     except PermissionError:
         pass
+
+
+class TaskCodes:
+    """Task modules compiled once per process, by sha256 (the master sends a source once)."""
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner  # who says "no source", e.g. "agent"
+        self._codes: dict[str, CodeType] = {}
+
+    def get(
+        self, sha: str, module_name: str, source: str | None
+    ) -> tuple[CodeType | None, str | None]:
+        """(code, None), or (None, why not) when the source is missing or does not compile."""
+        code = self._codes.get(sha)
+        if code is not None:
+            return code, None
+        if source is None:
+            return None, f"{self._owner} has no source for {sha}"
+        try:
+            code = compile(source, f"<dirt task {module_name}>", "exec")
+        except BaseException:
+            return None, traceback.format_exc()
+        self._codes[sha] = code
+        return code, None

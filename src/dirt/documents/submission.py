@@ -1,14 +1,9 @@
-"""Incoming documents (CLI, HTTP, _bulk_docs) and task results -> models, or every problem listed.
-
-All input validation lives here; the service calls these before it writes anything.
-"""
+"""Submissions of records and tasks in the original's document formats -> models, or every
+problem listed at once."""
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import mimetypes
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -16,12 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dirt import requires
-from dirt.errors import InputError, RequirementError, SubmissionError
-from dirt.models import Attachment, Record, Task
+from dirt.errors import RequirementError, SubmissionError
+from dirt.models import Record, Task
 from dirt.project import valid_task_name
 
 MAX_ID_LENGTH = 200
-MAX_ATTACHMENT_FILENAME = 255
 # Fields dirt sets itself: a submission naming them is a mistake, not data to keep.
 STATE_FIELDS = frozenset(
     {
@@ -78,7 +72,8 @@ def id_problem(value: Any, what: str) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -86,8 +81,8 @@ def documents_of(payload: Any) -> list[Any]:
     """The original's two shapes: a JSON list of documents, or {"docs": [...]}."""
     if isinstance(payload, list):
         return payload
-    if isinstance(payload, dict) and isinstance(payload.get("docs"), list):
-        return payload["docs"]
+    if isinstance(payload, dict) and isinstance(docs := payload.get("docs"), list):
+        return docs
     raise SubmissionError(
         [
             'expected a JSON list of documents or an object {"docs": [...]}, '
@@ -112,10 +107,11 @@ class _Checker:
 
     def check_created(self, doc: dict[str, Any], where: str) -> float:
         created = doc.get("created", self.now)
-        if not _is_number(created):
+        if not is_number(created):
             self.problems.append(f"{where}: 'created' must be epoch seconds, got {created!r}")
             return self.now
-        return created
+        seconds: float = created
+        return seconds
 
     def extra(self, doc: dict[str, Any], known: frozenset[str], where: str) -> dict[str, Any]:
         extra = {}
@@ -184,7 +180,7 @@ class _Checker:
         if not isinstance(priority, int) or isinstance(priority, bool):
             self.problems.append(f"{where}: 'priority' must be an integer, got {priority!r}")
         timeout = doc.get("timeout")
-        if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        if timeout is not None and (not is_number(timeout) or timeout <= 0):
             self.problems.append(
                 f"{where}: 'timeout' must be a positive number of seconds, got {timeout!r}"
             )
@@ -199,6 +195,7 @@ class _Checker:
         extra = self.extra(doc, TASK_FIELDS, where)
         if len(self.problems) > start:
             return None
+        assert isinstance(record_id, str) and isinstance(name, str)  # checked above
         return Task(
             id=task_id,
             record_id=record_id,
@@ -298,218 +295,3 @@ def parse_submission(
     if checker.problems:
         raise SubmissionError(checker.problems)
     return submission
-
-
-class ResultError(ValueError):
-    """A task's results break the contract; the message is the task's failure reason."""
-
-
-def _clip(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_results(task_id: str, value: Any, now: float) -> tuple[dict[str, Any], list[Attachment]]:
-    """Split a task's results into the stored dict and its attachments, or raise ResultError."""
-    if not isinstance(value, dict) or not isinstance(value.get("success"), bool):
-        raise ResultError(f"task returned {_clip(value)}; expected a dict with a boolean 'success'")
-    results = dict(value)
-    raw = results.pop("attachments", None) or []
-    if not isinstance(raw, list):
-        raise ResultError("'attachments' must be a list of {filename, contents, link_name}")
-    attachments: list[Attachment] = []
-    links = []
-    names: set[str] = set()
-    for index, item in enumerate(raw):
-        where = f"attachment {index + 1}"
-        if not isinstance(item, dict):
-            raise ResultError(f"{where}: expected an object, got {_clip(item, 60)}")
-        filename = item.get("filename")
-        if (
-            not isinstance(filename, str)
-            or not filename
-            or filename in (".", "..")
-            or any(c in filename for c in "/\\\0")
-            or len(filename) > MAX_ATTACHMENT_FILENAME
-        ):
-            raise ResultError(f"{where}: 'filename' {_clip(filename, 60)} is not a plain file name")
-        if filename in names:
-            raise ResultError(f"{where}: two attachments are named {filename!r}")
-        names.add(filename)
-        contents = item.get("contents", "")
-        if isinstance(contents, str):
-            data = contents.encode("utf-8")
-        elif isinstance(contents, bytes | bytearray):
-            data = bytes(contents)
-        else:
-            raise ResultError(f"{where}: 'contents' must be str or bytes")
-        link_name = item.get("link_name") or filename
-        if not isinstance(link_name, str):
-            raise ResultError(f"{where}: 'link_name' must be a string")
-        content_type = mimetypes.guess_type(filename)[0] or (
-            "text/plain" if isinstance(contents, str) else "application/octet-stream"
-        )
-        attachments.append(
-            Attachment(task_id, filename, link_name, content_type, len(data), data, now)
-        )
-        links.append({"filename": filename, "link_name": link_name, "size": len(data)})
-    if links:
-        results["attachments"] = links
-    try:
-        json.dumps(results, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ResultError(f"results not JSON-serialisable: {exc}") from None
-    return results, attachments
-
-
-@dataclass(frozen=True)
-class NodeAddress:
-    """How to reach a node: `local` or `[user@]host[:port]` (an ssh_config alias counts)."""
-
-    text: str
-    host: str
-    user: str | None = None
-    port: int | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.host in LOCAL_HOSTS and self.user is None and self.port is None
-
-
-LOCAL_HOSTS = frozenset({"local", "localhost"})
-
-
-def parse_address(text: Any) -> NodeAddress:
-    """Parse `[user@]host[:port]`, or raise InputError saying what is wrong."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"node address {text!r} is empty")
-    text = text.strip()
-    user, _, hostport = text.rpartition("@")
-    host, port_text = hostport, ""
-    if hostport.startswith("["):  # [::1]:2222
-        host, _, rest = hostport[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else rest
-    elif hostport.count(":") == 1:
-        host, _, port_text = hostport.partition(":")
-    problems = []
-    if "@" in user or (user and not all(c.isalnum() or c in "._-" for c in user)):
-        problems.append(f"node address {text!r}: user {user!r} is not a plain user name")
-    if not host or any(c.isspace() or c in "/\\@" for c in host):
-        problems.append(f"node address {text!r}: {host!r} is not a host name")
-    port = None
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            problems.append(f"node address {text!r}: port {port_text!r} is not 1-65535")
-        else:
-            port = int(port_text)
-    if problems:
-        raise InputError("; ".join(problems))
-    return NodeAddress(text=text, host=host, user=user or None, port=port)
-
-
-# ---- the HTTP API's envelopes, page cursors, token names (issue 4) ---------------------------
-
-RECORD_ENVELOPE_FIELDS = frozenset({"record", "tasks"})
-TASKS_ENVELOPE_FIELDS = frozenset({"tasks"})
-
-
-def _envelope_tasks(value: Any, record_id: Any, problems: list[str]) -> list[Any]:
-    """Task documents of an envelope, with `type` and `record_id` filled in."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        problems.append(f"'tasks' must be a list of task documents, got {type(value).__name__}")
-        return []
-    docs: list[Any] = []
-    for index, doc in enumerate(value):
-        if not isinstance(doc, dict):
-            problems.append(f"tasks[{index}]: expected an object, got {type(doc).__name__}")
-            continue
-        if doc.get("type", "task") != "task":
-            problems.append(f"tasks[{index}]: 'type' must be 'task', got {doc.get('type')!r}")
-            continue
-        if "record_id" in doc and doc["record_id"] != record_id:
-            problems.append(
-                f"tasks[{index}]: 'record_id' {doc['record_id']!r} is not the record "
-                f"{record_id!r} it is submitted with"
-            )
-            continue
-        docs.append({**doc, "type": "task", "record_id": record_id})
-    return docs
-
-
-def _unknown_keys(payload: dict[str, Any], known: frozenset[str], problems: list[str]) -> None:
-    for key in sorted(set(payload) - known):
-        problems.append(f"unknown field {key!r} (expected {', '.join(sorted(known))})")
-
-
-def record_envelope(payload: Any) -> list[Any]:
-    """`{"record": {...}, "tasks": [...]}` of POST /api/records -> documents, or SubmissionError."""
-    if not isinstance(payload, dict):
-        raise SubmissionError(
-            [f'expected an object {{"record": {{...}}, "tasks": [...]}}, got {_kind(payload)}']
-        )
-    problems: list[str] = []
-    _unknown_keys(payload, RECORD_ENVELOPE_FIELDS, problems)
-    record = payload.get("record")
-    if not isinstance(record, dict):
-        problems.append(f"'record' must be an object, got {_kind(record)}")
-        raise SubmissionError(problems)
-    if record.get("type", "record") != "record":
-        problems.append(f"record: 'type' must be 'record', got {record.get('type')!r}")
-    docs: list[Any] = [{**record, "type": "record"}]
-    docs.extend(_envelope_tasks(payload.get("tasks"), record.get("_id"), problems))
-    if problems:
-        raise SubmissionError(problems)
-    return docs
-
-
-def tasks_envelope(record_id: str, payload: Any) -> list[Any]:
-    """`{"tasks": [...]}` of POST /api/records/{id}/tasks -> documents, or SubmissionError."""
-    if not isinstance(payload, dict):
-        raise SubmissionError([f'expected an object {{"tasks": [...]}}, got {_kind(payload)}'])
-    problems: list[str] = []
-    _unknown_keys(payload, TASKS_ENVELOPE_FIELDS, problems)
-    if not payload.get("tasks"):
-        problems.append("'tasks' must be a non-empty list of task documents")
-    docs = _envelope_tasks(payload.get("tasks"), record_id, problems)
-    if problems:
-        raise SubmissionError(problems)
-    return docs
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def make_cursor(created: float, item_id: str) -> str:
-    """The opaque `before` cursor of a keyset page: where the previous page ended."""
-    raw = json.dumps([created, item_id], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def parse_cursor(text: str | None) -> tuple[float, str] | None:
-    """A cursor made by `make_cursor`, or InputError naming the problem."""
-    if not text:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        created, item_id = json.loads(raw)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise InputError(f"'before' {text[:40]!r} is not a page cursor dirt made") from None
-    if not _is_number(created) or not isinstance(item_id, str):
-        raise InputError(f"'before' {text[:40]!r} is not a page cursor dirt made")
-    return float(created), item_id
-
-
-def token_name(value: Any) -> str:
-    """A valid API token name (1-200 printable characters), or InputError."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > MAX_ID_LENGTH
-        or not value.isprintable()
-        or value != value.strip()
-    ):
-        raise InputError(f"token name {value!r} must be 1-{MAX_ID_LENGTH} printable characters")
-    return value

@@ -1,0 +1,53 @@
+"""Node addresses: `local` or `[user@]host[:port]`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dirt.errors import InputError
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """How to reach a node: `local` or `[user@]host[:port]` (an ssh_config alias counts)."""
+
+    text: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.host in LOCAL_HOSTS and self.user is None and self.port is None
+
+
+LOCAL_HOSTS = frozenset({"local", "localhost"})
+
+
+def parse_address(text: Any) -> NodeAddress:
+    """Parse `[user@]host[:port]`, or raise InputError saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"node address {text!r} is empty")
+    text = text.strip()
+    user, _, hostport = text.rpartition("@")
+    host, port_text = hostport, ""
+    if hostport.startswith("["):  # [::1]:2222
+        host, _, rest = hostport[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif hostport.count(":") == 1:
+        host, _, port_text = hostport.partition(":")
+    problems = []
+    if "@" in user or (user and not all(c.isalnum() or c in "._-" for c in user)):
+        problems.append(f"node address {text!r}: user {user!r} is not a plain user name")
+    if not host or any(c.isspace() or c in "/\\@" for c in host):
+        problems.append(f"node address {text!r}: {host!r} is not a host name")
+    port = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            problems.append(f"node address {text!r}: port {port_text!r} is not 1-65535")
+        else:
+            port = int(port_text)
+    if problems:
+        raise InputError("; ".join(problems))
+    return NodeAddress(text=text, host=host, user=user or None, port=port)

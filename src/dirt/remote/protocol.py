@@ -1,0 +1,242 @@
+"""The wire protocol between the master, the node agent and the fork server: its one definition.
+
+Stdlib only, runs on ``PYTHON_FLOOR`` and newer. The master imports it (``dirt.dispatch``);
+``dirt.remote.source()`` ships this text first in the agent's and the fork server's source.
+
+Every message is a tuple whose first item is its kind. Two links carry them:
+
+master <-> agent, one execnet channel per node (execnet serialises; plain data only, see
+``unserialisable_type``). First the master sends the config
+``{"isolation": "process"|"thread", "forkserver_source": str}``, then any of:
+    (RUN, *RunRequest)         a task to start: see ``RunRequest``
+    (KILL, task_id)
+    (LOAD,)
+    (STOP,)
+and the agent answers with:
+    (READY, {"pid": int, "isolation": str, "python": str})    once, after the config
+    (DONE, task_id, outcome)                                  see ``outcome()``
+    (LOAD, [l1, l5, l15], running_count)
+    (FATAL, message)                                          then the agent exits
+A task's source travels once per connection: a RUN for a sha256 already sent carries None.
+
+agent <-> fork server, over the fork server's stdin and stdout: frames (``HEADER``, a 4-byte
+big-endian length, then that many bytes). The first frame on its stdin is its own source, read
+by ``BOOTSTRAP``; every later frame is a ``marshal``-ed message. The agent sends RUN, KILL and STOP
+(laid out as above); the fork server answers with:
+    (READY, pid, tmpdir)          tmpdir holds the children's output and result files
+    (STARTED, task_id, child_pid) so the agent can kill the group if the fork server dies
+    (DONE, task_id, outcome)
+    (ERROR, message)              a request the fork server could not act on
+Frames have no size limit of their own and ``FrameDecoder`` is linear in the bytes it is fed,
+however they are split into reads, so kinds that carry chunks of bulk data can be added.
+"""
+
+from __future__ import annotations
+
+import marshal
+import signal as signals
+import struct
+from typing import Any, NamedTuple
+
+# The oldest Python a node may run: the agent's start refuses older ones, ``dirt nodes add``
+# names it, and tests check every shipped module against it.
+PYTHON_FLOOR = (3, 9)
+
+# Message kinds.
+RUN = "run"
+KILL = "kill"
+LOAD = "load"
+STOP = "stop"
+READY = "ready"
+DONE = "done"
+FATAL = "fatal"
+STARTED = "started"
+ERROR = "error"
+
+
+class RunRequest(NamedTuple):
+    """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN, *request)``)."""
+
+    task_id: str
+    module_name: str
+    sha256: str
+    source: str | None  # None when this connection has had this sha256 already
+    kwargs: dict[str, Any]
+    timeout: float | None
+
+
+def run_request(message: tuple[Any, ...]) -> RunRequest:
+    """The request in a RUN message as received."""
+    return RunRequest(*message[1:])
+
+
+# outcomes ------------------------------------------------------------------------------------
+
+# What a node reports for a finished task, in wire order: a tuple, not a dict, because execnet's
+# pure-Python unserialiser on the master pays per object and this goes once per task.
+OUTCOME_FIELDS = (
+    "results",
+    "error",
+    "exit_code",
+    "signal",
+    "timed_out",
+    "killed",
+    "duration",
+    "output",
+)
+# The last this many characters of a task's output travel in its outcome.
+OUTPUT_TAIL = 64 * 1024
+PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
+
+
+def outcome(
+    results: Any = None,
+    error: str | None = None,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    timed_out: bool = False,
+    killed: bool = False,
+    duration: float = 0.0,
+    output: str = "",
+) -> tuple[Any, ...]:
+    """An outcome as it goes on the wire (parameters in ``OUTCOME_FIELDS`` order)."""
+    return (results, error, exit_code, signal, timed_out, killed, duration, output)
+
+
+def without_results(wire: tuple[Any, ...], error: str) -> tuple[Any, ...]:
+    """The same outcome with its results dropped and `error` saying why."""
+    return (None, error, *wire[2:])
+
+
+def decode_outcome(data: Any) -> tuple[Any, ...]:
+    """Normalised fields, in ``OUTCOME_FIELDS`` order, of an outcome tuple (or a dict of them)."""
+    if isinstance(data, dict):
+        data = tuple(data.get(name) for name in OUTCOME_FIELDS)
+    elif len(data) != len(OUTCOME_FIELDS):
+        raise ValueError(f"an outcome has {len(OUTCOME_FIELDS)} fields, not {len(data)}")
+    results, error, exit_code, sig, timed_out, killed, duration, output = data
+    return (
+        results,
+        error,
+        exit_code,
+        sig,
+        bool(timed_out),
+        bool(killed),
+        float(duration or 0.0),
+        output or "",
+    )
+
+
+def unserialisable_type(obj: object) -> str | None:
+    """Name the first type inside obj that a plain-data transport cannot carry, else None."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, PLAIN_TYPES):
+            continue
+        # Exact types: execnet refuses subclasses (a namedtuple, an OrderedDict) too.
+        if isinstance(item, (list, tuple)) and type(item) in (list, tuple):
+            stack.extend(item)
+        elif isinstance(item, dict) and type(item) is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            return type(item).__name__
+    return None
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9, ``SIGRTMIN+2`` for a real-time signal, else ``unknown signal``."""
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        low = getattr(signals, "SIGRTMIN", None)
+        high = getattr(signals, "SIGRTMAX", None)
+        if low is not None and high is not None and low < number < high:
+            return f"SIGRTMIN+{number - low}"
+        return "unknown signal"
+
+
+def python_too_old(python: str, version: tuple[int, ...]) -> str | None:
+    """Why `python` at `version` cannot be a node, or None when it is new enough."""
+    if tuple(version[:2]) >= PYTHON_FLOOR:
+        return None
+    need = ".".join(map(str, PYTHON_FLOOR))
+    have = ".".join(map(str, version[:2]))
+    return f"Python too old: {python} is {have}, the agent needs {need} or newer"
+
+
+# framing -------------------------------------------------------------------------------------
+
+HEADER = struct.Struct("!I")
+READ_SIZE = 1 << 20  # bytes asked of one os.read on a framed pipe
+
+# Run as ``python -c BOOTSTRAP``: reads the first frame on stdin (the fork server's source)
+# and runs it. The source is not on the command line: argv is capped at 128 KiB per argument
+# and would show the whole source in ps.
+BOOTSTRAP = f"""\
+import os, struct
+def read(n):
+    chunks = []
+    while n:
+        chunk = os.read(0, n)
+        if not chunk:
+            raise SystemExit("dirt fork server: no source on stdin")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+source = read(struct.unpack({HEADER.format!r}, read({HEADER.size}))[0])
+exec(compile(source, "<dirt forkserver>", "exec"), {{"__name__": "__main__"}})
+"""
+
+
+def frame(payload: bytes) -> bytes:
+    """`payload` as one frame."""
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode(message: Any) -> bytes:
+    """One message as a frame of its ``marshal`` form."""
+    return frame(marshal.dumps(message))
+
+
+class FrameDecoder:
+    """Turns the bytes read from a framed pipe back into messages.
+
+    Linear in the bytes fed, whatever the split into reads: one growing buffer with a read
+    offset, compacted only when the consumed part is the larger half.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Take the next bytes read; return the messages they complete, in order."""
+        buffer = self._buffer
+        buffer += data
+        start = self._start
+        end = len(buffer)
+        messages = []
+        with memoryview(buffer) as view:
+            while end - start >= HEADER.size:
+                (size,) = HEADER.unpack_from(view, start)
+                stop = start + HEADER.size + size
+                if stop > end:
+                    break
+                with view[start + HEADER.size : stop] as payload:
+                    messages.append(marshal.loads(payload))
+                start = stop
+        if start == end:
+            buffer.clear()
+            start = 0
+        elif start > end - start:
+            del buffer[:start]
+            start = 0
+        self._start = start
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buffer) - self._start

@@ -1,0 +1,91 @@
+"""What every part of the service shares: the store, the one write helper, change listeners."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from dirt.config import Settings
+from dirt.db import migrate
+from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
+from dirt.project import TaskModules
+
+log = logging.getLogger("dirt")
+
+T = TypeVar("T")
+
+
+def new_master_id() -> str:
+    """Names this dispatcher in the claims it makes: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ServiceBase:
+    """The store of one project, and the one way to write to it (`_write`)."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        migrate.upgrade(self.engine)
+        self.modules = TaskModules(settings.tasks_dir)
+        self.master_id = new_master_id()
+        self._listeners: list[Callable[[int], None]] = []
+        self._seq_lock = threading.Lock()
+        self._known_seq = 0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _write(self, work: Callable[[Connection, int], T]) -> T:
+        """Run `work(conn, seq)` in one write transaction and return what it returns.
+
+        `seq` is the next value of the change sequence: stamp it on every row `work` writes, so
+        the change feed and other processes see the write. Everything `work` writes commits
+        together or not at all (an exception rolls it all back): whatever must follow from a
+        change (an outbox row for a finished task, a lease renewal) is written inside `work`.
+        Listeners hear of the write only once it is committed.
+        """
+        with write_transaction(self.engine) as conn:
+            seq = next_seq(conn)
+            result = work(conn, seq)
+        self._committed(seq)
+        return result
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        """A consistent snapshot for reading several tables."""
+        return read_transaction(self.engine)
+
+    # ---- change notification -----------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(seq)` after every write this process commits."""
+        self._listeners.append(callback)
+
+    def _committed(self, seq: int) -> None:
+        with self._seq_lock:
+            self._known_seq = max(self._known_seq, seq)
+        for callback in list(self._listeners):
+            try:
+                callback(seq)
+            except Exception:
+                log.exception("change listener failed")
+
+    def current_seq(self) -> int:
+        with self._read() as conn:
+            return current_seq(conn)
+
+    def changed_elsewhere(self) -> bool:
+        """True when another process wrote since this one last looked (one indexed read)."""
+        seq = self.current_seq()
+        with self._seq_lock:
+            changed = seq != self._known_seq
+            self._known_seq = max(self._known_seq, seq)
+        return changed

@@ -1,0 +1,226 @@
+"""What a dispatcher asks of the store: reserve, start and finish tasks in one step, give back
+what it cannot run, requeue what a lost node ran, recover what a dead dispatcher left, and keep
+its notes on nodes and waiting tasks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from dirt.db import attachments as attachments_db
+from dirt.db import dispatching as dispatching_db
+from dirt.db import nodes as nodes_db
+from dirt.db import tasks as tasks_db
+from dirt.db.dispatching import Start
+from dirt.models import Finished, Task, TaskState
+from dirt.service.base import ServiceBase, log
+
+ORPHAN_REASON = "its dispatcher stopped without returning it"
+
+
+class Dispatching(ServiceBase):
+    def waiting_tasks(self, limit: int) -> list[Task]:
+        """Waiting tasks no dispatcher holds: higher priority first, then oldest."""
+        with self._read() as conn:
+            return tasks_db.waiting_tasks(conn, limit)
+
+    def dispatch(
+        self,
+        finished: Sequence[Finished],
+        starts: Sequence[Start],
+        reserve: Sequence[str],
+    ) -> tuple[list[str], list[str]]:
+        """One dispatcher step in one transaction: mark reserved tasks (id, node, started,
+        attempt) as running, store finished runs, reserve more waiting tasks for this master.
+
+        Returns (started ids, reserved ids).
+        """
+        if not finished and not starts and not reserve:
+            return [], []
+
+        def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
+            # Starts go first: a task can finish in the same step it was marked running.
+            started = dispatching_db.start_tasks(conn, starts, self.master_id, seq)
+            self._store_finished(conn, seq, finished)
+            return started, dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
+
+        return self._write(work)
+
+    def _store_finished(
+        self, conn: Connection, seq: int, finished: Sequence[Finished]
+    ) -> list[Finished]:
+        """Store finished runs with their attachments; returns those stored. A result for a
+        task that moved on (requeued, cancelled, a stale attempt) is dropped.
+
+        Every final state a dispatcher stores passes here, so whatever follows from one (a
+        notification row) is written here, in the same transaction.
+        """
+        if not finished:
+            return []
+        written = set(dispatching_db.finish_tasks(conn, finished, self.master_id, seq))
+        stored = [f for f in finished if f.task_id in written]
+        attachments_db.insert_attachments(conn, [a for f in stored for a in f.attachments])
+        for f in finished:
+            if f.task_id not in written:
+                log.warning("Task %s: result from %s dropped, the task moved on", f.task_id, f.node)
+                continue
+            log.info("Task %s pushed to db", f.task_id)
+            for a in f.attachments:
+                log.info("Task %s: file %s attached", f.task_id, a.filename)
+        return stored
+
+    def release(self, task_ids: Sequence[str] | None = None) -> int:
+        """Give back tasks this master reserved but did not start (all, or those named)."""
+        return self._write(
+            lambda conn, seq: dispatching_db.release_reservations(
+                conn, seq, self.master_id, task_ids
+            )
+        )
+
+    def requeue(
+        self, items: Sequence[tuple[str, int]], reason: str, *, node_lost: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Running (task id, attempt) pairs back to waiting.
+
+        When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
+        Returns (requeued ids, failed ids).
+        """
+
+        def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
+            now = time.time()
+            give_up: list[Finished] = []
+            again = list(items)
+            if node_lost:
+                again = []
+                for task_id, attempt in items:
+                    exhausted = self._attempts_exhausted(conn, task_id)
+                    if exhausted is None:
+                        again.append((task_id, attempt))
+                        continue
+                    give_up.append(
+                        Finished(
+                            task_id,
+                            attempt,
+                            exhausted.node or "",
+                            TaskState.FAILED,
+                            results=None,
+                            reason=f"{reason}; gave up after {attempt} attempt(s)",
+                            module_sha256=None,
+                            completed=now,
+                        )
+                    )
+            requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
+            failed = self._store_finished(conn, seq, give_up)
+            return requeued, [f.task_id for f in failed]
+
+        requeued, failed = self._write(work)
+        for task_id in requeued:
+            log.info("Task %s back to waiting: %s", task_id, reason)
+        for task_id in failed:
+            log.warning("Task %s failed: %s; no attempts left", task_id, reason)
+        return requeued, failed
+
+    def _attempts_exhausted(self, conn: Connection, task_id: str) -> Task | None:
+        """The task, when losing its node now uses up its last attempt; else None."""
+        task = tasks_db.get_task(conn, task_id)
+        if task is None:
+            return None
+        limit = task.max_attempts or self.settings.dispatch.max_attempts
+        if tasks_db.trailing_lost_attempts(conn, task_id) + 1 >= limit:
+            return task
+        return None
+
+    def fail_unrunnable(self, task_id: str, reason: str) -> bool:
+        """A waiting task that can never run (its module is gone) fails with `reason`."""
+        return self._write(
+            lambda conn, seq: dispatching_db.fail_waiting(conn, task_id, reason, time.time(), seq)
+        )
+
+    def set_waiting_reasons(self, reasons: dict[str, str | None]) -> None:
+        if reasons:
+            self._write(lambda conn, seq: dispatching_db.set_waiting_reasons(conn, reasons, seq))
+
+    def cancel_requested(self) -> list[tuple[str, int]]:
+        """Running tasks of this dispatcher that someone asked to cancel: (id, attempt)."""
+        with self._read() as conn:
+            return tasks_db.cancel_requested(conn, self.master_id)
+
+    def node_health(
+        self,
+        address: str,
+        *,
+        online: bool,
+        error: str | None = None,
+        load: list[float] | None = None,
+        infra_failure: bool = False,
+    ) -> None:
+        """What the dispatcher learned of a node: reachable or not, its error, its load, and
+        whether a task failed there for a reason of the node's own."""
+        values: dict[str, Any] = {"online": online}
+        if online:
+            values["last_seen"] = time.time()
+            values["last_error"] = None
+        if error is not None:
+            values["last_error"] = error
+        if load is not None:
+            values["load"] = load
+        self._write(
+            lambda conn, seq: nodes_db.update_node(
+                conn, address, seq, infra_failure=infra_failure, **values
+            )
+        )
+
+    # ---- recovery ----------------------------------------------------------------------------
+
+    def recover_orphans(self) -> list[str]:
+        """Tasks a dead dispatcher on this host left running go back to waiting, and what it
+        had reserved goes back to every dispatcher. Returns the ids of the tasks requeued."""
+        with self._read() as conn:
+            claims = tasks_db.running_claims(conn)
+            reservers = tasks_db.reserving_masters(conn)
+        orphans = [(t, attempt) for t, attempt, owner in claims if self._master_gone(owner)]
+        gone = [m for m in reservers if self._master_gone(m)]
+        if not orphans and not gone:
+            return []
+
+        def work(conn: Connection, seq: int) -> list[str]:
+            for master in gone:
+                dispatching_db.release_reservations(conn, seq, master)
+            return dispatching_db.requeue_tasks(conn, orphans, ORPHAN_REASON, time.time(), seq)
+
+        recovered = self._write(work)
+        for task_id in recovered:
+            log.warning(
+                "Task %s was left running by a dispatcher that died; back to waiting", task_id
+            )
+        return recovered
+
+    def _master_gone(self, owner: str | None) -> bool:
+        """True when `owner` (host:pid:token) is a dispatcher on this host that is not running.
+
+        A master on another host is presumed alive: only it can return its tasks.
+        """
+        if owner is None:
+            return True
+        owner_host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if owner_host != socket.gethostname():
+            return False
+        return not _pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
