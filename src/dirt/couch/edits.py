@@ -21,11 +21,11 @@ from dirt.couch.errors import CouchError, conflict
 from dirt.couch.revs import rev_of
 from dirt.couch.store import CouchStore, Doc
 from dirt.db import attachments as attachments_db
+from dirt.db import control as control_db
 from dirt.db import couch_docs as docs_db
 from dirt.db import couch_local
-from dirt.db import tasks as tasks_db
 from dirt.db.engine import read_transaction, write_transaction
-from dirt.documents import id_problem
+from dirt.documents.submission import id_problem
 from dirt.errors import SubmissionError
 from dirt.models import Task, TaskState
 from dirt.service import Service
@@ -84,10 +84,10 @@ def update(store: CouchStore, doc_id: str, body: dict[str, Any], rev: str | None
         if docs_db.revision_of(conn, "task", doc_id) != current.row.revision:
             raise conflict()
         if action == "cancel":
-            if tasks_db.cancel_task(conn, doc_id, time.time(), seq) is None:
+            if not control_db.cancel_task(conn, doc_id, time.time(), seq):
                 raise CouchError("forbidden", f"task {doc_id} is {task.state}: nothing to cancel")
         else:
-            retried = tasks_db.retry_tasks(conn, [doc_id], seq)
+            retried = control_db.retry_tasks(conn, [doc_id], seq)
             if not retried:
                 raise CouchError(
                     "forbidden",
