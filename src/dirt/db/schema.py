@@ -73,7 +73,6 @@ tasks = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     # Bumped by a trigger on every update (migration 0100_couch): the CouchDB `_rev` generation.
     Column("revision", Integer, nullable=False, server_default="1"),
-    Index("ix_tasks_dispatch", "state", "priority", "created"),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
     Index("ix_tasks_seq_id", "seq", "id"),
@@ -163,6 +162,8 @@ state_counts = Table(
 )
 
 Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
+# The dispatcher's order (db.tasks.waiting_tasks, dispatch.select.reservation_key).
+Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
 Index("ix_tasks_completed", tasks.c.completed)
 
 # ---- the CouchDB interface (migration 0100_couch) ------------------------------------------

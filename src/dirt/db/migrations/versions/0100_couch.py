@@ -16,7 +16,7 @@ one big transaction (a 100,000-task submission) is an index range, not a sort of
 transaction's rows. They replace the `seq` indexes, so a write maintains no more indexes.
 
 Revision ID: 0100_couch
-Revises: 0004
+Revises: 0005
 """
 
 import uuid
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0100_couch"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
