@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from dirt.ci_config import NotifySettings
+from dirt.couch import edits
+from dirt.couch.docs import content_of
+from dirt.couch.store import CouchStore
 from dirt.db import outbox
 from dirt.db import sources as sources_db
 from dirt.db.engine import write_transaction
@@ -261,3 +264,16 @@ def test_old_sent_rows_and_delivery_ids_are_purged(store: Service) -> None:
         sources_db.remember_delivery(conn, "github", "new", recent)
     assert store.purge_outbox(recent - 3600) == (1, 1)
     assert {n.id for n in store.notifications(outbox.STATES)} == {failed, pending}
+
+
+def test_a_cancel_or_retry_over_the_couchdb_api_writes_its_rows(store: Service, node: str) -> None:
+    couch = CouchStore(store)
+    [task_id] = commit(store)
+    doc = couch.get(task_id)
+    assert doc is not None
+    edits.update(couch, task_id, {**content_of(doc.model), "state": "cancelled"}, doc.rev)
+    assert states(store, "github") == ["pending", "error"]
+    doc = couch.get(task_id)
+    assert doc is not None
+    edits.update(couch, task_id, {**content_of(doc.model), "state": "waiting"}, doc.rev)
+    assert states(store, "github") == ["pending", "error", "pending"]

@@ -7,14 +7,14 @@ the index can serve only a query that names it exactly), with `created` and `id`
 branch's records newest first are one index scan, keyset pages included.
 
 Revision ID: 0200_ci
-Revises: 0005
+Revises: 0100_couch
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0200_ci"
-down_revision = "0005"
+down_revision = "0100_couch"
 branch_labels = None
 depends_on = None
 
