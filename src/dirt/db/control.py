@@ -42,10 +42,11 @@ def cancel_task(conn: Connection, task_id: str, now: float, seq: int) -> bool:
 _FINISHED_VALUES = sorted(s.value for s in FINISHED_STATES)
 
 
-def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
-    """Finished tasks back to waiting for another run; their attempt history is kept."""
+def retry_tasks(conn: Connection, items: Sequence[tuple[str, int]], seq: int) -> list[str]:
+    """Finished tasks (id, turn in the queue) back to waiting for another run; their attempt
+    history is kept."""
     written = []
-    for task_id in task_ids:
+    for task_id, turn in items:
         result = conn.execute(
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.state.in_(_FINISHED_VALUES))
@@ -58,6 +59,7 @@ def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str
                 module_sha256=None,
                 output=None,
                 cancel_requested=False,
+                turn=turn,
                 seq=seq,
             )
         )

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -68,6 +69,10 @@ tasks = Table(
     Column("seq", BigInteger, nullable=False),
     # Set by `dirt cancel` on a running task: its dispatcher kills it and stores "cancelled".
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    # Fair order (migration 0500_fair, dirt.dispatch.order): the round the task's record takes
+    # it in, and the record's `created`, which orders records within a round.
+    Column("turn", BigInteger, nullable=False, default=0),
+    Column("record_created", Float, nullable=False, default=0.0),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
     Index("ix_tasks_seq", "seq"),
@@ -157,6 +162,49 @@ state_counts = Table(
 )
 
 Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
-# The dispatcher's order (db.tasks.waiting_tasks, dispatch.select.reservation_key).
+# The dispatcher's orders (db.tasks.waiting_tasks, dispatch.order.reservation_key): fifo, and
+# fair over waiting tasks only (a partial index: a task leaves it when it starts).
 Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
+WAITING_ONLY = text("state = 'waiting'")
+Index(
+    "ix_tasks_fair",
+    tasks.c.priority.desc(),
+    tasks.c.turn,
+    tasks.c.record_created,
+    tasks.c.record_id,
+    tasks.c.created,
+    tasks.c.id,
+    sqlite_where=WAITING_ONLY,
+    postgresql_where=WAITING_ONLY,
+)
 Index("ix_tasks_completed", tasks.c.completed)
+
+# ---- fair order and dispatchers (migration 0500_fair) ------------------------------------------
+
+# Per record and priority, the next slot of its turn sequence: a record with share s takes s
+# slots per round, so slot n is in round n // s (dirt.dispatch.order.allocate_turns).
+record_turns = Table(
+    "record_turns",
+    metadata,
+    Column("record_id", String(200), primary_key=True),
+    Column("priority", Integer, primary_key=True),
+    Column("next_slot", BigInteger, nullable=False),
+)
+
+# One row per dispatcher that ran on this store: its heartbeat (`last_seen`, written at least
+# every few seconds while it runs), `stopped` once it stopped cleanly, its order, and `view`:
+# the nodes it drives as it sees them and where each node's queue stands (models.DispatcherInfo).
+# Readers combine these with the store to say why a task waits. Several masters (leases) extend
+# this table; a dispatcher not seen for a while is not running.
+dispatchers = Table(
+    "dispatchers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("stopped", Float, nullable=True),
+    Column("dispatch_order", String(16), nullable=False),
+    Column("view", JSON, nullable=False),
+)

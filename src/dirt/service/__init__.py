@@ -2,8 +2,8 @@
 
 `Service` is one object composed of a part per client, all over one write helper
 (`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Administration` (what users
-change: submissions, nodes, cancel and retry, tokens) and `Queries` (every read of the CLI and
-the web).
+change: submissions, nodes, cancel and retry, tokens), `Queries` (every read of the CLI and
+the web) and `Queue` (the queue view and the dispatchers running).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dirt.service.administration import Administration
 from dirt.service.base import new_master_id
 from dirt.service.dispatching import Dispatching
 from dirt.service.queries import Queries, RecordDetail
+from dirt.service.queue import Queue, QueueEntry, QueueView
 
-__all__ = ["Finished", "RecordDetail", "Service", "new_master_id"]
+__all__ = ["Finished", "QueueEntry", "QueueView", "RecordDetail", "Service", "new_master_id"]
 
 
-class Service(Dispatching, Administration, Queries):
+class Service(Dispatching, Administration, Queries, Queue):
     """Every write of records, tasks and nodes goes through here."""

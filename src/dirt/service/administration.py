@@ -20,10 +20,19 @@ from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState
 from dirt.service.base import ServiceBase, log
+from dirt.service.queue import give_turns
 
 
 def _no_node(address: str) -> NotFoundError:
     return NotFoundError(f"no node {address!r}; see `dirt nodes list`")
+
+
+def _retry(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
+    """Finished tasks back to waiting, each with its turn as a task joining the queue now."""
+    found = [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
+    finished = [t for t in found if t.state.finished]
+    give_turns(conn, finished, {})
+    return control_db.retry_tasks(conn, [(t.id, t.turn) for t in finished], seq)
 
 
 class Administration(ServiceBase):
@@ -42,6 +51,7 @@ class Administration(ServiceBase):
                 stored_task_ids=lambda ids: tasks_db.existing_task_ids(conn, ids),
                 records_may_exist=records_may_exist,
             )
+            give_turns(conn, submission.tasks, {r.id: r for r in submission.records})
             records_db.insert_records(conn, submission.records, seq)
             tasks_db.insert_tasks(conn, submission.tasks, seq)
             return submission
@@ -176,7 +186,7 @@ class Administration(ServiceBase):
         """Run a finished task again (its attempts so far are kept). Returns the task."""
 
         def work(conn: Connection, seq: int) -> Task:
-            retried = control_db.retry_tasks(conn, [task_id], seq)
+            retried = _retry(conn, [task_id], seq)
             task = tasks_db.get_task(conn, task_id)
             if task is None:
                 raise NotFoundError(f"no task {task_id!r}")
@@ -197,7 +207,7 @@ class Administration(ServiceBase):
         def work(conn: Connection, seq: int) -> list[str]:
             if records_db.get_record(conn, record_id) is None:
                 raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
-            retried = control_db.retry_tasks(conn, tasks_db.failed_task_ids(conn, record_id), seq)
+            retried = _retry(conn, tasks_db.failed_task_ids(conn, record_id), seq)
             attachments_db.delete_attachments(conn, retried)
             return retried
 
