@@ -12,6 +12,7 @@ from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
 from dirt.cli.nodes import nodes, updatenodes
 from dirt.cli.project import create, demo
+from dirt.cli.queue import queue
 from dirt.cli.serve import serve, web
 from dirt.cli.status import status
 from dirt.cli.submit import submit
@@ -34,5 +35,18 @@ def main(ctx: click.Context, project: str | None) -> None:
     ctx.obj = Context(project)
 
 
-for command in (create, submit, nodes, updatenodes, serve, web, token, status, cancel, retry, demo):
+for command in (
+    create,
+    submit,
+    nodes,
+    updatenodes,
+    serve,
+    web,
+    token,
+    status,
+    queue,
+    cancel,
+    retry,
+    demo,
+):
     main.add_command(command)

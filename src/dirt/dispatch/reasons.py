@@ -93,14 +93,19 @@ def _requirements(task: Task, s: Situation) -> str | None:
     return unmet_reason(task, s.nodes)
 
 
-def _dispatcher(task: Task, s: Situation) -> str | None:
-    if s.live:
+def no_dispatcher(dispatchers: Sequence[DispatcherInfo], now: float) -> str | None:
+    """ "no dispatcher is running (...)" when none is; None when one is."""
+    if any(d.alive(now, STALE_AFTER_S) for d in dispatchers):
         return None
-    if not s.dispatchers:
+    if not dispatchers:
         since = "none has run on this store yet"
     else:
-        since = f"none seen for {_duration(s.now - max(d.last_seen for d in s.dispatchers))}"
+        since = f"none seen for {_duration(now - max(d.last_seen for d in dispatchers))}"
     return f"no dispatcher is running ({since}): start one with `dirt serve`"
+
+
+def _dispatcher(task: Task, s: Situation) -> str | None:
+    return None if s.live else no_dispatcher(s.dispatchers, s.now)
 
 
 def _nodes(task: Task, s: Situation) -> str | None:

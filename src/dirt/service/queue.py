@@ -13,7 +13,15 @@ from sqlalchemy import Connection
 from dirt.db import nodes as nodes_db
 from dirt.db import queue as queue_db
 from dirt.dispatch.order import Lane, allocate_turns, frontier_of
-from dirt.dispatch.reasons import AHEAD_CAP, STALE_AFTER_S, Ahead, Situation, explain, node_views
+from dirt.dispatch.reasons import (
+    AHEAD_CAP,
+    STALE_AFTER_S,
+    Ahead,
+    Situation,
+    explain,
+    no_dispatcher,
+    node_views,
+)
 from dirt.models import DispatcherInfo, Record, Task, TaskState
 from dirt.service.base import ServiceBase
 
@@ -104,6 +112,7 @@ class QueueView:
     running: int
     order: str
     dispatchers: list[DispatcherInfo]  # running now
+    idle: str | None  # "no dispatcher is running (...)" when none is
 
 
 class Queue(ServiceBase):
@@ -112,14 +121,15 @@ class Queue(ServiceBase):
         counts and the part of the running tasks it gets."""
         with self._read() as conn:
             rows, records, waiting, running = queue_db.queue_rows(conn, limit)
-            now = time.time()
-            live = [d for d in queue_db.list_dispatchers(conn) if d.alive(now, STALE_AFTER_S)]
+            known = queue_db.list_dispatchers(conn)
+        now = time.time()
+        live = [d for d in known if d.alive(now, STALE_AFTER_S)]
         entries = [
             QueueEntry(r.record, r.waiting, r.running, r.running / running if running else 0.0)
             for r in rows
         ]
         order = live[0].order if live else self.settings.dispatch.order
-        return QueueView(entries, records, waiting, running, order, live)
+        return QueueView(entries, records, waiting, running, order, live, no_dispatcher(known, now))
 
     def dispatchers(self) -> list[DispatcherInfo]:
         """Every dispatcher that announced itself, latest seen first (running or not)."""
