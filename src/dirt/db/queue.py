@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dirt.db.records import epoch_seconds
 from dirt.db.schema import dispatchers, record_states, record_turns, records, tasks
-from dirt.db.tasks import ORDER_BY, WAITING
+from dirt.db.tasks import WAITING, in_order
 from dirt.models import DispatcherInfo, NodeRuntime, Record, TaskState
 
 # ---- turn sequences ----------------------------------------------------------------------------
@@ -62,12 +62,8 @@ def save_next_slots(conn: Connection, slots: Mapping[tuple[str, int], int]) -> N
 
 def first_turn(conn: Connection, priority: int) -> int | None:
     """The lowest turn among the tasks waiting at `priority` (one index seek)."""
-    query = (
-        select(tasks.c.turn)
-        .where(WAITING, tasks.c.priority == priority)
-        .order_by(*ORDER_BY["fair"])
-        .limit(1)
-    )
+    query = in_order(select(tasks.c.turn).where(WAITING, tasks.c.priority == priority), "fair")
+    query = query.limit(1)
     found = conn.execute(query).scalar_one_or_none()
     return None if found is None else int(found)
 
@@ -126,6 +122,8 @@ def _info_from_row(row: Any) -> DispatcherInfo:
 def register_dispatcher(conn: Connection, info: DispatcherInfo, keep_after: float) -> None:
     """Announce a dispatcher; rows of dispatchers gone before `keep_after` are dropped (the
     latest gone one stays, so readers can say since when none ran)."""
+    # The same master may run a dispatcher again (a restart in one process): one row each.
+    conn.execute(delete(dispatchers).where(dispatchers.c.id == info.id))
     latest = conn.execute(select(func.max(dispatchers.c.last_seen))).scalar_one_or_none()
     conn.execute(
         delete(dispatchers).where(
@@ -173,13 +171,8 @@ def list_dispatchers(conn: Connection) -> list[DispatcherInfo]:
 
 def front(conn: Connection, order: str, priority: int, limit: int) -> list[str]:
     """Ids of the first `limit` waiting tasks at `priority`, in `order` (a keyset scan)."""
-    query = (
-        select(tasks.c.id)
-        .where(WAITING, tasks.c.priority == priority)
-        .order_by(*ORDER_BY[order])
-        .limit(limit)
-    )
-    return list(conn.execute(query).scalars())
+    query = in_order(select(tasks.c.id).where(WAITING, tasks.c.priority == priority), order)
+    return list(conn.execute(query.limit(limit)).scalars())
 
 
 def waiting_above(conn: Connection, priority: int, cap: int) -> int:
