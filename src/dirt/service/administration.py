@@ -20,19 +20,11 @@ from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState
 from dirt.service.base import ServiceBase, log
-from dirt.service.queue import give_turns
+from dirt.service.queue import give_turns, retry_finished
 
 
 def _no_node(address: str) -> NotFoundError:
     return NotFoundError(f"no node {address!r}; see `dirt nodes list`")
-
-
-def _retry(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
-    """Finished tasks back to waiting, each with its turn as a task joining the queue now."""
-    found = [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
-    finished = [t for t in found if t.state.finished]
-    give_turns(conn, finished, {})
-    return control_db.retry_tasks(conn, [(t.id, t.turn) for t in finished], seq)
 
 
 class Administration(ServiceBase):
@@ -186,7 +178,7 @@ class Administration(ServiceBase):
         """Run a finished task again (its attempts so far are kept). Returns the task."""
 
         def work(conn: Connection, seq: int) -> Task:
-            retried = _retry(conn, [task_id], seq)
+            retried = retry_finished(conn, [task_id], seq)
             task = tasks_db.get_task(conn, task_id)
             if task is None:
                 raise NotFoundError(f"no task {task_id!r}")
@@ -207,7 +199,7 @@ class Administration(ServiceBase):
         def work(conn: Connection, seq: int) -> list[str]:
             if records_db.get_record(conn, record_id) is None:
                 raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
-            retried = _retry(conn, tasks_db.failed_task_ids(conn, record_id), seq)
+            retried = retry_finished(conn, tasks_db.failed_task_ids(conn, record_id), seq)
             attachments_db.delete_attachments(conn, retried)
             return retried
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from dirt.db import control as control_db
 from dirt.db import nodes as nodes_db
 from dirt.db import queue as queue_db
+from dirt.db import tasks as tasks_db
 from dirt.dispatch.order import Lane, allocate_turns, frontier_of
 from dirt.dispatch.reasons import (
     AHEAD_CAP,
@@ -59,6 +61,17 @@ def give_turns(conn: Connection, joining: Sequence[Task], known: Mapping[str, Re
     for task in joining:
         task.record_created = records[task.record_id].created
     queue_db.save_next_slots(conn, ends)
+
+
+def retry_finished(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
+    """Finished tasks back to waiting, each with its turn as a task joining the queue now (not
+    the turn it had: that would put it ahead of every record served since). Returns the ids."""
+    found = [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
+    finished = [t for t in found if t.state.finished]
+    give_turns(conn, finished, {})
+    return control_db.retry_tasks(
+        conn, [t.id for t in finished], seq, {t.id: t.turn for t in finished}
+    )
 
 
 def situation(conn: Connection, default_order: str) -> tuple[Situation, str]:

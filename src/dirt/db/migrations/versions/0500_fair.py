@@ -12,7 +12,7 @@ Existing waiting tasks are numbered per record and priority, oldest first, from 
 record with waiting tasks starts level with the others.
 
 Revision ID: 0500_fair
-Revises: 0005
+Revises: 0100_couch
 """
 
 from collections import defaultdict
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0500_fair"
-down_revision = "0005"
+down_revision = "0100_couch"
 branch_labels = None
 depends_on = None
 
