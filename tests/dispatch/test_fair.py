@@ -16,7 +16,7 @@ from dirt.models import Task
 from dirt.service import Service
 from tests.conftest import RunningDispatcher, wait_finished, wait_for
 
-NAP = "import time\ndef execute():\n    time.sleep(0.03)\n    return {'success': True}\n"
+NAP = "import time\ndef execute(s=0.03):\n    time.sleep(s)\n    return {'success': True}\n"
 
 
 @pytest.fixture
@@ -102,18 +102,19 @@ def test_a_record_submitted_behind_a_long_one_starts_within_a_task(
     store: Service, node: Callable[[int], None], running: Callable[[], RunningDispatcher]
 ) -> None:
     node(2)
-    long = add(store, "long", 60)
+    long = add(store, "long", 40, kwargs={"s": 0.1})
     running()
     wait_for(
-        lambda: store.record_summary("long").counts["succeeded"] >= 6, what="the long record to run"
+        lambda: store.record_summary("long").counts["succeeded"] >= 4, what="the long record to run"
     )
-    submitted = time.time()
     (quick,) = add(store, "quick", 1)
+    submitted = time.time()
     [task] = wait_finished(store, [quick])
     assert task.started is not None and task.started - submitted < 1.0
     ahead = [t for t in store.tasks(long) if t.started and submitted < t.started < task.started]
-    # The slots free one task at a time: at most one task of the long record per slot first.
-    assert len(ahead) <= 2, [t.id for t in ahead]
+    # Slots free one at a time: one task of the long record per slot at most may start first
+    # (one more when the dispatcher's step and the freeing of a slot cross).
+    assert len(ahead) <= 3, [t.id for t in ahead]
     wait_finished(store, long)
 
 
