@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dirt.db.engine import Prepared
 from dirt.db.records import epoch_seconds
 from dirt.db.schema import dispatchers, record_states, record_turns, records, tasks
 from dirt.db.tasks import WAITING, in_order
@@ -145,20 +146,26 @@ def register_dispatcher(conn: Connection, info: DispatcherInfo, keep_after: floa
     )
 
 
-def update_dispatcher(
-    conn: Connection,
-    dispatcher_id: str,
-    last_seen: float,
-    info: DispatcherInfo | None = None,
-    stopped: float | None = None,
-) -> None:
-    """The heartbeat: `last_seen`, and the view when `info` is given; `stopped` when it stops."""
-    values: dict[str, Any] = {"last_seen": last_seen}
-    if info is not None:
-        values["view"] = _view_doc(info)
-    if stopped is not None:
-        values["stopped"] = stopped
-    conn.execute(update(dispatchers).where(dispatchers.c.id == dispatcher_id).values(**values))
+_ANNOUNCE = Prepared(
+    update(dispatchers)
+    .where(dispatchers.c.id == bindparam("b_id"))
+    .values(last_seen=bindparam("b_seen"), view=bindparam("b_view", type_=dispatchers.c.view.type)),
+    json_params=["b_view"],
+)
+
+
+def announce(conn: Connection, info: DispatcherInfo) -> None:
+    """The heartbeat and the view of a running dispatcher (a statement built once: while tasks
+    move it is written several times a second)."""
+    _ANNOUNCE.run(conn, [{"b_id": info.id, "b_seen": info.last_seen, "b_view": _view_doc(info)}])
+
+
+def stop_dispatcher(conn: Connection, dispatcher_id: str, now: float) -> None:
+    conn.execute(
+        update(dispatchers)
+        .where(dispatchers.c.id == dispatcher_id)
+        .values(last_seen=now, stopped=now)
+    )
 
 
 def list_dispatchers(conn: Connection) -> list[DispatcherInfo]:

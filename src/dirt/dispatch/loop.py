@@ -47,6 +47,9 @@ STEP_GAP = 0.005  # seconds
 BATCH = 32
 MAX_STEP_GAP = 0.05
 STEP_SHARE = 0.2
+# While tasks move, what the dispatcher announces (slots in use, where each node's queue stands)
+# is written at most this often; node changes at once (see _announcement).
+ANNOUNCE_S = 0.2
 
 
 class Dispatcher:
@@ -74,7 +77,8 @@ class Dispatcher:
         self._pending: list[Task] = []
         self._pending_stale = True
         self._window_complete = False
-        self._announced: tuple[dict[str, NodeRuntime], dict[str, dict[int, int]]] | None = None
+        self._announced: dict[str, tuple[bool, bool, int]] | None = None
+        self._announced_busy = False
         self._announced_at = 0.0
         self._started = time.time()
         self._cursor = 0
@@ -305,28 +309,34 @@ class Dispatcher:
         )
 
     def _announcement(self, now: float, force: bool = False) -> DispatcherInfo | None:
-        """What this dispatcher tells readers (see DispatcherInfo), when it changed or the
-        heartbeat is due; None otherwise. Written in the step's own transaction."""
+        """What this dispatcher tells readers (see DispatcherInfo), or None when nothing is due.
+
+        Written in the step's own transaction: at once when a node connects, is lost, stops or
+        starts accepting tasks or changes capacity; every ANNOUNCE_S at most while slots and
+        heads move (they move with every task: readers need them current, not per task); and
+        every HEARTBEAT_S regardless.
+        """
         with self.lock:
             views = self._views(connecting_counts=True)
-            at_hand = [*self.slots.held(), *self._pending]
-        nodes = {
-            v.address: NodeRuntime(v.online, v.accepting, v.capacity, v.running) for v in views
-        }
-        found = heads(at_hand, views)
-        if (
-            not force
-            and now - self._announced_at < HEARTBEAT_S
-            and self._announced
-            == (
-                nodes,
-                found,
-            )
+            busy = self.slots.has_held() or any(v.running for v in views)
+        states = {v.address: (v.online, v.accepting, v.capacity) for v in views}
+        since = now - self._announced_at
+        if not (
+            force
+            or since >= HEARTBEAT_S
+            or states != self._announced
+            or (since >= ANNOUNCE_S and (busy or self._announced_busy))
         ):
             return None
-        self._announced, self._announced_at = (nodes, found), now
+        with self.lock:
+            at_hand = [*self.slots.held(), *self._pending]
+        self._announced, self._announced_busy, self._announced_at = states, busy, now
         info = self._me()
-        info.last_seen, info.nodes, info.heads = now, nodes, found
+        info.last_seen = now
+        info.nodes = {
+            v.address: NodeRuntime(v.online, v.accepting, v.capacity, v.running) for v in views
+        }
+        info.heads = heads(at_hand, views)
         return info
 
     def _start_reserved(self, only: str | None = None) -> int:

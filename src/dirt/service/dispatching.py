@@ -54,7 +54,8 @@ class Dispatching(ServiceBase):
             self._store_finished(conn, seq, finished)
             reserved = dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
             if announce is not None:
-                queue_db.update_dispatcher(conn, self.master_id, announce.last_seen, announce)
+                announce.id = self.master_id
+                queue_db.announce(conn, announce)
             return started, reserved
 
         return self._write(work)
@@ -69,9 +70,7 @@ class Dispatching(ServiceBase):
 
     def dispatcher_stopped(self) -> None:
         now = time.time()
-        self._write(
-            lambda conn, seq: queue_db.update_dispatcher(conn, self.master_id, now, stopped=now)
-        )
+        self._write(lambda conn, seq: queue_db.stop_dispatcher(conn, self.master_id, now))
 
     def _store_finished(
         self, conn: Connection, seq: int, finished: Sequence[Finished]
