@@ -77,3 +77,10 @@ def test_the_node_list_looks_the_same(seeded: Service, client: TestClient, node:
     nodes = cli_json(seeded, "nodes", "list")
     assert nodes == client.get("/api/nodes").json()
     assert nodes[0]["address"] == node and nodes[0]["running"] == 1
+
+
+def test_the_queue_looks_the_same(seeded: Service, client: TestClient) -> None:
+    seeded.submit_tasks("heavy", ["examples.simple"], extra={"share": 2})
+    queue = cli_json(seeded, "queue")
+    assert queue == client.get("/api/queue").json()
+    assert [r["record_id"] for r in queue["queue"]] == ["r123", "r124", "heavy"]

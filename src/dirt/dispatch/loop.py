@@ -137,7 +137,9 @@ class Dispatcher:
                 "%d task(s) left running by an earlier dispatcher are waiting again", len(recovered)
             )
         self._refresh_nodes(time.time())
-        self.service.dispatcher_started(self._announcement(time.time(), force=True) or self._me())
+        first = self._announcement(time.time(), force=True)
+        assert first is not None  # forced
+        self.service.dispatcher_started(first)
         self.ready.set()
         poll = self.settings.dispatch.poll_interval
         last_step = took = 0.0

@@ -9,7 +9,8 @@ the task stands in the queue (a bounded keyset read of the order's index, `Situa
 
 The first check that applies gives the reason (`CHECKS`, in order). A check for something that
 holds a task back before the queue even considers it (a retry backoff, a dependency on another
-task) goes first, when dirt has one.
+task) goes first, when dirt has one; it reads the task's own fields, where the checks here depend
+only on the task's requirement group (`Situation.of_group`).
 """
 
 from __future__ import annotations
@@ -41,9 +42,21 @@ class Situation:
     nodes: list[NodeView]
     ahead: Callable[[Task], Ahead]
     live: list[DispatcherInfo] = field(init=False)
+    # What depends only on a task's requirements and platform, worked out once per group: a
+    # record's thousands of tasks mostly share one.
+    _groups: dict[tuple[tuple[str, ...], str | None], dict[str, str | None]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.live = [d for d in self.dispatchers if d.alive(self.now, STALE_AFTER_S)]
+
+    def of_group(self, task: Task, what: str, work: Callable[[], str | None]) -> str | None:
+        """`work()` for `task`'s requirement group, computed once per group and `what`."""
+        group = self._groups.setdefault((tuple(task.requires), task.platform), {})
+        if what not in group:
+            group[what] = work()
+        return group[what]
 
 
 def node_views(nodes: Sequence[Node], dispatchers: Sequence[DispatcherInfo]) -> list[NodeView]:
@@ -90,7 +103,7 @@ def _duration(seconds: float) -> str:
 
 
 def _requirements(task: Task, s: Situation) -> str | None:
-    return unmet_reason(task, s.nodes)
+    return s.of_group(task, "unmet", lambda: unmet_reason(task, s.nodes))
 
 
 def no_dispatcher(dispatchers: Sequence[DispatcherInfo], now: float) -> str | None:
@@ -109,7 +122,7 @@ def _dispatcher(task: Task, s: Situation) -> str | None:
 
 
 def _nodes(task: Task, s: Situation) -> str | None:
-    return node_reason(task, s.nodes)
+    return s.of_group(task, "nodes", lambda: node_reason(task, s.nodes))
 
 
 def _count(n: int, what: str) -> str:
@@ -127,6 +140,10 @@ def _queued(task: Task, s: Situation) -> str:
     if higher:
         many = f"more than {AHEAD_CAP:,}" if higher >= AHEAD_CAP else f"{higher:,}"
         ahead += f" (and {many} of higher priority)"
+    return f"queued: {ahead}; {s.of_group(task, 'slots', lambda: _slots(task, s))}"
+
+
+def _slots(task: Task, s: Situation) -> str:
     usable = [n for n in s.nodes if n.usable and satisfies(task, n)]
     capacity = sum(n.capacity for n in usable)
     busy = min(capacity, sum(n.running for n in usable))
@@ -141,7 +158,7 @@ def _queued(task: Task, s: Situation) -> str:
         slots = f"all {len(usable)} matching nodes busy: {busy}/{capacity} slots"
     else:
         slots = f"{busy}/{capacity} slots busy on its {len(usable)} matching nodes"
-    return f"queued: {ahead}; {slots}"
+    return slots
 
 
 CHECKS: tuple[Callable[[Task, Situation], str | None], ...] = (
