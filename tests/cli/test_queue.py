@@ -52,7 +52,7 @@ def test_the_queue_names_the_running_dispatcher_and_empties(cli_project: Path) -
         assert "nothing waits or runs" in dirt_ok("queue", cwd=cli_project)
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        server.communicate(timeout=30)
     assert (
         "none seen for" in json.loads(dirt_ok("queue", "--json", cwd=cli_project))["no_dispatcher"]
     )

@@ -298,7 +298,7 @@ def test_pages_render(seeded: Service, client: TestClient, node: str) -> None:
 def test_waiting_task_says_why(client: TestClient) -> None:
     page = client.get("/records/r124").text
     assert "waiting-why" in page
-    assert "no dispatcher is running (none has run on this store yet)" in page
+    assert "no enabled node: add one with `dirt nodes add HOST`" in page
 
 
 def test_the_queue_page_and_api_list_records_with_their_share(
