@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,16 +36,11 @@ def node(store: Service, add_task_module: Callable[[str, str], str]) -> Callable
 
 
 @pytest.fixture
-def running(store: Service) -> Iterator[Callable[[], RunningDispatcher]]:
-    started: list[RunningDispatcher] = []
-
-    def start() -> RunningDispatcher:
-        started.append(RunningDispatcher(store))
-        return started[-1]
-
-    yield start
-    for dispatcher in started:
-        dispatcher.stop()
+def running(
+    store: Service, start_dispatcher: Callable[[Service], RunningDispatcher]
+) -> Callable[[], RunningDispatcher]:
+    """Start a dispatcher on the store."""
+    return lambda: start_dispatcher(store)
 
 
 def add(store: Service, record: str, n: int, share: int | None = None, **task: Any) -> list[str]:

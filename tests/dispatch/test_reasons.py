@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,11 @@ def local(store: Service, add_task_module: Callable[[str, str], str]) -> str:
 
 
 @pytest.fixture
-def running(store: Service) -> Iterator[Callable[[], RunningDispatcher]]:
-    started: list[RunningDispatcher] = []
-
-    def start() -> RunningDispatcher:
-        started.append(RunningDispatcher(store))
-        return started[-1]
-
-    yield start
-    for dispatcher in started:
-        if dispatcher.thread.is_alive():
-            dispatcher.stop()
+def running(
+    store: Service, start_dispatcher: Callable[[Service], RunningDispatcher]
+) -> Callable[[], RunningDispatcher]:
+    """Start a dispatcher on the store."""
+    return lambda: start_dispatcher(store)
 
 
 def reason_of(store: Service, task_id: str) -> str | None:

@@ -167,18 +167,26 @@ state_counts = Table(
 )
 
 Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
-# The dispatcher's orders (db.tasks.waiting_tasks, dispatch.order.reservation_key): fifo, and
-# fair over waiting tasks only (a partial index: a task leaves it when it starts).
-Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
+# The dispatcher's orders over waiting tasks, highest priority first (db.tasks.waiting_query;
+# dispatch.select.key_of is the same in Python): fifo (oldest first) and fair (records take
+# turns: see dispatch.order). Each has its index: fair's holds waiting tasks only (partial), so
+# a task leaves it when it starts.
+ORDERS = {
+    "fifo": (tasks.c.priority.desc(), tasks.c.created, tasks.c.id),
+    "fair": (
+        tasks.c.priority.desc(),
+        tasks.c.turn,
+        tasks.c.record_created,
+        tasks.c.record_id,
+        tasks.c.created,
+        tasks.c.id,
+    ),
+}
+Index("ix_tasks_waiting", tasks.c.state, *ORDERS["fifo"])
 WAITING_ONLY = text("state = 'waiting'")
 Index(
     "ix_tasks_fair",
-    tasks.c.priority.desc(),
-    tasks.c.turn,
-    tasks.c.record_created,
-    tasks.c.record_id,
-    tasks.c.created,
-    tasks.c.id,
+    *ORDERS["fair"],
     sqlite_where=WAITING_ONLY,
     postgresql_where=WAITING_ONLY,
 )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, func, insert, literal_column, select
 
 from dirt.db.records import epoch_seconds
-from dirt.db.schema import attempts, tasks
+from dirt.db.schema import ORDERS, attempts, tasks
 from dirt.models import Attempt, Outcome, Task, TaskState
 
 DISPATCH_COLUMNS = (
@@ -140,22 +140,11 @@ WAITING = tasks.c.state == literal_column("'waiting'")
 # SQLite's planner, without statistics, may take the other index and sort every waiting task
 # of a priority: each order names its own (an error, not a slow read, if it cannot be used).
 INDEX_OF = {"fifo": "ix_tasks_waiting", "fair": "ix_tasks_fair"}
-ORDER_BY = {
-    "fifo": (tasks.c.priority.desc(), tasks.c.created, tasks.c.id),
-    "fair": (
-        tasks.c.priority.desc(),
-        tasks.c.turn,
-        tasks.c.record_created,
-        tasks.c.record_id,
-        tasks.c.created,
-        tasks.c.id,
-    ),
-}
 
 
 def in_order(query: Select[Any], order: str) -> Select[Any]:
     """`query` over waiting tasks, in `order`, read through that order's index."""
-    return query.order_by(*ORDER_BY[order]).with_hint(
+    return query.order_by(*ORDERS[order]).with_hint(
         tasks, f"INDEXED BY {INDEX_OF[order]}", dialect_name="sqlite"
     )
 

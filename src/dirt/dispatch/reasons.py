@@ -66,28 +66,17 @@ def node_views(nodes: Sequence[Node], dispatchers: Sequence[DispatcherInfo]) -> 
     views = []
     for node in nodes:
         seen = runtime.get(node.address)
-        if seen is None:
-            views.append(
-                NodeView(
-                    node.address,
-                    node.sys_info,
-                    node.slots,
-                    online=node.online,
-                    enabled=node.enabled,
-                )
+        views.append(
+            NodeView(
+                node.address,
+                node.sys_info,
+                node.slots if seen is None else seen.capacity,
+                running=0 if seen is None else seen.running,
+                online=node.online if seen is None else seen.online,
+                enabled=node.enabled,
+                accepting=True if seen is None else seen.accepting,
             )
-        else:
-            views.append(
-                NodeView(
-                    node.address,
-                    node.sys_info,
-                    seen.capacity,
-                    running=seen.running,
-                    online=seen.online,
-                    enabled=node.enabled,
-                    accepting=seen.accepting,
-                )
-            )
+        )
     return views
 
 
