@@ -40,6 +40,7 @@ test: $(VENV)/.installed-test system-deps lint
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/ssh.py
+	$(BIN)/python bench/fair.py
 
 clean:
 	rm -rf $(VENV) dirt-demo artifacts .pytest_cache .ruff_cache

@@ -91,6 +91,22 @@ class RunningDispatcher:
 
 
 @pytest.fixture
+def start_dispatcher() -> Iterator[Callable[[Service], RunningDispatcher]]:
+    """Start a dispatcher on a service, in a thread of the test process; each one started is
+    stopped at teardown (unless the test stopped it)."""
+    started: list[RunningDispatcher] = []
+
+    def start(service: Service) -> RunningDispatcher:
+        started.append(RunningDispatcher(service))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+@pytest.fixture
 def dispatcher(service: Service) -> Iterator[RunningDispatcher]:
     """A dispatcher running in a thread of the test process; stopped at teardown."""
     running = RunningDispatcher(service)

@@ -32,6 +32,7 @@ class ProjectSettings:
 class DispatchSettings:
     isolation: str = "process"
     balancer: str = "slots"
+    order: str = "fair"
     poll_interval: float = 0.05
     timeout: float = 0.0
     max_attempts: int = 3
@@ -115,6 +116,7 @@ SECTIONS: dict[str, type] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("dispatch", "isolation"): ("process", "thread"),
     ("dispatch", "balancer"): ("slots", "load"),
+    ("dispatch", "order"): ("fair", "fifo"),
     ("nodes", "host_key_checking"): ("accept-new", "strict", "no"),
     ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
     ("auth", "read"): ("open", "token"),

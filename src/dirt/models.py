@@ -33,6 +33,9 @@ class Outcome(StrEnum):
     LOST = "lost"
 
 
+MAX_SHARE = 1000  # the largest `share` a record may ask for
+
+
 @dataclass
 class Record:
     id: str
@@ -40,6 +43,18 @@ class Record:
     created: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+
+    @property
+    def share(self) -> int:
+        """Turns the record takes per round under fair order: its `share` field, default 1.
+
+        Kept in `extra` (so the document round-trips as it came); checked on submission
+        (dirt.documents), and read defensively here for records stored before that check.
+        """
+        value = self.extra.get("share", 1)
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SHARE:
+            return value
+        return 1
 
     def to_doc(self) -> dict[str, Any]:
         """The record in the original's document format, extra fields as they came."""
@@ -77,6 +92,10 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
     seq: int = 0
+    # Its place under fair order (see dirt.dispatch.order): the round its record takes it in,
+    # and the record's `created`, which orders the records within a round.
+    turn: int = 0
+    record_created: float = 0.0
 
     @property
     def duration(self) -> float | None:
@@ -189,6 +208,39 @@ class Finished:
     completed: float = field(default_factory=time.time)
     # Set when the run's start was never written: start and finish are stored together.
     started: float | None = None
+
+
+@dataclass
+class NodeRuntime:
+    """What a dispatcher knows of a node it drives, beyond the store's row."""
+
+    online: bool  # connected, or connecting for the first time
+    accepting: bool  # False while the load balancer holds tasks back
+    capacity: int  # slots it fills (fewer after infrastructure failures)
+    running: int
+
+
+@dataclass
+class DispatcherInfo:
+    """A dispatcher as it announces itself in the store (one row each; see db.queue).
+
+    `heads[address][priority]` is the lowest turn among the tasks the dispatcher holds or will
+    reserve next that the node can run: where that node's queue stands, which is where a new
+    record's tasks join it (dirt.dispatch.order.allocate_turns).
+    """
+
+    id: str
+    host: str
+    pid: int
+    started: float
+    last_seen: float
+    stopped: float | None = None
+    order: str = "fair"
+    nodes: dict[str, NodeRuntime] = field(default_factory=dict)
+    heads: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def alive(self, now: float, stale_after: float) -> bool:
+        return self.stopped is None and now - self.last_seen < stale_after
 
 
 @dataclass

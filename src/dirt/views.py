@@ -13,7 +13,48 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task, TaskState
+from dirt.models import (
+    Attachment,
+    Attempt,
+    DispatcherInfo,
+    Node,
+    Record,
+    RecordSummary,
+    Task,
+    TaskState,
+)
+
+
+class Queued(Protocol):
+    """One record of the queue view (service.QueueEntry)."""
+
+    @property
+    def record(self) -> Record: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def gets(self) -> float: ...
+
+
+class Queue(Protocol):
+    """The queue view (service.QueueView)."""
+
+    @property
+    def entries(self) -> list[Any]: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def order(self) -> str: ...
+    @property
+    def dispatchers(self) -> list[DispatcherInfo]: ...
+    @property
+    def idle(self) -> str | None: ...
 
 
 class Detail(Protocol):
@@ -128,3 +169,43 @@ def node_view(node: Node, running: int) -> dict[str, Any]:
 
 def nodes_view(nodes: Iterable[Node], running: Mapping[str, int]) -> list[dict[str, Any]]:
     return [node_view(n, running.get(n.address, 0)) for n in nodes]
+
+
+def dispatcher_view(d: DispatcherInfo) -> dict[str, Any]:
+    """A running dispatcher as it announced itself."""
+    return {
+        "id": d.id,
+        "host": d.host,
+        "pid": d.pid,
+        "started": d.started,
+        "last_seen": d.last_seen,
+        "order": d.order,
+    }
+
+
+def queued_view(e: Queued) -> dict[str, Any]:
+    """A record in the queue: `share` (turns per round under fair order), its waiting and
+    running tasks, and `gets`: its part of all tasks running now (0 to 1)."""
+    return {
+        "record_id": e.record.id,
+        "description": e.record.description,
+        "created": e.record.created,
+        "share": e.record.share,
+        "waiting": e.waiting,
+        "running": e.running,
+        "gets": round(e.gets, 4),
+    }
+
+
+def queue_view(q: Queue) -> dict[str, Any]:
+    """`dirt queue --json` and GET /api/queue: the order in force, the dispatchers running (or
+    `no_dispatcher`: why none is), totals, and per record (oldest first) its counts and share."""
+    return {
+        "order": q.order,
+        "dispatchers": [dispatcher_view(d) for d in q.dispatchers],
+        "no_dispatcher": q.idle,
+        "records": q.records,
+        "waiting": q.waiting,
+        "running": q.running,
+        "queue": [queued_view(e) for e in q.entries],
+    }

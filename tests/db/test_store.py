@@ -407,7 +407,9 @@ def test_requeue_returns_a_running_task_to_waiting_and_keeps_the_attempt(store: 
     requeued, failed = store.requeue([("t1", attempt)], "node a lost", node_lost=True)
     assert (requeued, failed) == (["t1"], [])
     task = store.task("t1")
-    assert (task.state, task.node, task.waiting_reason) == (TaskState.WAITING, None, "node a lost")
+    assert (task.state, task.node) == (TaskState.WAITING, None)
+    # Why it went back is the lost attempt's reason; its waiting reason is why it waits now.
+    assert [a.reason for a in store.task_detail("t1")[2]] == ["node a lost"]
     assert outcomes(store, "t1") == [("a", Outcome.LOST)]
     assert [t.id for t in store.waiting_tasks(10)] == ["t1"]
 
@@ -465,8 +467,8 @@ def test_running_tasks_of_a_dead_dispatcher_go_back_to_waiting(
     dead.master_id = f"{socket.gethostname()}:{dead_pid()}:deadbeef"
     run(dead, "t1")
     assert store.recover_orphans() == ["t1"]
-    task = store.task("t1")
-    assert (task.state, task.waiting_reason) == (TaskState.WAITING, ORPHAN_REASON)
+    assert store.task("t1").state is TaskState.WAITING
+    assert [a.reason for a in store.task_detail("t1")[2]] == [ORPHAN_REASON]
     assert outcomes(store, "t1") == [("n1", Outcome.LOST)]
 
 
@@ -604,11 +606,12 @@ def test_a_task_that_can_never_run_fails_with_the_reason(store: Service) -> None
     assert (task.state, task.reason) == (TaskState.FAILED, "task module examples.simple not found")
 
 
-def test_waiting_reasons_are_kept_on_waiting_tasks_only(store: Service) -> None:
+def test_only_waiting_tasks_have_a_waiting_reason(store: Service) -> None:
     ids = submit_many(store, 2)
     run(store, ids[1])
-    store.set_waiting_reasons({ids[0]: "no node has 8 free slots", ids[1]: "stale"})
-    assert [t.waiting_reason for t in store.tasks(ids)] == ["no node has 8 free slots", None]
+    waiting, running = store.tasks(ids)
+    assert waiting.waiting_reason == "no enabled node: add one with `dirt nodes add HOST`"
+    assert running.waiting_reason is None
 
 
 # ---- nodes ---------------------------------------------------------------------------------

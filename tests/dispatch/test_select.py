@@ -152,9 +152,18 @@ def test_no_reason_when_only_a_free_slot_is_missing() -> None:
 
 
 def test_reason_when_no_node_is_enabled() -> None:
-    reason = waiting_reason(task(), [node(enabled=False)])
+    reason = waiting_reason(task(), [])
     assert reason == "no enabled node: add one with `dirt nodes add HOST`"
-    assert waiting_reason(task(), []) == reason
+    mac_only = [node("m", sys_info=MAC, enabled=False)]
+    assert waiting_reason(task(platform="linux"), mac_only) == reason
+
+
+def test_reason_names_the_only_matching_nodes_when_they_are_disabled() -> None:
+    reason = waiting_reason(task(), [node(enabled=False)])
+    assert reason == "its only matching node a is disabled: `dirt nodes enable a`"
+    nodes = [node("a", enabled=False), node("b", enabled=False), node("m", sys_info=MAC)]
+    reason = waiting_reason(task(platform="linux"), nodes)
+    assert reason == "its only matching nodes a, b are disabled: `dirt nodes enable a`"
 
 
 def test_reason_names_the_missing_platform() -> None:
@@ -177,9 +186,20 @@ def test_reason_when_requirements_hold_only_on_different_nodes() -> None:
     )
 
 
-def test_reason_when_the_matching_nodes_are_offline() -> None:
+def test_reason_names_the_matching_nodes_that_are_offline() -> None:
     reason = waiting_reason(task(platform="osx"), [node(), node("m", sys_info=MAC, online=False)])
-    assert reason == "the 1 matching node(s) are offline"
+    assert reason == "its only matching node m is offline"
+    nodes = [node(f"n{i}", online=False) for i in range(5)]
+    assert waiting_reason(task(), nodes) == (
+        "its only matching nodes n0, n1, n2 and 2 more are offline"
+    )
+
+
+def test_reason_names_offline_and_disabled_matching_nodes_apart() -> None:
+    nodes = [node("up", sys_info=MAC), node("off", online=False), node("no", enabled=False)]
+    assert waiting_reason(task(platform="linux"), nodes) == (
+        "its only matching nodes are offline (off) or disabled (no)"
+    )
 
 
 def test_reason_when_the_matching_online_nodes_are_too_loaded() -> None:
@@ -188,5 +208,10 @@ def test_reason_when_the_matching_online_nodes_are_too_loaded() -> None:
 
 
 def test_a_disabled_node_is_not_counted_as_checked() -> None:
-    reason = waiting_reason(task(platform="osx"), [node(), node("m", sys_info=MAC, enabled=False)])
-    assert reason == "no node has platform osx; 1 node checked"
+    nodes = [node(), node("m", sys_info=MAC, enabled=False)]
+    assert waiting_reason(task(platform="windows"), nodes) == (
+        "no node has platform windows; 1 node checked"
+    )
+    # When a disabled node is the one that could run it, the reason names that node instead.
+    reason = waiting_reason(task(platform="osx"), nodes)
+    assert reason == "its only matching node m is disabled: `dirt nodes enable m`"

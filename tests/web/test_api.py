@@ -298,6 +298,24 @@ def test_pages_render(seeded: Service, client: TestClient, node: str) -> None:
 def test_waiting_task_says_why(client: TestClient) -> None:
     page = client.get("/records/r124").text
     assert "waiting-why" in page
+    assert "no enabled node: add one with `dirt nodes add HOST`" in page
+
+
+def test_the_queue_page_and_api_list_records_with_their_share(
+    seeded: Service, client: TestClient
+) -> None:
+    seeded.submit_tasks("heavy", ["examples.simple"] * 3, extra={"share": 2})
+    queue = client.get("/api/queue").json()
+    assert [(r["record_id"], r["share"], r["waiting"]) for r in queue["queue"]] == [
+        ("r123", 1, 2),
+        ("r124", 1, 1),
+        ("heavy", 2, 3),
+    ]
+    assert queue["order"] == "fair" and queue["no_dispatcher"].startswith("no dispatcher")
+    page = client.get("/queue").text
+    assert "heavy" in page and "Order: <strong>fair</strong>" in page
+    assert "3 record(s) in the queue" in page
+    assert client.get("/api/queue?limit=0").status_code == 422
 
 
 def test_everything_user_supplied_is_escaped(seeded: Service, client: TestClient) -> None:

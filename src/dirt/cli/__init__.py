@@ -14,6 +14,7 @@ from dirt.cli.hook import hook
 from dirt.cli.nodes import nodes, updatenodes
 from dirt.cli.notify import notify
 from dirt.cli.project import create, demo
+from dirt.cli.queue import queue
 from dirt.cli.serve import serve, web
 from dirt.cli.status import status
 from dirt.cli.submit import submit
@@ -46,6 +47,7 @@ COMMANDS = (
     web,
     token,
     status,
+    queue,
     cancel,
     retry,
     hook,

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dirt.cli.base import Context, err, out
 from dirt.errors import SubmissionError
-from dirt.models import TaskState
+from dirt.models import MAX_SHARE, TaskState
 
 if TYPE_CHECKING:
     from dirt.service import Service
@@ -61,6 +61,11 @@ def json_value(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option("--platform", help="linux, osx or windows.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--timeout", type=float, help="Seconds before the task is killed.")
+@click.option(
+    "--share",
+    type=click.IntRange(1, MAX_SHARE),
+    help="A new record's turns per round under fair order (default 1).",
+)
 @click.option("--wait", is_flag=True, help="Show progress until done; exit 1 if any failed.")
 @click.pass_obj
 def submit(
@@ -75,6 +80,7 @@ def submit(
     platform: str | None,
     priority: int,
     timeout: float | None,
+    share: int | None,
     wait: bool,
 ) -> None:
     """Submit FILE.json (a list of documents or {"docs": [...]}), or tasks for RECORD_ID, or
@@ -114,12 +120,13 @@ def submit(
             platform=platform,
             priority=priority,
             timeout=timeout,
+            extra={"share": share} if share is not None else None,
         )
     else:
-        if description or kwargs is not None or requirements or platform or timeout:
+        if description or kwargs is not None or requirements or platform or timeout or share:
             raise click.UsageError(
-                "-d, --kwargs, --requires, --platform and --timeout go with -t NAME; "
-                "a JSON file carries its own fields"
+                "-d, --kwargs, --requires, --platform and --timeout go with -t NAME (as does "
+                "--share); a JSON file carries its own fields"
             )
         submission = obj.service.submit(_read_json_file(target))
     for record in submission.records:

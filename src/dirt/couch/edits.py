@@ -29,6 +29,7 @@ from dirt.documents.submission import id_problem
 from dirt.errors import SubmissionError
 from dirt.models import Task, TaskState
 from dirt.service import Service
+from dirt.service.queue import retry_finished
 
 log = logging.getLogger("dirt")
 
@@ -88,7 +89,7 @@ def update(store: CouchStore, doc_id: str, body: dict[str, Any], rev: str | None
                 raise CouchError("forbidden", f"task {doc_id} is {task.state}: nothing to cancel")
             store.service._notice_finished(conn, [doc_id])  # a waiting task: cancelled now
         else:
-            retried = control_db.retry_tasks(conn, [doc_id], seq)
+            retried = retry_finished(conn, [doc_id], seq)
             if not retried:
                 raise CouchError(
                     "forbidden",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Connection, update
 
@@ -42,10 +42,14 @@ def cancel_task(conn: Connection, task_id: str, now: float, seq: int) -> bool:
 _FINISHED_VALUES = sorted(s.value for s in FINISHED_STATES)
 
 
-def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str]:
-    """Finished tasks back to waiting for another run; their attempt history is kept."""
+def retry_tasks(
+    conn: Connection, task_ids: Sequence[str], seq: int, turns: Mapping[str, int] | None = None
+) -> list[str]:
+    """Finished tasks back to waiting for another run, each at its turn in `turns` (see
+    service.queue.retry_waiting, which works them out); their attempt history is kept."""
     written = []
     for task_id in task_ids:
+        turn = {"turn": turns[task_id]} if turns and task_id in turns else {}
         result = conn.execute(
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.state.in_(_FINISHED_VALUES))
@@ -59,6 +63,7 @@ def retry_tasks(conn: Connection, task_ids: Sequence[str], seq: int) -> list[str
                 output=None,
                 cancel_requested=False,
                 seq=seq,
+                **turn,
             )
         )
         if result.rowcount == 1:

@@ -1,5 +1,5 @@
-"""The dispatcher's writes: reserve, start, finish, requeue, release, and its notes on waiting
-tasks. These run thousands of times a second, so each is a statement built once (`Prepared`).
+"""The dispatcher's writes: reserve, start, finish, requeue, release. These run thousands of
+times a second, so each is a statement built once (`Prepared`).
 
 Every change is conditional on the state the caller last saw (still waiting, still held by this
 master, the same attempt), so a task another master, a cancel or a retry moved on is left alone
@@ -311,18 +311,6 @@ def release_reservations(
     if task_ids is not None:
         query = query.where(tasks.c.id.in_(list(task_ids)))
     return conn.execute(query).rowcount
-
-
-def set_waiting_reasons(conn: Connection, reasons: dict[str, str | None], seq: int) -> None:
-    """Why each waiting task waits (None: no reason known), as the pages show it."""
-    if not reasons:
-        return
-    conn.execute(
-        update(tasks)
-        .where(tasks.c.id == bindparam("b_id"), tasks.c.state == TaskState.WAITING.value)
-        .values(waiting_reason=bindparam("b_reason"), seq=seq),
-        [{"b_id": k, "b_reason": v} for k, v in reasons.items()],
-    )
 
 
 def fail_waiting(conn: Connection, task_id: str, reason: str, now: float, seq: int) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 
 from dirt.db import schema
@@ -33,10 +34,19 @@ def make_engine(url: str) -> Engine:
     raise ConfigError(f"database URL {url!r}: dirt stores in sqlite:// or postgresql:// only")
 
 
+class _SQLiteCompiler(SQLiteCompiler):
+    """Renders a statement's hint for a table (`with_hint(t, "INDEXED BY ix")`) after the
+    table's name, where SQLite reads it; SQLAlchemy's own SQLite compiler drops it."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    engine.dialect.statement_compiler = _SQLiteCompiler
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -73,6 +74,10 @@ tasks = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     # Bumped by a trigger on every update (migration 0100_couch): the CouchDB `_rev` generation.
     Column("revision", Integer, nullable=False, server_default="1"),
+    # Fair order (migration 0500_fair, dirt.dispatch.order): the round the task's record takes
+    # it in, and the record's `created`, which orders records within a round.
+    Column("turn", BigInteger, nullable=False, default=0),
+    Column("record_created", Float, nullable=False, default=0.0),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
     Index("ix_tasks_seq_id", "seq", "id"),
@@ -162,8 +167,29 @@ state_counts = Table(
 )
 
 Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
-# The dispatcher's order (db.tasks.waiting_tasks, dispatch.select.reservation_key).
-Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
+# The dispatcher's orders over waiting tasks, highest priority first (db.tasks.waiting_query;
+# dispatch.select.key_of is the same in Python): fifo (oldest first) and fair (records take
+# turns: see dispatch.order). Each has its index: fair's holds waiting tasks only (partial), so
+# a task leaves it when it starts.
+ORDERS = {
+    "fifo": (tasks.c.priority.desc(), tasks.c.created, tasks.c.id),
+    "fair": (
+        tasks.c.priority.desc(),
+        tasks.c.turn,
+        tasks.c.record_created,
+        tasks.c.record_id,
+        tasks.c.created,
+        tasks.c.id,
+    ),
+}
+Index("ix_tasks_waiting", tasks.c.state, *ORDERS["fifo"])
+WAITING_ONLY = text("state = 'waiting'")
+Index(
+    "ix_tasks_fair",
+    *ORDERS["fair"],
+    sqlite_where=WAITING_ONLY,
+    postgresql_where=WAITING_ONLY,
+)
 Index("ix_tasks_completed", tasks.c.completed)
 
 # ---- the CouchDB interface (migration 0100_couch) ------------------------------------------
@@ -186,4 +212,34 @@ couch_local_docs = Table(
     Column("revision", Integer, nullable=False),
     Column("body", JSON, nullable=False),
     Column("updated", Float, nullable=False),
+)
+
+# ---- fair order and dispatchers (migration 0500_fair) ------------------------------------------
+
+# Per record and priority, the next slot of its turn sequence: a record with share s takes s
+# slots per round, so slot n is in round n // s (dirt.dispatch.order.allocate_turns).
+record_turns = Table(
+    "record_turns",
+    metadata,
+    Column("record_id", String(200), primary_key=True),
+    Column("priority", Integer, primary_key=True),
+    Column("next_slot", BigInteger, nullable=False),
+)
+
+# One row per dispatcher that ran on this store: its heartbeat (`last_seen`, written at least
+# every few seconds while it runs), `stopped` once it stopped cleanly, its order, and `view`:
+# the nodes it drives as it sees them and where each node's queue stands (models.DispatcherInfo).
+# Readers combine these with the store to say why a task waits. Several masters (leases) extend
+# this table; a dispatcher not seen for a while is not running.
+dispatchers = Table(
+    "dispatchers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("stopped", Float, nullable=True),
+    Column("dispatch_order", String(16), nullable=False),
+    Column("view", JSON, nullable=False),
 )

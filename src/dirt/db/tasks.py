@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, Select, func, insert, literal_column, select
 
 from dirt.db.records import epoch_seconds
-from dirt.db.schema import attempts, tasks
+from dirt.db.schema import ORDERS, attempts, tasks
 from dirt.models import Attempt, Outcome, Task, TaskState
 
 DISPATCH_COLUMNS = (
@@ -26,6 +26,8 @@ DISPATCH_COLUMNS = (
     tasks.c.max_attempts,
     tasks.c.created,
     tasks.c.attempts,
+    tasks.c.turn,
+    tasks.c.record_created,
 )
 
 # What every return to waiting clears: the node, the start and the claim of the last run.
@@ -65,6 +67,8 @@ def task_from_row(row: Any) -> Task:
         extra=fields.get("extra") or {},
         cancel_requested=bool(fields.get("cancel_requested", False)),
         seq=fields.get("seq", 0),
+        turn=fields.get("turn", 0),
+        record_created=fields.get("record_created", 0.0),
     )
 
 
@@ -89,6 +93,8 @@ def insert_tasks(conn: Connection, items: Sequence[Task], seq: int) -> None:
                 "attempts": 0,
                 "extra": t.extra,
                 "seq": seq,
+                "turn": t.turn,
+                "record_created": t.record_created,
             }
             for t in items
         ],
@@ -128,16 +134,30 @@ def failed_task_ids(conn: Connection, record_id: str) -> list[str]:
 # ---- what the dispatcher reads ------------------------------------------------------------
 
 
-def waiting_tasks(conn: Connection, limit: int) -> list[Task]:
-    """Waiting tasks no master holds, as the dispatcher considers them: higher priority, then
-    oldest."""
-    query = (
-        select(*DISPATCH_COLUMNS)
-        .where(tasks.c.state == TaskState.WAITING.value, tasks.c.claimed_by.is_(None))
-        .order_by(tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
-        .limit(limit)
+# Waiting tasks in each order (dispatch.select.key_of sorts the same way). The state is a
+# literal so the partial index of the fair order (waiting tasks only) serves the read.
+WAITING = tasks.c.state == literal_column("'waiting'")
+# SQLite's planner, without statistics, may take the other index and sort every waiting task
+# of a priority: each order names its own (an error, not a slow read, if it cannot be used).
+INDEX_OF = {"fifo": "ix_tasks_waiting", "fair": "ix_tasks_fair"}
+
+
+def in_order(query: Select[Any], order: str) -> Select[Any]:
+    """`query` over waiting tasks, in `order`, read through that order's index."""
+    return query.order_by(*ORDERS[order]).with_hint(
+        tasks, f"INDEXED BY {INDEX_OF[order]}", dialect_name="sqlite"
     )
-    return [task_from_row(row) for row in conn.execute(query)]
+
+
+def waiting_query(limit: int, order: str) -> Select[Any]:
+    """Waiting tasks no master holds, as the dispatcher considers them: higher priority first,
+    then in `order` ("fair": records take turns; "fifo": oldest first)."""
+    query = select(*DISPATCH_COLUMNS).where(WAITING, tasks.c.claimed_by.is_(None))
+    return in_order(query, order).limit(limit)
+
+
+def waiting_tasks(conn: Connection, limit: int, order: str = "fifo") -> list[Task]:
+    return [task_from_row(row) for row in conn.execute(waiting_query(limit, order))]
 
 
 def running_claims(conn: Connection) -> list[tuple[str, int, str | None]]:

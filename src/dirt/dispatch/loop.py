@@ -15,19 +15,23 @@ their methods, one per transition.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 
 from dirt.config import Settings
 from dirt.dispatch.connection import Outcome
 from dirt.dispatch.nodes import NODE_REFRESH_S, Nodes
+from dirt.dispatch.order import heads
 from dirt.dispatch.outcome import judge
-from dirt.dispatch.select import NodeView, fill_order, satisfies, to_reserve, waiting_reason
+from dirt.dispatch.reasons import HEARTBEAT_S
+from dirt.dispatch.select import NodeView, fill_order, key_of, satisfies, to_reserve
 from dirt.dispatch.slots import InFlight, Slots
 from dirt.errors import DirtError, NotFoundError
 from dirt.logs import info_lines
-from dirt.models import Task
+from dirt.models import DispatcherInfo, NodeRuntime, Task
 from dirt.service import Finished, Service
 
 log = logging.getLogger("dirt")
@@ -43,6 +47,9 @@ STEP_GAP = 0.005  # seconds
 BATCH = 32
 MAX_STEP_GAP = 0.05
 STEP_SHARE = 0.2
+# While tasks move, what the dispatcher announces (slots in use, where each node's queue stands)
+# is written at most this often; node changes at once (see _announcement).
+ANNOUNCE_S = 0.2
 
 
 class Dispatcher:
@@ -60,7 +67,8 @@ class Dispatcher:
         self._lost: queue.SimpleQueue[tuple[str, list[str], str]] = queue.SimpleQueue()
         # The one lock over what receiver threads and the loop share: see Slots and Nodes.
         self.lock = threading.RLock()
-        self.slots = Slots(self.lock)
+        self.order = self.settings.dispatch.order
+        self.slots = Slots(self.lock, key_of(self.order))
         self.nodes = Nodes(
             self.lock, service, self.settings, self._on_done, self._on_lost, self._wake_now
         )
@@ -69,7 +77,10 @@ class Dispatcher:
         self._pending: list[Task] = []
         self._pending_stale = True
         self._window_complete = False
-        self._reasons: dict[str, str | None] = {}
+        self._announced: dict[str, tuple[bool, bool, int]] | None = None
+        self._announced_busy = False
+        self._announced_at = 0.0
+        self._started = time.time()
         self._cursor = 0
         self._prefetch = PREFETCH
         self._loop_thread: threading.Thread | None = None
@@ -126,6 +137,9 @@ class Dispatcher:
                 "%d task(s) left running by an earlier dispatcher are waiting again", len(recovered)
             )
         self._refresh_nodes(time.time())
+        first = self._announcement(time.time(), force=True)
+        assert first is not None  # forced
+        self.service.dispatcher_started(first)
         self.ready.set()
         poll = self.settings.dispatch.poll_interval
         last_step = took = 0.0
@@ -191,7 +205,7 @@ class Dispatcher:
         pairs = self._select()
         starts = self._fold_starts(self._take_starts(), finished)
         started, reserved = self.service.dispatch(
-            finished, [f.start for f in starts], [t.id for t in pairs]
+            finished, [f.start for f in starts], [t.id for t in pairs], self._announcement(now)
         )
         self._confirm_starts(starts, started)
         ours = set(reserved)
@@ -273,10 +287,9 @@ class Dispatcher:
         wanted = capacity + self._prefetch - busy
         if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):
             window = max(WINDOW, wanted)
-            self._pending = self.service.waiting_tasks(window)
+            self._pending = self.service.waiting_tasks(window, self.order)
             self._window_complete = len(self._pending) < window
             self._pending_stale = False
-            self._update_reasons(self._views(connecting_counts=True))
         if wanted <= 0 or not self._pending:
             return []
         # A task whose module is gone is failed when it is launched (see _launch).
@@ -285,16 +298,48 @@ class Dispatcher:
         self._pending = [t for t in self._pending if t.id not in taken]
         return chosen
 
-    def _update_reasons(self, views: list[NodeView]) -> None:
-        """Store why tasks wait, when that changed (so `dirt status` and the page can say)."""
-        changed = {}
-        for task in self._pending:
-            reason = waiting_reason(task, views)
-            if self._reasons.get(task.id, task.waiting_reason) != reason:
-                changed[task.id] = reason
-            self._reasons[task.id] = reason
-        if changed:
-            self.service.set_waiting_reasons(changed)
+    # ---- announcing ------------------------------------------------------------------------
+
+    def _me(self) -> DispatcherInfo:
+        return DispatcherInfo(
+            self.service.master_id,
+            socket.gethostname(),
+            os.getpid(),
+            self._started,
+            time.time(),
+            order=self.order,
+        )
+
+    def _announcement(self, now: float, force: bool = False) -> DispatcherInfo | None:
+        """What this dispatcher tells readers (see DispatcherInfo), or None when nothing is due.
+
+        Written in the step's own transaction: at once when a node connects, is lost, stops or
+        starts accepting tasks or changes capacity; every ANNOUNCE_S at most while slots and
+        heads move (they move with every task: readers need them current, not per task); and
+        every HEARTBEAT_S regardless.
+        """
+        with self.lock:
+            views = self._views(connecting_counts=True)
+            busy = self.slots.has_held() or any(v.running for v in views)
+        states = {v.address: (v.online, v.accepting, v.capacity) for v in views}
+        since = now - self._announced_at
+        if not (
+            force
+            or since >= HEARTBEAT_S
+            or states != self._announced
+            or (since >= ANNOUNCE_S and (busy or self._announced_busy))
+        ):
+            return None
+        with self.lock:
+            at_hand = [*self.slots.held(), *self._pending]
+        self._announced, self._announced_busy, self._announced_at = states, busy, now
+        info = self._me()
+        info.last_seen = now
+        info.nodes = {
+            v.address: NodeRuntime(v.online, v.accepting, v.capacity, v.running) for v in views
+        }
+        info.heads = heads(at_hand, views)
+        return info
 
     def _start_reserved(self, only: str | None = None) -> int:
         """Send held tasks to free slots of nodes that can run them, round robin.
@@ -374,8 +419,6 @@ class Dispatcher:
 
     def _note_starts(self, starts: list[InFlight]) -> list[InFlight]:
         """Log the tasks sent to nodes (in one record: see info_lines); they wait no more."""
-        for flight in starts:
-            self._reasons.pop(flight.task.id, None)
         info_lines(log, [f"{f.task.id} -> {f.node}" for f in starts])
         return starts
 
@@ -434,3 +477,7 @@ class Dispatcher:
                 log.info("%d running task(s) returned to waiting", len(items))
         finally:
             self.nodes.close_all(forget=True)
+            try:
+                self.service.dispatcher_stopped()
+            except Exception:
+                log.exception("could not record that this dispatcher stopped")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -49,35 +49,96 @@ def satisfies(task: Task, node: NodeView) -> bool:
     return all(r.matches(node.sys_info) for r in _parsed(tuple(task.requires)))
 
 
-def waiting_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
-    """Why `task` cannot run on any node now, or None when only a free slot is missing."""
+def _named(nodes: Sequence[NodeView], limit: int = 3) -> str:
+    shown = ", ".join(n.address for n in nodes[:limit])
+    return shown + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")
+
+
+def _nodes_are(nodes: Sequence[NodeView]) -> str:
+    """ "node a is" or "nodes a, b are" """
+    if len(nodes) == 1:
+        return f"node {nodes[0].address} is"
+    return f"nodes {_named(nodes)} are"
+
+
+def unmet_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
+    """Why no enabled node can run `task` at all; None when one can.
+
+    A task only disabled nodes can run names them; otherwise the reason names the requirement
+    (or platform) no enabled node meets and how many nodes were checked.
+    """
     enabled = [n for n in nodes if n.enabled]
+    if any(satisfies(task, n) for n in enabled):
+        return None
+    disabled = [n for n in nodes if not n.enabled and satisfies(task, n)]
+    if disabled:
+        return (
+            f"its only matching {_nodes_are(disabled)} disabled: "
+            f"`dirt nodes enable {disabled[0].address}`"
+        )
     if not enabled:
         return "no enabled node: add one with `dirt nodes add HOST`"
-    matching = [n for n in enabled if satisfies(task, n)]
     checked = f"{len(enabled)} node{'s' if len(enabled) != 1 else ''} checked"
-    if not matching:
-        if task.platform and not any(
-            requires.platform_matches(task.platform, n.sys_info) for n in enabled
-        ):
-            return f"no node has platform {task.platform}; {checked}"
-        for requirement in _parsed(tuple(task.requires)):
-            if not any(requirement.matches(n.sys_info) for n in enabled):
-                return f"{requirement.unmet_reason()}; {checked}"
-        return f"no single node meets all of {', '.join(task.requires)}; {checked}"
-    if not any(n.online for n in matching):
-        return f"the {len(matching)} matching node(s) are offline"
-    if not any(n.accepting for n in matching if n.online):
-        return f"the {len(matching)} matching node(s) are too loaded"
+    if task.platform and not any(
+        requires.platform_matches(task.platform, n.sys_info) for n in enabled
+    ):
+        return f"no node has platform {task.platform}; {checked}"
+    for requirement in _parsed(tuple(task.requires)):
+        if not any(requirement.matches(n.sys_info) for n in enabled):
+            return f"{requirement.unmet_reason()}; {checked}"
+    return f"no single node meets all of {', '.join(task.requires)}; {checked}"
+
+
+def node_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
+    """Why the nodes that can run `task` take none now (offline, disabled, too loaded), named;
+    None when one of them could (only a free slot is missing)."""
+    matching = [n for n in nodes if satisfies(task, n)]
+    enabled = [n for n in matching if n.enabled]
+    online = [n for n in enabled if n.online]
+    if not online:
+        offline = [n for n in enabled if not n.online]
+        disabled = [n for n in matching if not n.enabled]
+        if offline and disabled:
+            return (
+                f"its only matching nodes are offline ({_named(offline)}) "
+                f"or disabled ({_named(disabled)})"
+            )
+        if not offline:
+            return unmet_reason(task, nodes)
+        return f"its only matching {_nodes_are(offline)} offline"
+    if not any(n.accepting for n in online):
+        return f"the {len(enabled)} matching node(s) are too loaded"
     return None
 
 
-def reservation_key(task: Task) -> tuple[int, float, str]:
-    """The order waiting tasks are reserved and started in: highest priority, then oldest.
+def waiting_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
+    """Why `task` cannot run on any node now, or None when only a free slot is missing."""
+    return unmet_reason(task, nodes) or node_reason(task, nodes)
 
-    The store's query for waiting tasks (db.tasks.waiting_tasks) sorts the same way.
+
+FAIR = "fair"
+FIFO = "fifo"
+
+Key = tuple[Any, ...]
+
+
+def reservation_key(task: Task) -> Key:
+    """fifo order: highest priority, then oldest, then id.
+
+    The store's reads of waiting tasks (db.tasks.waiting_tasks) sort the same way, per order.
     """
     return (-task.priority, task.created, task.id)
+
+
+def fair_key(task: Task) -> Key:
+    """fair order: highest priority, then round, oldest record, oldest task of the record
+    (see dirt.dispatch.order)."""
+    return (-task.priority, task.turn, task.record_created, task.record_id, task.created, task.id)
+
+
+def key_of(order: str) -> Callable[[Task], Key]:
+    """The sort key of `order` ("fair" or "fifo")."""
+    return fair_key if order == FAIR else reservation_key
 
 
 def to_reserve(tasks: Sequence[Task], nodes: Sequence[NodeView], count: int) -> list[Task]:

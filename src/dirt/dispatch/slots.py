@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from dirt.dispatch.select import NodeView, pick, reservation_key
+from dirt.dispatch.select import Key, NodeView, pick, reservation_key
 from dirt.models import Task
 
 
@@ -44,8 +44,9 @@ class InFlight:
 class Slots:
     """Held, in-flight and to-start tasks, and the running count of each node."""
 
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, key: Callable[[Task], Key] = reservation_key) -> None:
         self.lock = lock
+        self._key = key  # the order held tasks start in (dispatch.select.key_of)
         self._inflight: dict[str, InFlight] = {}
         self._running: Counter[str] = Counter()
         # Reserved in the store by this dispatcher, in reservation order: started the moment a
@@ -77,12 +78,21 @@ class Slots:
 
     # ---- transitions -----------------------------------------------------------------------
 
-    def hold(self, tasks: Iterable[Task]) -> None:
-        """Tasks just reserved in the store join the held ones, in reservation order."""
+    def held(self) -> list[Task]:
         with self.lock:
-            self._held.extend(tasks)
-            if len({t.priority for t in self._held}) > 1:
-                self._held = deque(sorted(self._held, key=reservation_key))
+            return list(self._held)
+
+    def hold(self, tasks: Iterable[Task]) -> None:
+        """Tasks just reserved in the store join the held ones, in the dispatch order: a task
+        of higher priority, or of a record whose turn comes first, goes ahead of those held."""
+        new = list(tasks)  # in the store's order already
+        if not new:
+            return
+        with self.lock:
+            if self._held and min(map(self._key, new)) < self._key(self._held[-1]):
+                self._held = deque(sorted([*self._held, *new], key=self._key))
+            else:
+                self._held.extend(new)
 
     def take(self, node: NodeView) -> Task | None:
         """The first held task `node` can run, no longer held; None when there is none."""

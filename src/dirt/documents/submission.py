@@ -12,7 +12,7 @@ from typing import Any
 
 from dirt import requires
 from dirt.errors import RequirementError, SubmissionError
-from dirt.models import Record, Task
+from dirt.models import MAX_SHARE, Record, Task
 from dirt.project import valid_task_name
 
 MAX_ID_LENGTH = 200
@@ -132,8 +132,18 @@ class _Checker:
         if not isinstance(description, str):
             self.problems.append(f"{where}: 'description' must be a string")
         created = self.check_created(doc, where)
+        share = doc.get("share", 1)
+        bad_share = (
+            not isinstance(share, int) or isinstance(share, bool) or not 1 <= share <= MAX_SHARE
+        )
+        if bad_share:
+            self.problems.append(
+                f"{where}: 'share' must be a whole number from 1 to {MAX_SHARE} (the turns the "
+                f"record takes per round under fair order), got {share!r}"
+            )
+        # `share` stays among the extra fields, so the record reads back as it was sent.
         extra = self.extra(doc, RECORD_FIELDS, where)
-        if problem or not isinstance(description, str):
+        if problem or not isinstance(description, str) or bad_share:
             return None
         return Record(id=doc["_id"], description=description, created=created, extra=extra)
 

@@ -3,9 +3,10 @@
 `Service` is one object composed of a part per client, all over one write helper
 (`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Administration` (what users
 change: submissions, nodes, cancel and retry, tokens), `Intake` (records from change sources,
-each taken once), `Queries` (every read of the CLI and the web) and `Outbox` (the notification
-rows, for the sender and `dirt notify`). The writing parts share `Notices`, which adds the
-notification rows a change makes to the change's own transaction.
+each taken once), `Queries` (every read of the CLI and the web), `Queue` (the queue view and the
+dispatchers running) and `Outbox` (the notification rows, for the sender and `dirt notify`). The
+writing parts share `Notices`, which adds the notification rows a change makes to the change's
+own transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from dirt.service.dispatching import Dispatching
 from dirt.service.intake import Intake, Taken
 from dirt.service.outbox import Outbox
 from dirt.service.queries import Queries, RecordDetail
+from dirt.service.queue import Queue, QueueEntry, QueueView
 
-__all__ = ["Finished", "RecordDetail", "Service", "Taken", "new_master_id"]
+__all__ = [
+    "Finished",
+    "QueueEntry",
+    "QueueView",
+    "RecordDetail",
+    "Service",
+    "Taken",
+    "new_master_id",
+]
 
 
-class Service(Dispatching, Administration, Intake, Queries, Outbox):
+class Service(Dispatching, Administration, Intake, Queries, Queue, Outbox):
     """Every write of records, tasks and nodes goes through here."""

@@ -21,6 +21,7 @@ from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState
 from dirt.service.base import log
 from dirt.service.notices import Notices
+from dirt.service.queue import retry_finished
 
 
 def _no_node(address: str) -> NotFoundError:
@@ -43,9 +44,7 @@ class Administration(Notices):
                 stored_task_ids=lambda ids: tasks_db.existing_task_ids(conn, ids),
                 records_may_exist=records_may_exist,
             )
-            records_db.insert_records(conn, submission.records, seq)
-            tasks_db.insert_tasks(conn, submission.tasks, seq)
-            self._notice_created(conn, submission.tasks, submission.records)
+            self._store_submission(conn, submission, seq)
             return submission
 
         submission = self._write(work)
@@ -180,7 +179,7 @@ class Administration(Notices):
         """Run a finished task again (its attempts so far are kept). Returns the task."""
 
         def work(conn: Connection, seq: int) -> Task:
-            retried = control_db.retry_tasks(conn, [task_id], seq)
+            retried = retry_finished(conn, [task_id], seq)
             task = tasks_db.get_task(conn, task_id)
             if task is None:
                 raise NotFoundError(f"no task {task_id!r}")
@@ -202,7 +201,7 @@ class Administration(Notices):
         def work(conn: Connection, seq: int) -> list[str]:
             if records_db.get_record(conn, record_id) is None:
                 raise NotFoundError(f"no record {record_id!r}; see `dirt status`")
-            retried = control_db.retry_tasks(conn, tasks_db.failed_task_ids(conn, record_id), seq)
+            retried = retry_finished(conn, tasks_db.failed_task_ids(conn, record_id), seq)
             attachments_db.delete_attachments(conn, retried)
             self._notice_retried(conn, retried)
             return retried

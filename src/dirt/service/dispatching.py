@@ -1,6 +1,6 @@
 """What a dispatcher asks of the store: reserve, start and finish tasks in one step, give back
-what it cannot run, requeue what a lost node ran, recover what a dead dispatcher left, and keep
-its notes on nodes and waiting tasks."""
+what it cannot run, requeue what a lost node ran, recover what a dead dispatcher left, keep its
+notes on nodes, and announce itself (heartbeat, order, its view of the nodes)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from sqlalchemy import Connection
 from dirt.db import attachments as attachments_db
 from dirt.db import dispatching as dispatching_db
 from dirt.db import nodes as nodes_db
+from dirt.db import queue as queue_db
 from dirt.db import tasks as tasks_db
 from dirt.db.dispatching import Start
 from dirt.logs import info_lines
-from dirt.models import Finished, Task, TaskState
+from dirt.models import DispatcherInfo, Finished, Task, TaskState
 from dirt.service.base import log
 from dirt.service.notices import Notices
 
@@ -26,23 +27,26 @@ ORPHAN_REASON = "its dispatcher stopped without returning it"
 
 
 class Dispatching(Notices):
-    def waiting_tasks(self, limit: int) -> list[Task]:
-        """Waiting tasks no dispatcher holds: higher priority first, then oldest."""
+    def waiting_tasks(self, limit: int, order: str | None = None) -> list[Task]:
+        """Waiting tasks no dispatcher holds: higher priority first, then in `order` (default:
+        the settings'): records taking turns ("fair"), or oldest first ("fifo")."""
         with self._read() as conn:
-            return tasks_db.waiting_tasks(conn, limit)
+            return tasks_db.waiting_tasks(conn, limit, order or self.settings.dispatch.order)
 
     def dispatch(
         self,
         finished: Sequence[Finished],
         starts: Sequence[Start],
         reserve: Sequence[str],
+        announce: DispatcherInfo | None = None,
     ) -> tuple[list[str], list[str]]:
         """One dispatcher step in one transaction: mark reserved tasks (id, node, started,
-        attempt) as running, store finished runs, reserve more waiting tasks for this master.
+        attempt) as running, store finished runs, reserve more waiting tasks for this master,
+        and `announce` the dispatcher (heartbeat and view) when given.
 
         Returns (started ids, reserved ids).
         """
-        if not finished and not starts and not reserve:
+        if not finished and not starts and not reserve and announce is None:
             return [], []
 
         def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
@@ -50,9 +54,25 @@ class Dispatching(Notices):
             started = dispatching_db.start_tasks(conn, starts, self.master_id, seq)
             self._notice_started(conn, started)
             self._store_finished(conn, seq, finished)
-            return started, dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
+            reserved = dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
+            if announce is not None:
+                announce.id = self.master_id
+                queue_db.announce(conn, announce)
+            return started, reserved
 
         return self._write(work)
+
+    def dispatcher_started(self, info: DispatcherInfo) -> None:
+        """Announce this dispatcher (see db.schema.dispatchers); rows of dispatchers gone for
+        a day are dropped."""
+        info.id = self.master_id
+        self._write(
+            lambda conn, seq: queue_db.register_dispatcher(conn, info, info.started - 86400)
+        )
+
+    def dispatcher_stopped(self) -> None:
+        now = time.time()
+        self._write(lambda conn, seq: queue_db.stop_dispatcher(conn, self.master_id, now))
 
     def _store_finished(
         self, conn: Connection, seq: int, finished: Sequence[Finished], *, lost: bool = False
@@ -154,10 +174,6 @@ class Dispatching(Notices):
             return failed
 
         return self._write(work)
-
-    def set_waiting_reasons(self, reasons: dict[str, str | None]) -> None:
-        if reasons:
-            self._write(lambda conn, seq: dispatching_db.set_waiting_reasons(conn, reasons, seq))
 
     def cancel_requested(self) -> list[tuple[str, int]]:
         """Running tasks of this dispatcher that someone asked to cancel: (id, attempt)."""

@@ -101,9 +101,7 @@ class Intake(Notices):
                 stored_record_ids=stored,
                 stored_task_ids=lambda ids: tasks_db.existing_task_ids(conn, ids),
             )
-            records_db.insert_records(conn, submission.records, seq)
-            tasks_db.insert_tasks(conn, submission.tasks, seq)
-            self._notice_created(conn, submission.tasks, submission.records)
+            self._store_submission(conn, submission, seq)
             return Taken(submission.records, submission.tasks, existing)
 
         try:

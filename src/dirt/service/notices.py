@@ -17,16 +17,19 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 from sqlalchemy import Connection, Engine
 
+from dirt import documents
 from dirt.ci_config import channels_configured
 from dirt.config import Settings
 from dirt.db import branches as branches_db
 from dirt.db import notices as notices_db
 from dirt.db import outbox as outbox_db
+from dirt.db import records as records_db
 from dirt.db import tasks as tasks_db
 from dirt.db.outbox import NewNotification
 from dirt.models import Record, Task
 from dirt.notify.plan import Planner, record_outcome
 from dirt.service.base import ServiceBase, log
+from dirt.service.queue import give_turns
 
 
 class Notices(ServiceBase):
@@ -39,6 +42,16 @@ class Notices(ServiceBase):
         self._outbox_listeners: list[Callable[[], None]] = []
         # Set by a transaction that wrote rows; read after its commit, on the same thread.
         self._outbox_written = threading.local()
+
+    def _store_submission(
+        self, conn: Connection, submission: documents.Submission, seq: int
+    ) -> None:
+        """Insert a checked submission: its tasks take their turns in the fair order, and the
+        notification rows its creation makes go in with it."""
+        give_turns(conn, submission.tasks, {r.id: r for r in submission.records})
+        records_db.insert_records(conn, submission.records, seq)
+        tasks_db.insert_tasks(conn, submission.tasks, seq)
+        self._notice_created(conn, submission.tasks, submission.records)
 
     def serving_at(self, url: str) -> None:
         """The web server listens at `url`: links point there unless `[web] base_url` says

@@ -21,6 +21,7 @@ from dirt.db.engine import current_seq
 from dirt.errors import NotFoundError
 from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task
 from dirt.service.base import ServiceBase
+from dirt.service.queue import explain_waiting
 
 
 @dataclass
@@ -46,6 +47,12 @@ def _get_task(conn: Connection, task_id: str) -> Task:
 
 
 class Queries(ServiceBase):
+    """Reads; a waiting task read here carries why it waits now (`waiting_reason`)."""
+
+    def _explained(self, conn: Connection, tasks: list[Task]) -> list[Task]:
+        explain_waiting(conn, tasks, self.settings.dispatch.order)
+        return tasks
+
     # ---- records and tasks -------------------------------------------------------------------
 
     def record(self, record_id: str) -> Record:
@@ -62,7 +69,7 @@ class Queries(ServiceBase):
         """A record with its tasks, their attachments (without contents) and attempts."""
         with self._read() as conn:
             record = _get_record(conn, record_id)
-            found = tasks_db.tasks_of_record(conn, record_id)
+            found = self._explained(conn, tasks_db.tasks_of_record(conn, record_id))
             ids = [t.id for t in found]
             return RecordDetail(
                 record,
@@ -88,16 +95,17 @@ class Queries(ServiceBase):
 
     def task(self, task_id: str) -> Task:
         with self._read() as conn:
-            return _get_task(conn, task_id)
+            return self._explained(conn, [_get_task(conn, task_id)])[0]
 
     def tasks(self, task_ids: Iterable[str]) -> list[Task]:
         """The tasks of those ids that exist, in the order asked."""
         with self._read() as conn:
-            return [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
+            found = [t for t in (tasks_db.get_task(conn, i) for i in task_ids) if t is not None]
+            return self._explained(conn, found)
 
     def task_detail(self, task_id: str) -> tuple[Task, list[Attachment], list[Attempt]]:
         with self._read() as conn:
-            task = _get_task(conn, task_id)
+            task = self._explained(conn, [_get_task(conn, task_id)])[0]
             found = attachments_db.attachments_of(conn, [task_id])[task_id]
             tried = tasks_db.attempts_of(conn, [task_id])[task_id]
         return task, found, tried
@@ -107,7 +115,7 @@ class Queries(ServiceBase):
     ) -> list[Task]:
         """Every run of task `name` across records, newest first (keyset)."""
         with self._read() as conn:
-            return browse_db.task_runs(conn, name, limit, before)
+            return self._explained(conn, browse_db.task_runs(conn, name, limit, before))
 
     def task_run_outcomes(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
         """The newest `limit` runs of `name`: id, record_id, created, started, completed, state."""

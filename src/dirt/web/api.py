@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
 from dirt.models import TaskState
-from dirt.views import detail_view, node_view, nodes_view, summary_view, task_view
+from dirt.views import detail_view, node_view, nodes_view, queue_view, summary_view, task_view
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import read_json, service_of
 from dirt.web.security import attachment_response
@@ -48,6 +48,12 @@ RECORD_BODY = {
                                 "_id": {"type": "string"},
                                 "description": {"type": "string"},
                                 "created": {"type": "number"},
+                                "share": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": 1000,
+                                    "description": "Turns per round under fair order",
+                                },
                             },
                             "additionalProperties": True,
                         },
@@ -251,6 +257,20 @@ def get_attachment(request: Request, task_id: str, filename: str) -> Response:
 def list_nodes(request: Request) -> list[dict[str, Any]]:
     service = service_of(request)
     return nodes_view(service.nodes(), service.running_per_node())
+
+
+@router.get(
+    "/queue",
+    tags=["queue"],
+    summary="Records with waiting or running tasks, oldest first, with the share each gets",
+    responses=ERRORS,
+)
+def get_queue(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The order in force, the dispatchers running, totals, and per record its `share`,
+    `waiting` and `running` tasks and `gets` (its part of the tasks running now)."""
+    return queue_view(service_of(request).queue(limit))
 
 
 def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:

@@ -25,6 +25,7 @@ router = APIRouter(dependencies=[Depends(require_read)], include_in_schema=False
 open_router = APIRouter(include_in_schema=False)
 
 PAGE_SIZE = 50
+QUEUE_SIZE = 200
 CHART_RUNS = 200
 STATES = [s.value for s in TaskState]
 # Runs that reached a verdict: a cancelled run says nothing about how often a task succeeds.
@@ -171,6 +172,13 @@ def nodes_page(request: Request) -> Response:
         "nodes.html",
         {"nodes": found, "running": running, "tasks": tasks, "seq": seq},
     )
+
+
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request) -> Response:
+    service = service_of(request)
+    seq = service.current_seq()
+    return _render(request, "queue.html", {"queue": service.queue(QUEUE_SIZE), "seq": seq})
 
 
 def _back(request: Request, default: str) -> str:

@@ -84,6 +84,15 @@
       timer = window.setTimeout(function () { timer = null; refresh(); }, wait);
     }
 
+    // What depends on time and on other records (why a task waits, the queue) is read again
+    // every few seconds while the page shows it, even when nothing of this page changed.
+    var every = parseFloat(live.getAttribute("data-refresh") || "0");
+    if (every > 0) {
+      window.setInterval(function () {
+        if (!document.hidden && live.querySelector("[data-ticking]")) schedule();
+      }, every * 1000);
+    }
+
     var source = new EventSource("/events?since=" + encodeURIComponent(live.getAttribute("data-seq") || ""));
     source.addEventListener("open", function () { if (status) status.className = "live-status on"; });
     source.addEventListener("error", function () { if (status) status.className = "live-status"; });
