@@ -225,21 +225,34 @@ def test_never_more_tasks_than_slots_run_at_once(
 def test_tasks_go_round_robin_over_nodes(
     service: Service,
     add_task_module: Callable[[str, str], str],
+    tmp_path: Path,
 ) -> None:
     from dirt.dispatch.runner import probe
 
     info = probe("local", service.settings.nodes)
     service.save_node("local", info, slots=1)
     service.save_node("localhost", info, slots=1)
+    # Each task waits until all have started: with one slot per node they can only all
+    # succeed when each node runs one of them at the same time.
     add_task_module(
-        "nap", "import time\ndef execute():\n    time.sleep(0.1)\n    return {'success': True}\n"
+        "together",
+        "import os, time, uuid\n"
+        "def execute(folder, count):\n"
+        "    open(os.path.join(folder, uuid.uuid4().hex), 'w').close()\n"
+        "    deadline = time.time() + 20\n"
+        "    while len(os.listdir(folder)) < count and time.time() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    return {'success': len(os.listdir(folder)) >= count}\n",
     )
+    started = tmp_path / "started"
+    started.mkdir()
     running = RunningDispatcher(service)
     try:
-        tasks = run(service, *["nap"] * 4)
+        tasks = run(service, "together", "together", kwargs={"folder": str(started), "count": 2})
     finally:
         running.stop()
-    assert sorted(t.node for t in tasks) == ["local", "local", "localhost", "localhost"]
+    assert all(t.state is TaskState.SUCCEEDED for t in tasks)
+    assert sorted(t.node for t in tasks) == ["local", "localhost"]
 
 
 def test_a_lost_node_is_marked_offline_and_its_task_runs_elsewhere(
