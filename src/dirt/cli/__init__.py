@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from dirt import __version__
+from dirt.cli.audit import audit
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
 from dirt.cli.nodes import nodes, updatenodes
@@ -34,5 +35,18 @@ def main(ctx: click.Context, project: str | None) -> None:
     ctx.obj = Context(project)
 
 
-for command in (create, submit, nodes, updatenodes, serve, web, token, status, cancel, retry, demo):
+for command in (
+    create,
+    submit,
+    nodes,
+    updatenodes,
+    serve,
+    web,
+    token,
+    audit,
+    status,
+    cancel,
+    retry,
+    demo,
+):
     main.add_command(command)

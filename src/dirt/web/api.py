@@ -242,14 +242,19 @@ def get_attachment(request: Request, task_id: str, filename: str) -> Response:
 )
 def list_nodes(request: Request) -> list[dict[str, Any]]:
     service = service_of(request)
-    return nodes_view(service.nodes(), service.running_per_node())
+    return nodes_view(service.nodes(), service.running_per_node(), _show_environ(request))
+
+
+def _show_environ(request: Request) -> list[str]:
+    shown: list[str] = request.app.state.settings.nodes.show_environ
+    return shown
 
 
 def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:
     service = service_of(request)
     service.set_node_enabled(address, enabled)
     node = service.node(address)
-    return node_view(node, service.running_per_node().get(address, 0))
+    return node_view(node, service.running_per_node().get(address, 0), _show_environ(request))
 
 
 @router.post(

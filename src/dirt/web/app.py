@@ -29,6 +29,7 @@ from dirt.errors import (
 )
 from dirt.service import Service
 from dirt.web import api, changes, couch, docs, pages
+from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -84,6 +85,7 @@ def _error(
         "problems": problems or [],
         "project": request.app.state.settings.name,
         "signed_in": access.signed_in(request),
+        "reader": access.reader(request),
         "fragment": False,
     }
     return templates.TemplateResponse(
@@ -111,9 +113,11 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app = FastAPI(
         title=f"dirt: {settings.name}",
         version=__version__,
-        description="Records, tasks, results and nodes of a dirt project. Reads are open unless "
-        '`auth.read = "token"`; writes need `Authorization: Bearer TOKEN` (`dirt token create '
-        "NAME`) except from loopback while the server listens on loopback.",
+        description="Records, tasks, results and nodes of a dirt project. Reads are open while "
+        "the server listens on loopback only, and need `Authorization: Bearer TOKEN` (`dirt "
+        "token create NAME --scope read`) elsewhere, unless `[auth] read` says otherwise; "
+        "writes need a token of scope api (`dirt token create NAME`) except from loopback "
+        "while the server listens on loopback.",
         lifespan=lifespan,
         docs_url=None,  # web/docs.py serves /docs and /redoc without a CDN
         redoc_url=None,
@@ -121,7 +125,12 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.service = service
     app.state.settings = settings
     app.state.hub = hub
-    app.state.access = Access(service, bind_host or settings.web.host)
+    app.state.access = Access(
+        service,
+        bind_host or settings.web.host,
+        behind_proxy=bool(settings.web.forwarded_allow_ips),
+        current_seq=lambda: hub.seq,
+    )
     app.state.templates = make_templates()
 
     app.include_router(api.router)
@@ -133,6 +142,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(AuditContext)
 
     @app.exception_handler(DirtError)
     async def dirt_error(request: Request, exc: DirtError) -> Response:
