@@ -32,6 +32,7 @@ from dirt.web import api, changes, couch, docs, pages
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
+from dirt.web.common import AnswerCache
 from dirt.web.render import STATIC, make_templates
 from dirt.web.security import SecurityHeaders
 
@@ -125,6 +126,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.service = service
     app.state.settings = settings
     app.state.hub = hub
+    app.state.answers = AnswerCache()
     app.state.access = Access(
         service,
         bind_host or settings.web.host,

@@ -1,9 +1,10 @@
 """Change notification for the web: the hub, the SSE stream and the long-polling feed.
 
 The hub knows the newest committed change sequence value. Writes made by this process reach it
-at once through `Service.add_listener`; writes of other processes (another dispatcher, `dirt
-submit`) are seen by polling the sequence every `poll_interval` seconds. Waiters are asyncio
-events, so an open page holds no thread.
+at once through `Service.add_listener`; writes of other processes (the dispatcher of `dirt
+serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds. Waiters
+are asyncio events, so an open page holds no thread. Streams at the same point of the feed share
+one read of the store and one serialised event: fifty open pages cost one query per change.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,10 +30,11 @@ log = logging.getLogger("dirt.web")
 KEEPALIVE_S = 15.0
 MAX_LONG_POLL_S = 60.0
 SSE_MAX_CHANGES = 500
+EVENT_CACHE = 64
 
 
 class ChangeHub:
-    def __init__(self, service: Service, poll_interval: float = 0.2) -> None:
+    def __init__(self, service: Service, poll_interval: float = 0.1) -> None:
         self.service = service
         self.poll_interval = poll_interval
         self.seq = service.current_seq()
@@ -39,6 +42,8 @@ class ChangeHub:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # The SSE event after a given seq, made once for every stream there (see `event_after`).
+        self._events: OrderedDict[int, asyncio.Task[tuple[str | None, int]]] = OrderedDict()
         service.add_listener(self._advance)
 
     @property
@@ -79,6 +84,33 @@ class ChangeHub:
             with contextlib.suppress(RuntimeError):  # its loop has closed
                 loop.call_soon_threadsafe(event.set)
 
+    async def event_after(self, seq: int) -> tuple[str | None, int]:
+        """The `change` event for what was written after `seq` (None when nothing was), and the
+        seq it runs to. Streams at the same seq share one read and one serialisation."""
+        loop = asyncio.get_running_loop()
+        task = self._events.get(seq)
+        failed = task is not None and task.done() and (task.cancelled() or task.exception())
+        if task is None or task.get_loop() is not loop or failed:
+            task = loop.create_task(run_in_threadpool(self._make_event, seq))
+            self._events[seq] = task
+            while len(self._events) > EVENT_CACHE:
+                self._events.popitem(last=False)
+        return await asyncio.shield(task)
+
+    def _make_event(self, since: int) -> tuple[str | None, int]:
+        changes, last = self.service.changes_since(since, SSE_MAX_CHANGES)
+        if not changes:
+            return None, last
+        # One huge transaction (a 100,000-task submission) is sent in part: the page refreshes
+        # on "truncated" whatever the changes were.
+        payload: dict[str, Any] = {
+            "seq": last,
+            "changes": [c.to_doc() for c in changes[:SSE_MAX_CHANGES]],
+        }
+        if len(changes) > SSE_MAX_CHANGES:
+            payload["truncated"] = True
+        return f"id: {last}\nevent: change\ndata: {json.dumps(payload)}\n\n", last
+
     async def wait_beyond(self, seq: int, timeout: float) -> int:
         """Wait until the sequence passes `seq` (or `timeout`, or stop); the newest value."""
         event = asyncio.Event()
@@ -115,7 +147,6 @@ def _start_seq(request: Request, since: int | None) -> int:
 async def events(request: Request, since: int | None = Query(None, ge=0)) -> StreamingResponse:
     """One `change` event per batch of writes: `{"seq": N, "changes": [...]}`."""
     hub = _hub(request)
-    service: Service = request.app.state.service
     last = _start_seq(request, since)
 
     async def stream() -> AsyncIterator[str]:
@@ -128,16 +159,9 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
             if seq <= last:
                 yield ": keepalive\n\n"
                 continue
-            changes, last = await run_in_threadpool(service.changes_since, last, 500)
-            if changes:
-                # One huge transaction (a 100,000-task submission) is sent in part: the page
-                # refreshes on "truncated" whatever the changes were.
-                shown = [c.to_doc() for c in changes[:SSE_MAX_CHANGES]]
-                payload = {"seq": last, "changes": shown}
-                if len(changes) > SSE_MAX_CHANGES:
-                    payload["truncated"] = True
-                data = json.dumps(payload)
-                yield f"id: {last}\nevent: change\ndata: {data}\n\n"
+            event, last = await hub.event_after(last)
+            if event is not None:
+                yield event
 
     return StreamingResponse(
         stream(),
