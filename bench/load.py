@@ -72,13 +72,16 @@ class Streams:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Open the streams (again): counts add up over every time they were open."""
+        self._stop = threading.Event()
+        target = self.opened + self.count
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
-        while self.opened < self.count and time.monotonic() < deadline:
+        while self.opened < target and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self.opened < self.count:
-            raise RuntimeError(f"only {self.opened} of {self.count} event streams opened")
+        if self.opened < target:
+            raise RuntimeError(f"only {self.opened} of {target} event streams opened")
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,7 +97,8 @@ class Streams:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self) -> None:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        # An event may be one long line (500 changes): far over asyncio's 64 KiB line limit.
+        reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 24)
         writer.write(
             f"GET /events HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Accept: text/event-stream\r\n\r\n".encode()
@@ -109,13 +113,15 @@ class Streams:
             while True:
                 line = await reader.readline()
                 if not line:  # the server closed the stream
-                    if not self._stop.is_set():
-                        self.dropped += 1
-                    return
+                    break
                 if line.startswith(b"event: change"):
                     self.events += 1
+        except (OSError, ValueError):
+            pass
         finally:
             writer.close()
+        if not self._stop.is_set():
+            self.dropped += 1
 
 
 def run(*args: str, cwd: Path) -> str:
@@ -274,28 +280,85 @@ def wait_idle(counter: Counter, total: int, timeout: float = 900) -> None:
         time.sleep(0.1)
 
 
+def _ticks(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, CPU ticks used by the process and its reaped children, command line)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), sum(int(f) for f in fields[11:15]), cmdline
+
+
+def cpu_by_role(server: int) -> dict[str, float]:
+    """CPU seconds so far of `dirt serve` (the dispatcher), its web processes and the node's
+    processes (agent, fork server and the tasks it forked), from /proc."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := _ticks(int(entry.name))) is not None:
+            procs[int(entry.name)] = found
+    roles = {"dispatcher": 0.0, "web": 0.0, "node": 0.0}
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid, (_, ticks, cmdline) in procs.items():
+        ancestor, chain = pid, 0
+        while ancestor in procs and ancestor != server and chain < 20:
+            ancestor, chain = procs[ancestor][0], chain + 1
+        if ancestor != server:
+            continue
+        role = "dispatcher" if pid == server else "web" if "dirt.web.child" in cmdline else "node"
+        roles[role] += ticks / hz
+    return roles
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    return " ".join(f"{k} {(after[k] - before[k]) / seconds:.2f}" for k in before)
+
+
 def one_round(
-    index: int, project: Path, url: str, counter: Counter, args: argparse.Namespace, done: int
+    index: int,
+    project: Path,
+    url: str,
+    server: int,
+    counter: Counter,
+    args: argparse.Namespace,
+    done: int,
+    streams: Streams,
 ) -> tuple[Round, int]:
     records = url + "api/records"
+    # Web alone, with the event streams open (nothing changes, so they cost nothing).
+    streams.start()
+    cpu = cpu_by_role(server)
     idle = wrk(records, args.connections, args.seconds)
-    # Dispatch alone: the same tasks, the same window after submission, no reader.
-    submit(project, f"alone{index}", args.tasks)
-    submitted = time.monotonic()
-    time.sleep(args.delay + args.seconds + 0.3)
-    rate_alone = counter.rate(submitted + args.delay, submitted + args.delay + args.seconds)
-    done += args.tasks
-    wait_idle(counter, done)
-    # Together.
+    cpu_idle = cpu_between(cpu, cpu_by_role(server), args.seconds)
+    # Together: wrk while the tasks dispatch, the event streams open and told of every change.
     submit(project, f"busy{index}", args.tasks)
     submitted = time.monotonic()
     time.sleep(max(0.0, submitted + args.delay - time.monotonic()))
+    cpu = cpu_by_role(server)
     start = time.monotonic()
     busy = wrk(records, args.connections, args.seconds)
     end = time.monotonic()
+    cpu_busy = cpu_between(cpu, cpu_by_role(server), end - start)
     rate_busy = counter.rate(start, end)
     done += args.tasks
     wait_idle(counter, done)
+    streams.stop()
+    # Dispatch alone: the same tasks, the same window after submission, no reader at all.
+    submit(project, f"alone{index}", args.tasks)
+    submitted = time.monotonic()
+    time.sleep(args.delay)
+    cpu = cpu_by_role(server)
+    time.sleep(args.seconds + 0.3)
+    cpu_alone = cpu_between(cpu, cpu_by_role(server), args.seconds + 0.3)
+    rate_alone = counter.rate(submitted + args.delay, submitted + args.delay + args.seconds)
+    done += args.tasks
+    wait_idle(counter, done)
+    print(
+        f"round {index + 1}: CPU cores used: web alone [{cpu_idle}]; together [{cpu_busy}]; "
+        f"dispatch alone [{cpu_alone}]",
+        file=sys.stderr,
+    )
     return Round(idle, busy, rate_alone, rate_busy), done
 
 
@@ -372,13 +435,11 @@ def main() -> None:
             with Counter(db_url) as counter:
                 done = RECORDS * 4
                 wait_idle(counter, done)
-                streams.start()
                 wrk(url + "api/records", args.connections, 2)  # warm up
                 rounds = []
                 for i in range(args.rounds):
-                    found, done = one_round(i, project, url, counter, args, done)
+                    found, done = one_round(i, project, url, proc.pid, counter, args, done, streams)
                     rounds.append(found)
-                    print(f"round {i + 1} done", file=sys.stderr)
         finally:
             streams.stop()
             with contextlib.suppress(Exception):

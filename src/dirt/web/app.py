@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -31,12 +32,14 @@ from dirt.service import Service
 from dirt.web import api, changes, couch, docs, pages
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
-from dirt.web.changes import ChangeHub
 from dirt.web.common import AnswerCache
+from dirt.web.hub import ChangeHub
 from dirt.web.render import STATIC, make_templates
 from dirt.web.security import SecurityHeaders
 
 log = logging.getLogger("dirt.web")
+
+WEB_THREADS = 16
 
 
 # The status a DirtError answers with: the client's to fix (4xx) or the server's (5xx). The first
@@ -103,6 +106,9 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Requests read the store on at most this many threads: as many as the store keeps
+        # connections open for (more would only queue there, or open and close connections).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WEB_THREADS
         hub.start()
         try:
             yield
