@@ -38,7 +38,7 @@ def _start_seq(request: Request, since: int | None) -> int:
 
 @router.get("/events", tags=["changes"], summary="Server-Sent Events: the change feed, live")
 async def events(request: Request, since: int | None = Query(None, ge=0)) -> StreamingResponse:
-    """One `change` event per batch of writes (at most one a tenth of a second):
+    """One `change` event per batch of writes (at most four a second):
     `{"seq": N, "changes": [...]}`; a change may show again in a later event."""
     hub = _hub(request)
     service: Service = request.app.state.service

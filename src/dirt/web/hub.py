@@ -5,10 +5,11 @@ reach it at once through `Service.add_listener`; writes of other processes (the 
 `dirt serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds.
 
 The events of `/events` are made here, once for every open stream: at most every
-`poll_interval`, one thread reads what changed since the last event and keeps it, serialised,
-in a ring of recent events. A stream sends the events past the point it has reached: fifty open
-pages cost one query and one serialisation per event, not fifty. A stream that starts before
-the ring (a reconnect with an old Last-Event-ID) catches up from the store first.
+`event_interval` (a page refreshes at most four times a second anyway), one thread reads what
+changed since the last event and keeps it, serialised, in a ring of recent events. A stream
+sends the events past the point it has reached: fifty open pages cost one query and one
+serialisation per event, not fifty. A stream that starts before the ring (a reconnect with an
+old Last-Event-ID) catches up from the store first.
 
 Waiters are asyncio events, so an open page holds no thread.
 """
@@ -20,6 +21,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,9 +62,12 @@ def change_event(service: Service, since: int) -> tuple[Event | None, int]:
 
 
 class ChangeHub:
-    def __init__(self, service: Service, poll_interval: float = 0.1) -> None:
+    def __init__(
+        self, service: Service, poll_interval: float = 0.1, event_interval: float = 0.25
+    ) -> None:
         self.service = service
         self.poll_interval = poll_interval
+        self.event_interval = event_interval
         self.seq = service.current_seq()
         self.event_seq = self.seq  # where the newest event ends
         self._events: deque[Event] = deque(maxlen=EVENT_RING)
@@ -109,6 +114,7 @@ class ChangeHub:
         self._wake_all()
 
     def _poll(self) -> None:
+        next_event = 0.0
         while not self._stopping.is_set():
             self._nudge.wait(self.poll_interval)
             self._nudge.clear()
@@ -116,11 +122,14 @@ class ChangeHub:
                 return
             try:
                 self._advance(self.service.current_seq())
-                self._make_events()
+                now = time.monotonic()
+                # Writes in a burst make one event per interval, not one per write: a page
+                # refreshes at most that often anyway.
+                if self.event_seq < self.seq and now >= next_event:
+                    self._make_events()
+                    next_event = now + self.event_interval
             except Exception as exc:  # the store may be busy or gone for a moment
                 log.debug("change poll failed: %s", exc)
-            # A burst of writes makes one event per interval, not one per write.
-            self._stopping.wait(self.poll_interval / 2)
 
     def _make_events(self) -> None:
         while self.event_seq < self.seq and not self._stopping.is_set():

@@ -95,7 +95,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         ws="none",
-        http="h11",
+        http="httptools",
         loop="asyncio",
         timeout_graceful_shutdown=2,
         timeout_keep_alive=5,
