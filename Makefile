@@ -20,13 +20,15 @@ $(VENV)/.installed-test: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/dirt demo
 
-# Real components the tests start: sshd, PostgreSQL, Chromium, curl, iproute2 (as root).
+# Real components the tests start: sshd, PostgreSQL, Chromium, curl, iproute2, pouchdb-server
+# (as root).
 system-deps:
 	@scripts/install-system-deps.sh
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests bench

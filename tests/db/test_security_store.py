@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from dirt.config import Settings
@@ -14,6 +15,9 @@ from dirt.errors import SubmissionError
 from dirt.models import TokenScope
 from dirt.service import Service
 
+# The revision this one follows, whatever it is when the migrations are chained.
+BEFORE = ScriptDirectory.from_config(alembic_config()).get_revision("0300_security").down_revision
+
 
 def test_tokens_made_before_scopes_keep_writing(store_settings: Settings) -> None:
     """A store made before revision 0300_security: its tokens get scope api, as they could
@@ -23,7 +27,7 @@ def test_tokens_made_before_scopes_keep_writing(store_settings: Settings) -> Non
         config = alembic_config()
         with write_transaction(engine) as conn:
             config.attributes["connection"] = conn
-            command.upgrade(config, "0004")
+            command.upgrade(config, BEFORE)
             conn.execute(
                 text(
                     "INSERT INTO api_tokens (name, token_sha256, created) "

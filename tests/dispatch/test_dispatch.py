@@ -266,8 +266,9 @@ def test_a_lost_node_is_marked_offline_and_its_task_runs_elsewhere(
     try:
         (task_id,) = submit(service, "long", kwargs={"marker": str(marker)})
         wait_for(lambda: marker.exists(), what="the task to start")
-        first = service.task(task_id).node
-        state = running.dispatcher._nodes[first]
+        # Its start is written at the loop's next step, which may come after the marker.
+        first = wait_for(lambda: service.task(task_id).node, what="the start to be stored")
+        state = running.dispatcher.nodes[first]
         os.kill(state.connection.agent_info["pid"], signal.SIGKILL)
         (task,) = wait_finished(service, [task_id])
         assert task.state is TaskState.SUCCEEDED

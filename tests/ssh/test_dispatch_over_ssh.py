@@ -306,7 +306,7 @@ def test_an_offline_node_comes_back_by_itself(
     listing = run_dirt("--project", str(project), "nodes", "list", env={"COLUMNS": "300"})
     assert "no (offline)" in listing.stdout
     assert "lost connection" in listing.stdout or "refused" in listing.stdout
-    state = running.dispatcher._nodes["node-a"]
+    state = running.dispatcher.nodes["node-a"]
     wait_for(
         lambda: state.backoff > service.settings.dispatch.backoff_initial,
         10,

@@ -72,6 +72,14 @@ def waiting_reason(task: Task, nodes: Sequence[NodeView]) -> str | None:
     return None
 
 
+def reservation_key(task: Task) -> tuple[int, float, str]:
+    """The order waiting tasks are reserved and started in: highest priority, then oldest.
+
+    The store's query for waiting tasks (db.tasks.waiting_tasks) sorts the same way.
+    """
+    return (-task.priority, task.created, task.id)
+
+
 def to_reserve(tasks: Sequence[Task], nodes: Sequence[NodeView], count: int) -> list[Task]:
     """The first `count` tasks (already in priority order) that some usable node can run."""
     usable = [n for n in nodes if n.usable]

@@ -5,14 +5,14 @@ they could write. `audit`: who made each user write (a token by name, a user on 
 what it was and when, written in the transaction of the change.
 
 Revision ID: 0300_security
-Revises: 0004
+Revises: 0100_couch
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0300_security"
-down_revision = "0004"
+down_revision = "0100_couch"
 branch_labels = None
 depends_on = None
 
