@@ -25,7 +25,8 @@ def request(url: str, method: str = "GET", **headers: str) -> tuple[int, dict[st
         with urllib.request.urlopen(req, timeout=10) as response:
             return response.status, dict(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers)
+        with exc:
+            return exc.code, dict(exc.headers)
 
 
 def test_forwarded_headers_are_ignored_without_a_configured_proxy(seeded: Service) -> None:
@@ -63,7 +64,8 @@ def test_behind_a_configured_proxy_the_forwarded_client_counts(seeded: Service) 
         opener = urllib.request.build_opener(NoRedirect)
         with pytest.raises(urllib.error.HTTPError) as redirect:
             opener.open(login, timeout=10)
-        assert "Secure" in redirect.value.headers["set-cookie"], "the proxy spoke HTTPS"
+        with redirect.value as answer:
+            assert "Secure" in answer.headers["set-cookie"], "the proxy spoke HTTPS"
     finally:
         server.stop()
     last = [e for e in seeded.audit() if e.via == "token"][-1]

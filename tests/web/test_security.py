@@ -46,7 +46,7 @@ def test_the_mode_says_why() -> None:
 
 def test_off_loopback_anonymous_reads_are_refused_and_say_how(remote: TestClient) -> None:
     for path in ("/api/records", "/api/nodes", "/api/changes", "/metrics", "/", "/nodes"):
-        refused = remote.get(path)
+        refused = remote.get(path, headers={"Accept": "text/html"})
         assert refused.status_code == 401, path
     answer = remote.get("/api/records").json()["error"]
     assert "dirt token create NAME --scope read" in answer and "/login" in answer
