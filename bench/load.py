@@ -193,7 +193,7 @@ def wrk(url: str, connections: int, seconds: float) -> WrkResult:
     out = subprocess.run(
         [
             "wrk",
-            "-t2",
+            "-t1",
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             "--timeout",

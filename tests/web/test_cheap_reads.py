@@ -97,3 +97,15 @@ def test_a_stream_waits_for_the_next_event(seeded: Service) -> None:
             assert pool.submit(asyncio.run, both()).result() < 2
     finally:
         hub.stop()
+
+
+def test_a_kept_answer_is_never_served_to_a_reader_who_needs_a_token(
+    seeded: Service, remote: TestClient
+) -> None:
+    from dirt.models import TokenScope
+
+    token = seeded.create_token("dashboard", TokenScope.READ)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert remote.get("/api/records", headers=auth).status_code == 200
+    assert remote.get("/api/records", headers=auth).status_code == 200  # kept now
+    assert remote.get("/api/records").status_code == 401

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from dirt import documents
 from dirt.models import TaskState
 from dirt.views import detail_view, node_view, nodes_view, summary_view, task_view
+from dirt.web.answers import cached_json
 from dirt.web.auth import require_read, require_write
-from dirt.web.common import cached_json, json_answer, read_json, service_of
+from dirt.web.common import json_answer, read_json, service_of
 from dirt.web.security import attachment_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
@@ -131,7 +132,7 @@ async def list_records(
         }
 
     # The list every open page and dashboard polls: one query per change of the store.
-    return await cached_json(request, ("records", limit, before, shown, q), page)
+    return await cached_json(request, page)
 
 
 @router.get(

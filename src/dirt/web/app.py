@@ -30,9 +30,9 @@ from dirt.errors import (
 )
 from dirt.service import Service
 from dirt.web import api, changes, couch, couchdb, docs, pages
+from dirt.web.answers import AnswerCache, KeptAnswers
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
-from dirt.web.common import AnswerCache
 from dirt.web.hub import ChangeHub
 from dirt.web.render import STATIC, make_templates
 from dirt.web.security import SecurityHeaders
@@ -150,6 +150,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     couchdb.install(app, service)  # last: it answers for database names no route above took
+    app.add_middleware(KeptAnswers, paths=frozenset({"/api/records"}))
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AuditContext)
 
