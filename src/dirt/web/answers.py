@@ -42,6 +42,19 @@ class AnswerCache:
         self._answers.move_to_end(key)
         return found[1]
 
+    async def kept_or_coming(self, key: Key, seq: int) -> bytes | None:
+        """The kept answer, or the one being made for `seq` (waited for); None when neither."""
+        found = self.kept(key, seq)
+        if found is not None:
+            return found
+        task = self._making.get((key, seq))
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            return None
+        try:
+            return await asyncio.shield(task)
+        except Exception:  # the route makes it again and answers with the error
+            return None
+
     async def answer(self, key: Key, seq: int, make: Callable[[], Any]) -> bytes:
         """The answer for `key` as of `seq`: kept, or made off the event loop (once for every
         request that asks meanwhile)."""
@@ -107,13 +120,16 @@ class KeptAnswers:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in self.paths:
             state = scope["app"].state
             headers = dict(scope["headers"])
-            body = state.answers.kept((scope["path"], scope["query_string"]), state.hub.seq)
-            if (
-                body is not None
-                and b"no-cache" not in headers.get(b"cache-control", b"")
-                and (state.access.reads_open or state.access.trusted_local(Request(scope)))
+            if b"no-cache" not in headers.get(b"cache-control", b"") and (
+                state.access.reads_open or state.access.trusted_local(Request(scope))
             ):
-                inm = headers.get(b"if-none-match", b"").decode("latin-1")
-                await _answer(state.hub.seq, body, inm)(scope, receive, send)
-                return
+                seq = state.hub.seq
+                key = (scope["path"], scope["query_string"])
+                # Right after a change every reader misses at once: they wait for the one
+                # answer being made rather than each going through the route.
+                body = await state.answers.kept_or_coming(key, seq)
+                if body is not None:
+                    inm = headers.get(b"if-none-match", b"").decode("latin-1")
+                    await _answer(seq, body, inm)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
