@@ -3,16 +3,20 @@
     .venv/bin/python bench/load.py [--connections 50] [--sse 50] [--tasks 8000] [--rounds 3]
 
 Runs the real `dirt serve` (web and dispatcher, as users run it) on a project with a local
-node and a few hundred records, over TCP on 127.0.0.1. Each round measures, side by side:
+node (process isolation, 2 slots on a 2-core machine) and 300 records, over TCP on 127.0.0.1.
+Each round measures, side by side:
 
-- web alone: `wrk` with N connections on `/api/records` while nothing dispatches;
-- dispatch alone: the rate at which `--tasks` trivial tasks complete, no reader;
-- together: the same wrk run while the same number of trivial tasks dispatches.
+- web alone: `wrk` with N connections on `/api/records`, M event streams open, nothing
+  dispatching;
+- together: the same wrk run while `--tasks` trivial tasks dispatch, the M event streams open
+  (and told of every change);
+- dispatch alone: the same number of trivial tasks, no reader at all.
 
-M Server-Sent Event streams (`/events`, what each open page holds) stay open through every
-round; a stream the server closes counts as dropped. The dispatch rate is counted over the
-seconds wrk ran, and "alone" over the same seconds after submission, so both see the same
-queue. Figures are medians over the rounds; the ratios are of the medians.
+The dispatch rate is counted over the seconds wrk ran, and "alone" over the same seconds after
+submission, so both see the same queue. A stream the server closes, or that fails, counts as
+dropped. Figures are medians over the rounds; the ratios are of the medians. Each round also
+prints the CPU cores the dispatcher, the web processes and the node's processes used in each
+part (from /proc): on a shared machine that says where the time went.
 """
 
 from __future__ import annotations
@@ -403,13 +407,23 @@ def report(rounds: list[Round], streams: Streams, args: argparse.Namespace) -> N
             f"dispatch {r.rate_alone:.0f} -> {r.rate_busy:.0f} tasks/s"
         )
     print(
-        f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        f"{os.cpu_count()} CPUs"
+        f"machine: {os.cpu_count()} CPUs ({cpu_model()}); load average at the start "
+        f"{args.load_before}, at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     print(
         "goals: no errors, busy p99 < 250 ms, web >= 0.6x of idle, dispatch >= 0.7x of alone, "
         "no stream dropped"
     )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def main() -> None:
@@ -422,6 +436,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-arg", action="append", default=[], help="passed to dirt serve")
     args = parser.parse_args()
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk (scripts/install-system-deps.sh does)")
     with tempfile.TemporaryDirectory() as tmp:
