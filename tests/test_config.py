@@ -88,8 +88,9 @@ def test_a_host_table_sets_one_nodes_options_and_leaves_the_rest_unset(project: 
     assert nodes.host("elsewhere") == HostSettings(), "a node without a table gets no options"
 
 
-def test_a_host_table_accepts_every_nodes_key_and_slots() -> None:
-    nodes_keys = {f.name for f in dataclasses.fields(NodeDefaults)} - {"hosts"}
+def test_a_host_table_accepts_every_nodes_connection_key_and_slots() -> None:
+    # show_environ says what reads show of every node: it has no per-host meaning.
+    nodes_keys = {f.name for f in dataclasses.fields(NodeDefaults)} - {"hosts", "show_environ"}
     assert {f.name for f in dataclasses.fields(HostSettings)} == nodes_keys | {"slots"}
 
 

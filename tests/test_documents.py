@@ -169,3 +169,20 @@ def test_submit_tasks_creates_the_record_then_adds_to_it(service: Service) -> No
     detail = service.record_detail("r9")
     assert detail.record.description == "nine"
     assert sorted(t.name for t in detail.tasks) == ["examples.arguments", "examples.simple"]
+
+
+def test_parse_since_takes_times_ago_dates_and_epoch_seconds() -> None:
+    from datetime import datetime
+
+    from dirt.documents import parse_since
+    from dirt.errors import InputError
+
+    now = 1_000_000.0
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("1.5d", now) == now - 1.5 * 86400
+    assert parse_since("1700000000", now) == 1_700_000_000.0
+    assert parse_since("2024-05-01", now) == datetime(2024, 5, 1).timestamp()
+    assert parse_since("2024-05-01 12:30", now) == datetime(2024, 5, 1, 12, 30).timestamp()
+    with pytest.raises(InputError, match="a time ago"):
+        parse_since("last tuesday", now)

@@ -74,6 +74,11 @@ class NodeDefaults:
     python: str = "python3"
     host_key_checking: str = "accept-new"
     connect_timeout: float = 10.0
+    # Environment variables whose values reads may show (shell wildcards allowed); every other
+    # variable shows by name only. `requires` matches the full environment regardless.
+    show_environ: list[str] = field(
+        default_factory=lambda: ["PATH", "PYTHONPATH", "HOME", "SHELL", "LANG"]
+    )
     hosts: dict[str, HostSettings] = field(default_factory=dict)
 
     def host(self, address: str) -> HostSettings:
@@ -95,11 +100,20 @@ class WebSettings:
     # Where people reach the web pages: links in mails and commit statuses start with it.
     # Default: http://HOST:PORT/ of this server (set it when a proxy or a name fronts dirt).
     base_url: str = ""
+    # HTTPS: the certificate chain and its private key (PEM files); both or neither.
+    certfile: str = ""
+    keyfile: str = ""
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-For/-Proto are believed;
+    # empty: forwarded headers are ignored. Set, the server counts as serving others.
+    forwarded_allow_ips: list[str] = field(default_factory=list)
+    # Web server processes `dirt serve` and `dirt web` run, beside the dispatcher's.
+    workers: int = 1
 
 
 @dataclass
 class AuthSettings:
-    read: str = "open"
+    # "auto": open while the web server listens on loopback only, else a token is needed.
+    read: str = "auto"
 
 
 SECTIONS: dict[str, type] = {
@@ -119,12 +133,13 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("dispatch", "order"): ("fair", "fifo"),
     ("nodes", "host_key_checking"): ("accept-new", "strict", "no"),
     ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
-    ("auth", "read"): ("open", "token"),
+    ("auth", "read"): ("auto", "open", "token"),
 }
 
 # The smallest value a number may take. A host table is checked with the rules of [nodes].
 MINIMUM: dict[tuple[str, str], int | float] = {
     ("nodes", "slots"): 1,
+    ("web", "workers"): 1,
 }
 
 

@@ -36,6 +36,55 @@ class Outcome(StrEnum):
 MAX_SHARE = 1000  # the largest `share` a record may ask for
 
 
+class TokenScope(StrEnum):
+    """What an API token may do; stored with the token."""
+
+    READ = "read"  # read everything a page or the API shows, where reads need a token
+    API = "api"  # read, and write: submit, cancel, retry, change nodes
+
+    @property
+    def may_write(self) -> bool:
+        return self is TokenScope.API
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a write, as the audit keeps it: a token by name (via "token", "cookie" or
+    "basic"), a user on this machine (via "loopback" for the web, "local" for the CLI and any
+    other process on the store), or "anonymous" where writes need no token."""
+
+    name: str
+    via: str
+    client: str | None = None  # the client's address, for writes over HTTP
+    request: str | None = None  # "POST /api/records", for writes over HTTP
+
+
+@dataclass
+class AuditEntry:
+    id: int
+    at: float
+    seq: int
+    actor: str
+    via: str
+    client: str | None
+    action: str
+    target: str
+    request: str | None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "seq": self.seq,
+            "actor": self.actor,
+            "via": self.via,
+            "client": self.client,
+            "action": self.action,
+            "target": self.target,
+            "request": self.request,
+        }
+
+
 @dataclass
 class Record:
     id: str

@@ -1,4 +1,5 @@
-"""`dirt serve`: the dispatcher and the web server in one process; `dirt web`: the web alone."""
+"""`dirt serve`: the dispatcher, with the web server in processes of its own; `dirt web`: the
+web server alone."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dirt.config import Settings
 from dirt.dispatch.loop import Dispatcher
 from dirt.notify.runner import NotificationRunner, warn_missing_secrets
 from dirt.service import Service
+
+if TYPE_CHECKING:
+    from dirt.web.run import WebServer
+    from dirt.web.workers import WebWorkers
 
 log = logging.getLogger("dirt")
 
@@ -22,15 +28,38 @@ def _on_signals(handler: Callable[[int, Any], None]) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _start_web(service: Service, host: str | None, port: int | None, fallback_port: bool) -> Any:
-    from dirt.web.app import create_app
-    from dirt.web.run import WebServer
+def _web_address(service: Service, host: str | None, port: int | None) -> tuple[str, int]:
+    return host or service.settings.web.host, service.settings.web.port if port is None else port
 
-    host = host or service.settings.web.host
-    port = service.settings.web.port if port is None else port
-    server = WebServer(create_app(service, bind_host=host), host, port, fallback_port=fallback_port)
-    server.start()
-    return server
+
+def _say_mode(settings: Settings, host: str) -> None:
+    """Say at start whether reads need a token here, and why (loudly when they are open to
+    more than this machine)."""
+    from dirt.web.auth import is_loopback, read_mode
+
+    behind_proxy = bool(settings.web.forwarded_allow_ips)
+    mode = read_mode(settings.auth.read, host, behind_proxy)
+    exposed = mode.open and (behind_proxy or not is_loopback(host))
+    log.log(logging.WARNING if exposed else logging.INFO, "web: %s", mode.why)
+
+
+def _start_web(
+    service: Service, host: str | None, port: int | None, fallback_port: bool
+) -> WebWorkers:
+    from dirt.web.workers import WebWorkers
+
+    host, port = _web_address(service, host, port)
+    settings = service.settings
+    workers = WebWorkers(settings, host, port, fallback_port=fallback_port)
+    url = workers.start()
+    log.info(
+        "web server at %s (%d web process(es): %s)",
+        url,
+        len(workers.pids),
+        ", ".join(map(str, workers.pids)),
+    )
+    _say_mode(settings, host)
+    return workers
 
 
 def serve(
@@ -45,10 +74,11 @@ def serve(
 ) -> int:
     """Run until SIGINT or SIGTERM; running tasks go back to waiting. Returns the exit code.
 
-    With `web`, the web server runs on a thread of this process, sharing the service, so the
-    pages hear of the dispatcher's writes at once. The notification sender runs on a thread
-    too: it stops after the dispatcher, so what the last tasks made still goes out (or stays
-    pending for the next start).
+    With `web`, the web server runs in processes of its own (`[web] workers`, see
+    dirt.web.workers): readers and the dispatcher never wait for one GIL. They hear of the
+    dispatcher's writes through the change sequence, within a tenth of a second. The
+    notification sender runs on a thread of this process: it stops after the dispatcher, so
+    what the last tasks made still goes out (or stays pending for the next start).
     """
     warn_missing_secrets(service.settings, os.environ)
     dispatcher = Dispatcher(service)
@@ -99,7 +129,8 @@ def serve_web(
     port: int | None = None,
     on_web: Callable[[str], None] | None = None,
 ) -> int:
-    """The web server alone (another process dispatches), until SIGINT or SIGTERM."""
+    """The web server alone (another process dispatches), until SIGINT or SIGTERM: in this
+    process, or in `[web] workers` processes when that is more than one."""
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
@@ -107,18 +138,28 @@ def serve_web(
         stopping.set()
 
     warn_missing_secrets(service.settings, os.environ)
-    web_server = _start_web(service, host, port, fallback_port=False)
-    service.serving_at(web_server.url)
+    web: WebServer | WebWorkers
+    if service.settings.web.workers > 1:
+        web = _start_web(service, host, port, fallback_port=False)
+    else:
+        from dirt.web.app import create_app
+        from dirt.web.run import WebServer
+
+        bind, port = _web_address(service, host, port)
+        web = WebServer(create_app(service, bind_host=bind), bind, port)
+        log.info("web server at %s", web.start())
+        _say_mode(service.settings, bind)
+    service.serving_at(web.url)
     _on_signals(stop)
     if on_web is not None:
-        on_web(web_server.url)
+        on_web(web.url)
     try:
         while not stopping.wait(0.5):
-            if web_server.thread is not None and not web_server.thread.is_alive():
+            if not web.serving:
                 log.error("the web server stopped on its own")
                 return 1
     finally:
-        web_server.stop()
+        web.stop()
     log.info("web server stopped")
     return 0
 

@@ -5,10 +5,15 @@ Every view starts from the model's own document (`to_doc`: the original's format
 they came) and adds what dirt knows about it. A task's `node`, `started`, `completed`, `reason`,
 `results` and `output` are always present (null until known); its `reason` is why it ended or,
 for a waiting task, why it waits (`waiting_reason` keeps the latter on its own too).
+
+A node is only ever shown through `shown_node`: its environment by names (values only for
+`[nodes] show_environ`), passwords masked (`dirt.redact`). Every read (API, pages, CLI, feeds)
+takes nodes from here; only the dispatcher sees the sys_info as stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -23,6 +28,7 @@ from dirt.models import (
     Task,
     TaskState,
 )
+from dirt.redact import mask_text, masked, shown_sys_info
 
 
 class Queued(Protocol):
@@ -162,13 +168,26 @@ def detail_view(detail: Detail, *, for_status: bool = False) -> dict[str, Any]:
     }
 
 
-def node_view(node: Node, running: int) -> dict[str, Any]:
-    """The node with `running`: tasks it runs now."""
-    return {**node.to_doc(), "running": running}
+def shown_node(node: Node, show_environ: Sequence[str]) -> Node:
+    """The node as a read may show it: environment values only for the names in
+    `show_environ`, passwords in URLs, command lines and secret-named keys masked."""
+    return dataclasses.replace(
+        node,
+        sys_info=shown_sys_info(node.sys_info, show_environ),
+        ssh=masked(node.ssh),
+        last_error=mask_text(node.last_error) if node.last_error else node.last_error,
+    )
 
 
-def nodes_view(nodes: Iterable[Node], running: Mapping[str, int]) -> list[dict[str, Any]]:
-    return [node_view(n, running.get(n.address, 0)) for n in nodes]
+def node_view(node: Node, running: int, show_environ: Sequence[str]) -> dict[str, Any]:
+    """The node (as `shown_node` shows it) with `running`: tasks it runs now."""
+    return {**shown_node(node, show_environ).to_doc(), "running": running}
+
+
+def nodes_view(
+    nodes: Iterable[Node], running: Mapping[str, int], show_environ: Sequence[str]
+) -> list[dict[str, Any]]:
+    return [node_view(n, running.get(n.address, 0), show_environ) for n in nodes]
 
 
 def dispatcher_view(d: DispatcherInfo) -> dict[str, Any]:

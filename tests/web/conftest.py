@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -17,7 +21,7 @@ from dirt.models import TaskState
 from dirt.service import Finished, Service
 from dirt.web.app import create_app
 from dirt.web.run import WebServer
-from tests.conftest import need
+from tests.conftest import DIRT, need
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -145,3 +149,48 @@ def screenshot(page: Any) -> Callable[[str], None]:
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
     return shoot
+
+
+# ---- real `dirt serve` / `dirt web` processes ------------------------------------------------
+
+URL_LINE = re.compile(r"Web page and API at (https?://\S+/) ")
+
+
+def start_dirt(
+    project: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[subprocess.Popen[str], str]:
+    """Run `dirt ARGS --port 0` in `project` until it prints its URL; returns (process, URL).
+    Its stderr (the log) is read by `stop_dirt`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [DIRT, *args, "--port", "0"],
+        cwd=project,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        found = URL_LINE.search(line)
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    _, errors = proc.communicate()
+    raise AssertionError(f"no URL printed: {errors}")
+
+
+def stop_dirt(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
+    """SIGTERM, wait; returns (exit code, everything it logged on stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, errors = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, errors = proc.communicate()
+    return proc.returncode, errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from dirt import __version__
+from dirt.cli.audit import audit
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
 from dirt.cli.hook import hook
@@ -53,6 +54,7 @@ COMMANDS = (
     hook,
     watch,
     notify,
+    audit,
     demo,
 )
 for command in COMMANDS:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dirt.cli.base import Context, ago, err, out
 from dirt.errors import DirtError
-from dirt.views import nodes_view
+from dirt.views import nodes_view, shown_node
 
 
 def add_nodes(
@@ -134,16 +134,17 @@ def updatenodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None
 @click.pass_obj
 def nodes_list(obj: Context, as_json: bool) -> None:
     """Every node with its state, slots, load and last error."""
+    show = obj.settings.nodes.show_environ
     found = obj.service.nodes()
     running = obj.service.running_per_node()
     if as_json:
-        click.echo(json.dumps(nodes_view(found, running), indent=2))
+        click.echo(json.dumps(nodes_view(found, running, show), indent=2))
         return
     if not found:
         out.print("no nodes; add one with `dirt nodes add local` or `dirt nodes add HOST`")
         return
     table = Table("node", "enabled", "online", "slots", "load", "system", "last seen", "last error")
-    for n in found:
+    for n in (shown_node(n, show) for n in found):
         info = n.sys_info
         table.add_row(
             escape(n.address),

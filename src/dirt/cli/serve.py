@@ -14,18 +14,54 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def web_options(command: F) -> F:
-    """--host and --port, as `dirt serve` and `dirt web` both take them."""
-    command = click.option(
-        "--port",
-        type=click.IntRange(0, 65535),
-        envvar="DIRT_WEB_PORT",
-        help="Web server port (default: [web] port, 8080; 0 picks a free one).",
-    )(command)
-    return click.option(
-        "--host",
-        envvar="DIRT_WEB_HOST",
-        help="Web server address (default: [web] host, 127.0.0.1).",
-    )(command)
+    """--host, --port, --certfile, --keyfile and --workers, as `dirt serve` and `dirt web`
+    both take them."""
+    for option in (
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            envvar="DIRT_WEB_WORKERS",
+            help="Web server processes (default: [web] workers, 1).",
+        ),
+        click.option(
+            "--keyfile",
+            type=click.Path(dir_okay=False, resolve_path=True),
+            envvar="DIRT_WEB_KEYFILE",
+            help="Serve HTTPS: the certificate's private key, PEM (default: [web] keyfile).",
+        ),
+        click.option(
+            "--certfile",
+            type=click.Path(dir_okay=False, resolve_path=True),
+            envvar="DIRT_WEB_CERTFILE",
+            help="Serve HTTPS: the certificate (chain), PEM (default: [web] certfile).",
+        ),
+        click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            envvar="DIRT_WEB_PORT",
+            help="Web server port (default: [web] port, 8080; 0 picks a free one).",
+        ),
+        click.option(
+            "--host",
+            envvar="DIRT_WEB_HOST",
+            help="Web server address (default: [web] host, 127.0.0.1).",
+        ),
+    ):
+        command = option(command)
+    return command
+
+
+def apply_web_options(
+    obj: Context, certfile: str | None, keyfile: str | None, workers: int | None
+) -> None:
+    """Flags win over dirt.toml (and the DIRT_WEB_* variables the flags read themselves)."""
+    web = obj.settings.web
+    if certfile is not None:
+        web.certfile = certfile
+    if keyfile is not None:
+        web.keyfile = keyfile
+    if workers is not None:
+        web.workers = workers
 
 
 def say_url(url: str) -> None:
@@ -36,11 +72,20 @@ def say_url(url: str) -> None:
 @click.option("--no-web", is_flag=True, help="Run the dispatcher only, no web server.")
 @web_options
 @click.pass_obj
-def serve(obj: Context, no_web: bool, host: str | None, port: int | None) -> None:
+def serve(
+    obj: Context,
+    no_web: bool,
+    host: str | None,
+    port: int | None,
+    certfile: str | None,
+    keyfile: str | None,
+    workers: int | None,
+) -> None:
     """Run the dispatcher and the web server until Ctrl-C."""
     from dirt.logs import setup_logging
     from dirt.server import serve as run_server
 
+    apply_web_options(obj, certfile, keyfile, workers)
     setup_logging(obj.settings)
     sys.exit(run_server(obj.service, web=not no_web, host=host, port=port, on_web=say_url))
 
@@ -48,10 +93,18 @@ def serve(obj: Context, no_web: bool, host: str | None, port: int | None) -> Non
 @click.command()
 @web_options
 @click.pass_obj
-def web(obj: Context, host: str | None, port: int | None) -> None:
+def web(
+    obj: Context,
+    host: str | None,
+    port: int | None,
+    certfile: str | None,
+    keyfile: str | None,
+    workers: int | None,
+) -> None:
     """Run the web server only (pages, JSON API, _bulk_docs) until Ctrl-C."""
     from dirt.logs import setup_logging
     from dirt.server import serve_web
 
+    apply_web_options(obj, certfile, keyfile, workers)
     setup_logging(obj.settings)
     sys.exit(serve_web(obj.service, host=host, port=port, on_web=say_url))

@@ -1,4 +1,4 @@
-"""`dirt token create|list|revoke`: API tokens for writing (and reading) over HTTP."""
+"""`dirt token create|list|revoke`: API tokens for reading and writing over HTTP."""
 
 from __future__ import annotations
 
@@ -6,22 +6,32 @@ import click
 from rich.markup import escape
 
 from dirt.cli.base import Context, err, out, when
+from dirt.models import TokenScope
 
 
 @click.group()
 def token() -> None:
-    """API tokens for writing over HTTP (and reading, when auth.read = "token")."""
+    """API tokens for HTTP: scope api reads and writes, scope read only reads."""
 
 
 @token.command("create")
 @click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in TokenScope]),
+    default=TokenScope.API.value,
+    show_default=True,
+    help="api: read and write (submit, cancel, retry, nodes); read: read only.",
+)
 @click.pass_obj
-def token_create(obj: Context, name: str) -> None:
+def token_create(obj: Context, name: str, scope: str) -> None:
     """Make token NAME and print it once; only its sha256 is stored."""
-    made = obj.service.create_token(name)
+    from dirt.documents import token_scope
+
+    made = obj.service.create_token(name, token_scope(scope))
     click.echo(made)
     err.print(
-        f"token {escape(name)} made; it is shown only now. "
+        f"token {escape(name)} (scope {scope}) made; it is shown only now. "
         "Send it as 'Authorization: Bearer TOKEN'.",
         highlight=False,
     )
@@ -30,12 +40,12 @@ def token_create(obj: Context, name: str) -> None:
 @token.command("list")
 @click.pass_obj
 def token_list(obj: Context) -> None:
-    """The names of the tokens and when they were made."""
+    """The names of the tokens, their scopes and when they were made."""
     found = obj.service.tokens()
     if not found:
         out.print("no tokens; make one with `dirt token create NAME`")
     for info in found:
-        out.print(f"{escape(info.name)}  made {when(info.created)}")
+        out.print(f"{escape(info.name)}  scope {info.scope.value}  made {when(info.created)}")
 
 
 @token.command("revoke")

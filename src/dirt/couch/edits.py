@@ -37,9 +37,10 @@ MAX_LOCAL_ID = 200
 EDITS = {TaskState.CANCELLED.value: "cancel", TaskState.WAITING.value: "retry"}
 
 
-def _write(service: Service, work: Callable[[Any, int], Any]) -> Any:
-    """The service's write path: one transaction, the change sequence bumped, listeners told."""
-    return service._write(work)
+def _write(service: Service, work: Callable[[Any, int], Any], action: str, target: str) -> Any:
+    """The service's write path: one transaction, the change sequence bumped, listeners told,
+    the audit row written."""
+    return service._write(work, action, target)
 
 
 def create(store: CouchStore, doc_id: str | None, body: dict[str, Any]) -> tuple[str, str]:
@@ -99,7 +100,7 @@ def update(store: CouchStore, doc_id: str, body: dict[str, Any], rev: str | None
             store.service._notice_retried(conn, retried)
         return docs_db.revision_of(conn, "task", doc_id) or 0
 
-    revision = _write(store.service, work)
+    revision = _write(store.service, work, action, doc_id)
     log.info("Task %s: %s requested over the CouchDB API", doc_id, action)
     return rev_of(store.uuid, doc_id, revision)
 

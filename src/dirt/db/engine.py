@@ -45,7 +45,11 @@ class _SQLiteCompiler(SQLiteCompiler):
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    # A web process reads on up to 16 threads at once (dirt.web.app.WEB_THREADS): that many
+    # connections stay open, so a busy page never pays for opening one (and its pragmas).
+    engine = create_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, pool_size=16, max_overflow=16
+    )
     engine.dialect.statement_compiler = _SQLiteCompiler
 
     @event.listens_for(engine, "connect")

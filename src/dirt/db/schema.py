@@ -142,6 +142,8 @@ api_tokens = Table(
     Column("name", String(200), nullable=False),
     Column("token_sha256", String(64), nullable=False),
     Column("created", Float, nullable=False),
+    # What the token may do (dirt.models.TokenScope); migration 0300 made earlier tokens "api".
+    Column("scope", String(16), nullable=False, server_default="api"),
     UniqueConstraint("name", name="uq_api_tokens_name"),
     UniqueConstraint("token_sha256", name="uq_api_tokens_sha256"),
 )
@@ -242,4 +244,23 @@ dispatchers = Table(
     Column("stopped", Float, nullable=True),
     Column("dispatch_order", String(16), nullable=False),
     Column("view", JSON, nullable=False),
+)
+
+# ---- security (migration 0300) -------------------------------------------------------------
+
+# Who changed what: one row per user write (web or CLI; not the dispatcher's own steps), written
+# in the transaction of the change itself, so a change and its row commit or roll back together.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("via", String(16), nullable=False),
+    Column("client", String(100), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("request", Text, nullable=True),
+    Index("ix_audit_at", "at"),
 )

@@ -10,9 +10,11 @@ from dirt.documents.addresses import NodeAddress, parse_address
 from dirt.documents.api import (
     make_cursor,
     parse_cursor,
+    parse_since,
     record_envelope,
     tasks_envelope,
     token_name,
+    token_scope,
 )
 from dirt.documents.results import ResultError, parse_results
 from dirt.documents.submission import Submission, documents_of, parse_submission
@@ -26,8 +28,10 @@ __all__ = [
     "parse_address",
     "parse_cursor",
     "parse_results",
+    "parse_since",
     "parse_submission",
     "record_envelope",
     "tasks_envelope",
     "token_name",
+    "token_scope",
 ]

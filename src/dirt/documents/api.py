@@ -1,14 +1,17 @@
 """What the HTTP API takes besides plain documents: the envelopes of POST /api/records and
-/api/records/{id}/tasks, page cursors, API token names."""
+/api/records/{id}/tasks, page cursors, API token names and scopes, and points in time."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+from datetime import datetime
 from typing import Any
 
 from dirt.documents.submission import MAX_ID_LENGTH, is_number
 from dirt.errors import InputError, SubmissionError
+from dirt.models import TokenScope
 
 RECORD_ENVELOPE_FIELDS = frozenset({"record", "tasks"})
 TASKS_ENVELOPE_FIELDS = frozenset({"tasks"})
@@ -114,3 +117,43 @@ def token_name(value: Any) -> str:
     ):
         raise InputError(f"token name {value!r} must be 1-{MAX_ID_LENGTH} printable characters")
     return value
+
+
+def token_scope(value: Any) -> TokenScope:
+    """A token scope by its name ("read", "api"), or InputError listing them."""
+    try:
+        return TokenScope(value)
+    except ValueError:
+        names = ", ".join(s.value for s in TokenScope)
+        raise InputError(f"token scope {value!r} is not one of {names}") from None
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """A point in time as epoch seconds: `30m`, `2h`, `7d`, `1w` ago; an ISO date or date and
+    time (`2024-05-01`, `2024-05-01T12:00`, local time unless it has an offset); or epoch
+    seconds. InputError names what is accepted."""
+    value = text.strip()
+    found = _AGO.match(value)
+    if found:
+        return now - float(found.group(1)) * _SECONDS[found.group(2)]
+    if is_number_text(value):
+        return float(value)
+    try:
+        return datetime.fromisoformat(value.replace(" ", "T", 1)).timestamp()
+    except ValueError:
+        raise InputError(
+            f"--since {text!r}: give a time ago (30m, 2h, 7d, 1w), a date or date and time "
+            "(2024-05-01, 2024-05-01T12:00) or epoch seconds"
+        ) from None
+
+
+def is_number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return value.replace(".", "", 1).isdigit()

@@ -18,10 +18,20 @@ from dirt.db import records as records_db
 from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
-from dirt.models import Node, Task, TaskState
+from dirt.models import Node, Task, TaskState, TokenScope
 from dirt.service.base import log
 from dirt.service.notices import Notices
 from dirt.service.queue import retry_finished
+
+
+def _submitted(submission: documents.Submission) -> str:
+    """What a submission added, for the audit: its records (or the records its tasks join)
+    and how many tasks."""
+    records = [r.id for r in submission.records] or sorted({t.record_id for t in submission.tasks})
+    shown = ", ".join(records[:20]) + (
+        f" and {len(records) - 20} more" if len(records) > 20 else ""
+    )
+    return f"{shown}: {len(submission.tasks)} task(s)"
 
 
 def _no_node(address: str) -> NotFoundError:
@@ -47,7 +57,7 @@ class Administration(Notices):
             self._store_submission(conn, submission, seq)
             return submission
 
-        submission = self._write(work)
+        submission = self._write(work, "submit", _submitted)
         for record in submission.records:
             log.info("Record %s added", record.id)
         log.info("%d task(s) added", len(submission.tasks))
@@ -124,13 +134,15 @@ class Administration(Notices):
             nodes_db.upsert_node(conn, node, seq)
             return node, known is not None
 
-        node, known = self._write(work)
+        node, known = self._write(work, "node add", address)
         log.info("Node %s %s (%d slots)", address, "refreshed" if known else "added", node.slots)
         return node
 
     def set_node_enabled(self, address: str, enabled: bool) -> None:
         if not self._write(
-            lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled)
+            lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled),
+            "node enable" if enabled else "node disable",
+            address,
         ):
             raise _no_node(address)
         log.info("Node %s %s", address, "enabled" if enabled else "disabled")
@@ -147,7 +159,7 @@ class Administration(Notices):
                 )
             return nodes_db.delete_node(conn, address)
 
-        if not self._write(work):
+        if not self._write(work, "node remove", address):
             raise _no_node(address)
         log.info("Node %s removed", address)
 
@@ -168,7 +180,7 @@ class Administration(Notices):
                 self._notice_finished(conn, [task_id])
             return task
 
-        task = self._write(work)
+        task = self._write(work, "cancel", task_id)
         if task.state is TaskState.CANCELLED:
             log.info("Task %s cancelled", task_id)
         else:
@@ -191,7 +203,7 @@ class Administration(Notices):
             self._notice_retried(conn, retried)
             return task
 
-        task = self._write(work)
+        task = self._write(work, "retry", task_id)
         log.info("Task %s waiting again (retry)", task_id)
         return task
 
@@ -206,27 +218,32 @@ class Administration(Notices):
             self._notice_retried(conn, retried)
             return retried
 
-        retried = self._write(work)
+        retried = self._write(
+            work, "retry failed", lambda ids: f"record {record_id}: {len(ids)} task(s)"
+        )
         log.info("Record %s: %d failed task(s) waiting again", record_id, len(retried))
         return retried
 
     # ---- API tokens --------------------------------------------------------------------------
 
-    def create_token(self, name: str) -> str:
-        """Make API token `name`; returns the token, which is stored only as its sha256."""
+    def create_token(self, name: str, scope: TokenScope = TokenScope.API) -> str:
+        """Make API token `name` with `scope`; returns the token, which is stored only as its
+        sha256."""
         name = documents.token_name(name)
         token = "dirt_" + secrets.token_urlsafe(32)
 
         def work(conn: Connection, seq: int) -> None:
             if tokens_db.name_taken(conn, name):
                 raise StateError(f"a token named {name!r} exists; revoke it first")
-            tokens_db.insert_token(conn, name, tokens_db.digest(token), time.time())
+            tokens_db.insert_token(conn, name, tokens_db.digest(token), time.time(), scope)
 
-        self._write(work)
-        log.info("API token %s created", name)
+        self._write(work, "token create", f"{name} (scope {scope.value})")
+        log.info("API token %s created (scope %s)", name, scope.value)
         return token
 
     def revoke_token(self, name: str) -> None:
-        if not self._write(lambda conn, seq: tokens_db.delete_token(conn, name)):
+        if not self._write(
+            lambda conn, seq: tokens_db.delete_token(conn, name), "token revoke", name
+        ):
             raise NotFoundError(f"no token named {name!r}; see `dirt token list`")
         log.info("API token %s revoked", name)

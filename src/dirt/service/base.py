@@ -2,25 +2,67 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from dirt.config import Settings
+from dirt.db import audit as audit_db
 from dirt.db import migrate
 from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
+from dirt.models import Actor
 from dirt.project import TaskModules
 
 log = logging.getLogger("dirt")
 
 T = TypeVar("T")
+
+
+# Who the writes of the current request are made for: set by the web for each request (see
+# dirt.web.audit), unset in the CLI and the dispatcher. Resolved when a write happens.
+_acting: ContextVar[Callable[[], Actor] | None] = ContextVar("dirt_acting", default=None)
+
+
+@contextmanager
+def acting(resolve: Callable[[], Actor]) -> Iterator[None]:
+    """Writes made inside are audited as made by `resolve()` (called once per write)."""
+    token = _acting.set(resolve)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def local_actor() -> Actor:
+    """The user of this process: who a CLI command (or a script using the store) acts for."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        name = f"uid {os.getuid()}"
+    return Actor(name, "local")
+
+
+def _current_actor(action: str | None) -> Actor | None:
+    """Who to audit a write as: the web request's actor, else the local user for a user
+    action; None for the dispatcher's own writes (no action, no request)."""
+    resolve = _acting.get()
+    if resolve is not None:
+        try:
+            return resolve()
+        except Exception:  # the write goes on; the row says the actor was not known
+            log.exception("could not tell who made a write")
+            return Actor("unknown", "web")
+    return local_actor() if action is not None else None
 
 
 def new_master_id() -> str:
@@ -44,7 +86,12 @@ class ServiceBase:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _write(self, work: Callable[[Connection, int], T]) -> T:
+    def _write(
+        self,
+        work: Callable[[Connection, int], T],
+        action: str | None = None,
+        target: str | Callable[[T], str] = "",
+    ) -> T:
         """Run `work(conn, seq)` in one write transaction and return what it returns.
 
         `seq` is the next value of the change sequence: stamp it on every row `work` writes, so
@@ -52,10 +99,20 @@ class ServiceBase:
         together or not at all (an exception rolls it all back): whatever must follow from a
         change (an outbox row for a finished task, a lease renewal) is written inside `work`.
         Listeners hear of the write only once it is committed.
+
+        A user's write names its `action` and `target` (text, or made from `work`'s result):
+        it is audited in the same transaction, as made by the web request's actor or the local
+        user. Any write made while serving a web request is audited, named or not.
         """
+        actor = _current_actor(action)
         with write_transaction(self.engine) as conn:
             seq = next_seq(conn)
             result = work(conn, seq)
+            if actor is not None:
+                what = target(result) if callable(target) else target
+                audit_db.insert_entry(
+                    conn, time.time(), seq, actor, action or "write", what or (actor.request or "")
+                )
         self._committed(seq)
         return result
 

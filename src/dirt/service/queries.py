@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from dirt.db import attachments as attachments_db
+from dirt.db import audit as audit_db
 from dirt.db import browse as browse_db
 from dirt.db import changes as changes_db
 from dirt.db import nodes as nodes_db
@@ -19,7 +20,7 @@ from dirt.db import tokens as tokens_db
 from dirt.db.changes import Change
 from dirt.db.engine import current_seq
 from dirt.errors import NotFoundError
-from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task
+from dirt.models import Attachment, Attempt, AuditEntry, Node, Record, RecordSummary, Task
 from dirt.service.base import ServiceBase
 from dirt.service.queue import explain_waiting
 
@@ -171,12 +172,26 @@ class Queries(ServiceBase):
                 "seq": current_seq(conn),
             }
 
-    def verify_token(self, token: str) -> str | None:
-        """The name of `token` when it is a valid API token, else None."""
+    def find_token(self, token: str) -> tokens_db.TokenInfo | None:
+        """The API token `token` (its name and scope), or None when there is no such token."""
         if not token:
             return None
         with self._read() as conn:
-            return tokens_db.token_name(conn, tokens_db.digest(token))
+            return tokens_db.find_token(conn, tokens_db.digest(token))
+
+    def verify_token(self, token: str) -> str | None:
+        """The name of `token` when it is a valid API token that may write, else None.
+
+        A read-only token (scope "read") is None here: callers that only know "a token or not"
+        must not let it write. Use `find_token` to tell the scopes apart.
+        """
+        found = self.find_token(token)
+        return found.name if found is not None and found.scope.may_write else None
+
+    def audit(self, since: float | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` audited writes at or after `since`, oldest first."""
+        with self._read() as conn:
+            return audit_db.entries(conn, since, limit)
 
     def tokens(self) -> list[tokens_db.TokenInfo]:
         with self._read() as conn:

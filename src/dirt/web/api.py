@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from dirt import documents
 from dirt.models import TaskState
 from dirt.views import detail_view, node_view, nodes_view, queue_view, summary_view, task_view
+from dirt.web.answers import cached_json
 from dirt.web.auth import require_read, require_write
-from dirt.web.common import read_json, service_of
+from dirt.web.common import json_answer, read_json, service_of
 from dirt.web.security import attachment_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
@@ -116,7 +117,7 @@ def _next(items: list[Any], limit: int) -> str | None:
 @router.get(
     "/records", tags=["records"], summary="Records, newest first (keyset pages)", responses=ERRORS
 )
-def list_records(
+async def list_records(
     request: Request,
     limit: int = Query(50, ge=1, le=500),
     before: str | None = Query(None, max_length=500, description="`next` of the previous page"),
@@ -130,22 +131,28 @@ def list_records(
         description="Only records made from a commit on this branch (`main`) or ref "
         "(`refs/tags/v1.0`)",
     ),
-) -> dict[str, Any]:
+) -> Response:
     cursor = documents.parse_cursor(before)
-    found = service_of(request).record_page(
-        limit, cursor, state.value if state else None, q, branch or None
-    )
-    return {
-        "records": [summary_view(s) for s in found],
-        "next": _next([s.record for s in found], limit),
-    }
+    service = service_of(request)
+    shown = state.value if state else None
+
+    def page() -> dict[str, Any]:
+        found = service.record_page(limit, cursor, shown, q, branch or None)
+        return {
+            "records": [summary_view(s) for s in found],
+            "next": _next([s.record for s in found], limit),
+        }
+
+    # The list every open page and dashboard polls: one query per change of the store.
+    return await cached_json(request, page)
 
 
 @router.get(
     "/records/{record_id}", tags=["records"], summary="A record and its tasks", responses=ERRORS
 )
-def get_record(request: Request, record_id: str) -> dict[str, Any]:
-    return detail_view(service_of(request).record_detail(record_id))
+async def get_record(request: Request, record_id: str) -> Response:
+    service = service_of(request)
+    return await json_answer(lambda: detail_view(service.record_detail(record_id)))
 
 
 def _stored(submission: documents.Submission) -> dict[str, Any]:
@@ -191,14 +198,20 @@ async def add_tasks(request: Request, record_id: str) -> JSONResponse:
 @router.get(
     "/tasks", tags=["tasks"], summary="Every run of a task name, newest first", responses=ERRORS
 )
-def task_history(
+async def task_history(
     request: Request,
     name: str = Query(..., min_length=1, max_length=200),
     limit: int = Query(50, ge=1, le=500),
     before: str | None = Query(None, max_length=500),
-) -> dict[str, Any]:
-    found = service_of(request).task_runs(name, limit, documents.parse_cursor(before))
-    return {"tasks": [task_view(t) for t in found], "next": _next(found, limit)}
+) -> Response:
+    cursor = documents.parse_cursor(before)
+    service = service_of(request)
+
+    def runs() -> dict[str, Any]:
+        found = service.task_runs(name, limit, cursor)
+        return {"tasks": [task_view(t) for t in found], "next": _next(found, limit)}
+
+    return await json_answer(runs)
 
 
 @router.get(
@@ -207,8 +220,9 @@ def task_history(
     summary="One task with attempts and attachments",
     responses=ERRORS,
 )
-def get_task(request: Request, task_id: str) -> dict[str, Any]:
-    return task_view(*service_of(request).task_detail(task_id))
+async def get_task(request: Request, task_id: str) -> Response:
+    service = service_of(request)
+    return await json_answer(lambda: task_view(*service.task_detail(task_id)))
 
 
 def _task_changed(request: Request, task_id: str) -> dict[str, Any]:
@@ -254,9 +268,15 @@ def get_attachment(request: Request, task_id: str, filename: str) -> Response:
 @router.get(
     "/nodes", tags=["nodes"], summary="Every node with its slots, load and health", responses=ERRORS
 )
-def list_nodes(request: Request) -> list[dict[str, Any]]:
+async def list_nodes(request: Request) -> Response:
     service = service_of(request)
-    return nodes_view(service.nodes(), service.running_per_node())
+    show = _show_environ(request)
+    return await json_answer(lambda: nodes_view(service.nodes(), service.running_per_node(), show))
+
+
+def _show_environ(request: Request) -> list[str]:
+    shown: list[str] = request.app.state.settings.nodes.show_environ
+    return shown
 
 
 @router.get(
@@ -277,7 +297,7 @@ def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any
     service = service_of(request)
     service.set_node_enabled(address, enabled)
     node = service.node(address)
-    return node_view(node, service.running_per_node().get(address, 0))
+    return node_view(node, service.running_per_node().get(address, 0), _show_environ(request))
 
 
 @router.post(

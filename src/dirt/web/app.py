@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -29,12 +30,16 @@ from dirt.errors import (
 )
 from dirt.service import Service
 from dirt.web import api, changes, couch, couchdb, docs, hooks, pages
+from dirt.web.answers import AnswerCache, KeptAnswers
+from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
-from dirt.web.changes import ChangeHub
+from dirt.web.hub import ChangeHub
 from dirt.web.render import STATIC, make_templates
 from dirt.web.security import SecurityHeaders
 
 log = logging.getLogger("dirt.web")
+
+WEB_THREADS = 16
 
 
 # The status a DirtError answers with: the client's to fix (4xx) or the server's (5xx). The first
@@ -84,6 +89,7 @@ def _error(
         "problems": problems or [],
         "project": request.app.state.settings.name,
         "signed_in": access.signed_in(request),
+        "reader": access.reader(request),
         "fragment": False,
     }
     return templates.TemplateResponse(
@@ -100,6 +106,9 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Requests read the store on at most this many threads: as many as the store keeps
+        # connections open for (more would only queue there, or open and close connections).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WEB_THREADS
         hub.start()
         try:
             yield
@@ -111,9 +120,11 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app = FastAPI(
         title=f"dirt: {settings.name}",
         version=__version__,
-        description="Records, tasks, results and nodes of a dirt project. Reads are open unless "
-        '`auth.read = "token"`; writes need `Authorization: Bearer TOKEN` (`dirt token create '
-        "NAME`) except from loopback while the server listens on loopback.",
+        description="Records, tasks, results and nodes of a dirt project. Reads are open while "
+        "the server listens on loopback only, and need `Authorization: Bearer TOKEN` (`dirt "
+        "token create NAME --scope read`) elsewhere, unless `[auth] read` says otherwise; "
+        "writes need a token of scope api (`dirt token create NAME`) except from loopback "
+        "while the server listens on loopback.",
         lifespan=lifespan,
         docs_url=None,  # web/docs.py serves /docs and /redoc without a CDN
         redoc_url=None,
@@ -121,7 +132,13 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.service = service
     app.state.settings = settings
     app.state.hub = hub
-    app.state.access = Access(service, bind_host or settings.web.host)
+    app.state.answers = AnswerCache()
+    app.state.access = Access(
+        service,
+        bind_host or settings.web.host,
+        behind_proxy=bool(settings.web.forwarded_allow_ips),
+        current_seq=lambda: hub.seq,
+    )
     app.state.templates = make_templates()
 
     app.include_router(api.router)
@@ -134,7 +151,9 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     couchdb.install(app, service)  # last: it answers for database names no route above took
+    app.add_middleware(KeptAnswers, paths=frozenset({"/api/records"}))
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(AuditContext)
 
     @app.exception_handler(DirtError)
     async def dirt_error(request: Request, exc: DirtError) -> Response:

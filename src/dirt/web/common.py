@@ -1,4 +1,5 @@
-"""Helpers the routes share: the service, reading a JSON body within limits.
+"""Helpers the routes share: the service, JSON answers made off the event loop, reading a JSON
+body within limits.
 
 The JSON views of the models are `dirt.views`, shared with the CLI.
 """
@@ -6,13 +7,26 @@ The JSON views of the models are `dirt.views`, shared with the CLI.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from dirt.service import Service
 
 JSON_TYPES = ("application/json",)
+JSON = "application/json"
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+async def json_answer(make: Callable[[], Any], status: int = 200) -> Response:
+    """`make()` (reads the store: run off the event loop) as JSON, serialised there too."""
+    body = await run_in_threadpool(lambda: dumps(make()))
+    return Response(body, status_code=status, media_type=JSON)
 
 
 def service_of(request: Request) -> Service:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from dirt import documents
 from dirt.errors import InputError
 from dirt.models import TaskState
+from dirt.views import shown_node
 from dirt.web.auth import COOKIE, require_read, require_write
 from dirt.web.common import service_of
 
@@ -42,6 +43,7 @@ def _render(
         **context,
         "project": request.app.state.settings.name,
         "signed_in": access.signed_in(request),
+        "reader": access.reader(request),
         "fragment": fragment,
         "now": time.time(),
     }
@@ -164,7 +166,7 @@ def task_page(
 def nodes_page(request: Request) -> Response:
     service = service_of(request)
     seq = service.current_seq()
-    found = service.nodes()
+    found = [shown_node(n, request.app.state.settings.nodes.show_environ) for n in service.nodes()]
     running = service.running_per_node()
     tasks = {n.address: service.running_on(n.address) for n in found if running.get(n.address)}
     return _render(
@@ -229,8 +231,8 @@ async def login(request: Request) -> Response:
     body = (await request.body())[:4096].decode("utf-8", "replace")
     token = (parse_qs(body).get("token") or [""])[0].strip()
     service = service_of(request)
-    name = await run_in_threadpool(service.verify_token, token) if token else None
-    if name is None:
+    found = await run_in_threadpool(service.find_token, token) if token else None
+    if found is None:
         return _render(request, "login.html", {"problem": "That is not a valid API token."}, 401)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(

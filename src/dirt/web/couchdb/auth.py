@@ -2,10 +2,12 @@
 
 A CouchDB client logs in with name = the API token's name (`dirt token create NAME`) and
 password = the token: by HTTP Basic auth on each request (credentials in the URL), or once by
-`POST /_session`, which sets the `AuthSession` cookie. Either counts as the token itself would.
-Otherwise dirt's rules hold: reads open unless `auth.read = "token"`, writes from loopback while
-the server listens on loopback, or with `Authorization: Bearer TOKEN`. Wrong credentials are
-refused (401) even where they are not needed, so a misconfigured client learns it at once.
+`POST /_session`, which sets the `AuthSession` cookie. Either counts as the token itself would:
+a token of scope read reads, one of scope api also writes. Otherwise dirt's rules hold
+(`dirt.web.auth`): reads open on a loopback-only server unless `auth.read` says otherwise,
+writes from loopback while the server listens on loopback, or with `Authorization: Bearer`.
+Wrong credentials are refused (401) even where they are not needed, so a misconfigured client
+learns it at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import binascii
 from fastapi import Request
 
 from dirt.couch.errors import CouchError
+from dirt.db.tokens import TokenInfo
 from dirt.web.auth import access
 
 SESSION_COOKIE = "AuthSession"
@@ -35,10 +38,19 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
     return name, password
 
 
-def login(request: Request, name: str, password: str) -> bool:
-    """True when `password` is a valid API token named `name`."""
-    found = access(request).service.verify_token(password) if password else None
-    return found is not None and found == name
+def _token(request: Request, token: str) -> TokenInfo | None:
+    return access(request).service.find_token(token) if token else None
+
+
+def login(request: Request, name: str, password: str) -> TokenInfo | None:
+    """The token when `password` is a valid API token named `name`, else None."""
+    found = _token(request, password)
+    return found if found is not None and found.name == name else None
+
+
+def _may_write(request: Request) -> bool:
+    """Whether the logged-in token (see `identity`) may write."""
+    return bool(getattr(request.state, "couch_may_write", False))
 
 
 def identity(request: Request) -> tuple[str | None, str]:
@@ -47,15 +59,18 @@ def identity(request: Request) -> tuple[str | None, str]:
     if cached is not None:
         return cached
     found: tuple[str | None, str] = (None, "")
+    token: TokenInfo | None = None
     credentials = basic_credentials(request)
     if credentials is not None:
-        if not login(request, *credentials):
+        token = login(request, *credentials)
+        if token is None:
             raise CouchError("unauthorized", BAD_LOGIN)
-        found = (credentials[0], "basic")
+        found = (token.name, "basic")
     elif cookie := request.cookies.get(SESSION_COOKIE):
-        name = access(request).service.verify_token(cookie)
-        if name is not None:
-            found = (name, "cookie")
+        token = _token(request, cookie)
+        if token is not None:
+            found = (token.name, "cookie")
+    request.state.couch_may_write = token is not None and token.scope.may_write
     request.state.couch_identity = found
     return found
 
@@ -73,7 +88,7 @@ def can_read(request: Request) -> bool:
 def can_write(request: Request) -> bool:
     # Browsers send cached Basic credentials and cookies with another site's forms too.
     name, _ = identity(request)
-    if name is not None and _same_origin(request):
+    if name is not None and _may_write(request) and _same_origin(request):
         return True
     return access(request).can_write(request)
 
@@ -82,8 +97,8 @@ def require_read(request: Request) -> None:
     if not can_read(request):
         raise CouchError(
             "unauthorized",
-            'reading needs an API token (auth.read = "token"): log in with name = the token\'s '
-            "name and password = the token (dirt token create NAME)",
+            f"{access(request).mode.why}: log in with name = the token's name and password = "
+            "the token (dirt token create NAME --scope read)",
         )
 
 
@@ -91,7 +106,7 @@ def require_write(request: Request) -> None:
     if not can_write(request):
         raise CouchError(
             "unauthorized",
-            "writing needs an API token: log in with name = the token's name and password = "
-            "the token (dirt token create NAME); without one, writes are allowed only from this "
-            "machine while the server listens on loopback",
+            "writing needs an API token of scope api: log in with name = the token's name and "
+            "password = the token (dirt token create NAME); without one, writes are allowed "
+            "only from this machine while the server listens on loopback",
         )

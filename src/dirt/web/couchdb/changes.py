@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from dirt.couch.errors import CouchError
 from dirt.couch.revs import Position, encode_seq, parse_seq
 from dirt.couch.store import ChangesPage, CouchStore
-from dirt.web.changes import ChangeHub
 from dirt.web.couchdb import auth
 from dirt.web.couchdb.http import Params, read_object, store_of, stream_rows
 from dirt.web.couchdb.server import not_implemented
+from dirt.web.hub import ChangeHub
 
 # Feed names a client may send, and the feed each means ("live" is CouchDB's continuous).
 FEEDS = {

@@ -160,9 +160,11 @@ async def log_in(request: Request) -> Response:
     name, password = given.get("name"), given.get("password")
     if not isinstance(name, str) or not isinstance(password, str):
         raise CouchError("bad_request", 'send {"name": TOKEN_NAME, "password": TOKEN}')
-    if not await run_in_threadpool(auth.login, request, name, password):
+    token = await run_in_threadpool(auth.login, request, name, password)
+    if token is None:
         raise CouchError("unauthorized", auth.BAD_LOGIN)
-    response = couch_json({"ok": True, "name": name, "roles": ["dirt:read", "dirt:write"]})
+    roles = ["dirt:read", "dirt:write"] if token.scope.may_write else ["dirt:read"]
+    response = couch_json({"ok": True, "name": name, "roles": roles})
     response.set_cookie(
         auth.SESSION_COOKIE,
         password,

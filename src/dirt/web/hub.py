@@ -1,0 +1,188 @@
+"""The change hub of a web process: the newest change it knows of, and the live feed's events.
+
+`seq` is the newest committed change sequence value known here. Writes made by this process
+reach it at once through `Service.add_listener`; writes of other processes (the dispatcher of
+`dirt serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds.
+
+The events of `/events` are made here, once for every open stream: at most every
+`event_interval` (a page refreshes at most four times a second anyway), one thread reads what
+changed since the last event and keeps it, serialised, in a ring of recent events. A stream
+sends the events past the point it has reached: fifty open pages cost one query and one
+serialisation per event, not fifty. A stream that starts before the ring (a reconnect with an
+old Last-Event-ID) catches up from the store first.
+
+Waiters are asyncio events, so an open page holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dirt.service import Service
+
+log = logging.getLogger("dirt.web")
+
+SSE_MAX_CHANGES = 500
+EVENT_RING = 256
+
+
+@dataclass(frozen=True)
+class Event:
+    """The changes after seq `start` up to `end`, as one SSE `change` event."""
+
+    start: int
+    end: int
+    text: str
+
+
+def change_event(service: Service, since: int) -> tuple[Event | None, int]:
+    """The event for what was written after `since` (None when nothing was) and the seq it
+    reaches. One huge transaction (a 100,000-task submission) is sent in part: the page
+    refreshes on "truncated" whatever the changes were."""
+    changes, last = service.changes_since(since, SSE_MAX_CHANGES)
+    if not changes:
+        return None, last
+    payload: dict[str, Any] = {
+        "seq": last,
+        "changes": [c.to_doc() for c in changes[:SSE_MAX_CHANGES]],
+    }
+    if len(changes) > SSE_MAX_CHANGES:
+        payload["truncated"] = True
+    text = f"id: {last}\nevent: change\ndata: {json.dumps(payload)}\n\n"
+    return Event(since, last, text), last
+
+
+class ChangeHub:
+    def __init__(
+        self, service: Service, poll_interval: float = 0.1, event_interval: float = 0.25
+    ) -> None:
+        self.service = service
+        self.poll_interval = poll_interval
+        self.event_interval = event_interval
+        self.seq = service.current_seq()
+        self.event_seq = self.seq  # where the newest event ends
+        self._events: deque[Event] = deque(maxlen=EVENT_RING)
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._stopping = threading.Event()
+        self._nudge = threading.Event()
+        self._thread: threading.Thread | None = None
+        service.add_listener(self._written_here)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="dirt-web-changes", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._nudge.set()
+        self._wake_all()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _written_here(self, seq: int) -> None:
+        """A write of this process committed: known at once (the next read sees it), its event
+        made without waiting for the poll."""
+        self._advance(seq)
+        self._nudge.set()
+
+    def seen(self, seq: int) -> None:
+        """A reader saw the store at `seq`: known here from now on."""
+        self._advance(seq)
+        if seq > self.event_seq:
+            self._nudge.set()
+
+    def _advance(self, seq: int) -> None:
+        with self._lock:
+            if seq <= self.seq:
+                return
+            self.seq = seq
+        self._wake_all()
+
+    def _poll(self) -> None:
+        next_event = 0.0
+        while not self._stopping.is_set():
+            self._nudge.wait(self.poll_interval)
+            self._nudge.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._advance(self.service.current_seq())
+                now = time.monotonic()
+                # Writes in a burst make one event per interval, not one per write: a page
+                # refreshes at most that often anyway.
+                if self.event_seq < self.seq and now >= next_event:
+                    self._make_events()
+                    next_event = now + self.event_interval
+            except Exception as exc:  # the store may be busy or gone for a moment
+                log.debug("change poll failed: %s", exc)
+
+    def _make_events(self) -> None:
+        while self.event_seq < self.seq and not self._stopping.is_set():
+            event, last = change_event(self.service, self.event_seq)
+            if last <= self.event_seq:
+                return
+            with self._lock:
+                if event is not None:
+                    self._events.append(event)
+                self.event_seq = last
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(event.set)
+
+    def events_after(self, seq: int) -> list[Event] | None:
+        """The kept events that reach past `seq`, oldest first; None when `seq` is older than
+        the oldest kept event (the stream must catch up from the store)."""
+        with self._lock:
+            oldest = self._events[0].start if self._events else self.event_seq
+            if seq < oldest:
+                return None
+            return [e for e in self._events if e.end > seq]
+
+    async def wait(self, passed: Callable[[], bool], timeout: float) -> None:
+        """Wait until `passed()` holds (checked at every change), `timeout`, or stop."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        item = (loop, event)
+        with self._lock:
+            self._waiters.add(item)  # before the first check: no wake-up falls in between
+        try:
+            deadline = loop.time() + timeout
+            while not self.stopped and not passed():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+                event.clear()
+        finally:
+            with self._lock:
+                self._waiters.discard(item)
+
+    async def wait_beyond(self, seq: int, timeout: float) -> int:
+        """Wait until the sequence passes `seq` (or `timeout`, or stop); the newest value."""
+        await self.wait(lambda: self.seq > seq, timeout)
+        return self.seq
+
+    async def wait_event_beyond(self, seq: int, timeout: float) -> None:
+        """Wait until an event reaches past `seq` (or `timeout`, or stop)."""
+        await self.wait(lambda: self.event_seq > seq, timeout)

@@ -1,0 +1,111 @@
+"""Reads that many clients repeat are made once per change, and never older than a write the
+reader could know of."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.testclient import TestClient
+
+from dirt.service import Service
+from dirt.web.app import create_app
+from dirt.web.hub import ChangeHub
+from tests.conftest import wait_for
+from tests.web.conftest import make_client
+
+
+def ids(client: TestClient, **headers: str) -> list[str]:
+    return [r["_id"] for r in client.get("/api/records", headers=headers).json()["records"]]
+
+
+def test_a_write_through_the_server_shows_in_the_list_at_once(client: TestClient) -> None:
+    assert "r400" not in ids(client)
+    for n in range(5):
+        made = client.post("/api/records", json={"record": {"_id": f"r40{n}"}})
+        assert made.status_code == 201
+        assert f"r40{n}" in ids(client)
+
+
+def test_another_process_write_shows_within_the_poll_and_at_once_on_no_cache(
+    seeded: Service,
+) -> None:
+    other = Service(seeded.settings)  # another process: its writes are not heard, only polled
+    try:
+        with make_client(create_app(seeded, bind_host="127.0.0.1")) as c:
+            assert "r410" not in ids(c)
+            other.submit_tasks("r410", ["examples.simple"])
+            assert "r410" in ids(c, **{"Cache-Control": "no-cache"})
+            other.submit_tasks("r411", ["examples.simple"])
+            wait_for(lambda: "r411" in ids(c), timeout=5, what="the poll to see r411")
+    finally:
+        other.close()
+
+
+def test_an_unchanged_list_answers_304_to_its_etag(client: TestClient) -> None:
+    first = client.get("/api/records")
+    etag = first.headers["etag"]
+    assert client.get("/api/records", headers={"If-None-Match": etag}).status_code == 304
+    client.post("/api/records", json={"record": {"_id": "r420"}})
+    again = client.get("/api/records", headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.headers["etag"] != etag
+
+
+def test_every_stream_gets_the_same_event_made_once(seeded: Service) -> None:
+    hub = ChangeHub(seeded)
+    made: list[int] = []
+    real = seeded.changes_since
+
+    def counted(since: int, limit: int = 500):  # type: ignore[no-untyped-def]
+        made.append(since)
+        return real(since, limit)
+
+    seeded.changes_since = counted  # type: ignore[method-assign]
+    start = hub.event_seq
+    hub.start()
+    try:
+        seeded.submit_tasks("r430", ["examples.simple"])
+        wait_for(lambda: hub.event_seq > start, timeout=5, what="the event")
+        events = [hub.events_after(start) for _ in range(50)]
+        assert all(e == events[0] for e in events) and events[0]
+        assert '"id": "r430"' in events[0][0].text
+        assert len(made) == 1, "one read of the store for every stream"
+        assert hub.events_after(start - 1) is None, "before the kept events: catch up"
+    finally:
+        hub.stop()
+
+
+def test_a_stream_waits_for_the_next_event(seeded: Service) -> None:
+    hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
+    hub.start()
+    try:
+
+        async def wait() -> float:
+            started = time.monotonic()
+            await hub.wait_event_beyond(hub.event_seq, 5)
+            return time.monotonic() - started
+
+        async def both() -> float:
+            waiting = asyncio.ensure_future(wait())
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(seeded.submit_tasks, "r440", ["examples.simple"])
+            return await waiting
+
+        # On a thread of its own: the browser tests keep an event loop on this one.
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(asyncio.run, both()).result() < 2
+    finally:
+        hub.stop()
+
+
+def test_a_kept_answer_is_never_served_to_a_reader_who_needs_a_token(
+    seeded: Service, remote: TestClient
+) -> None:
+    from dirt.models import TokenScope
+
+    token = seeded.create_token("dashboard", TokenScope.READ)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert remote.get("/api/records", headers=auth).status_code == 200
+    assert remote.get("/api/records", headers=auth).status_code == 200  # kept now
+    assert remote.get("/api/records").status_code == 401
