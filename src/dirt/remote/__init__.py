@@ -19,8 +19,8 @@ from pathlib import Path
 _HERE = Path(__file__).parent
 FUTURE = "from __future__ import annotations"
 PARTS = {
-    "agent": ("protocol", "tasking", "process_runner", "thread_runner", "agent"),
-    "forkserver": ("protocol", "tasking", "forkserver"),
+    "agent": ("protocol", "tasking", "streams", "process_runner", "thread_runner", "agent"),
+    "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
 }
 SHIPPED = tuple(PARTS)

@@ -1,16 +1,21 @@
 """Node agent: runs every task the master sends over one execnet channel.
 
 Shipped as source text with ``gateway.remote_exec``; stdlib only. ``dirt.remote.source()``
-ships it after protocol.py, tasking.py, process_runner.py and thread_runner.py and drops the
-imports between them. The master keeps one gateway per node and one agent channel on it,
-multiplexed for all tasks; the messages are in ``protocol.py``. Tasks run in children of a
+ships it after protocol.py, tasking.py, streams.py, process_runner.py and thread_runner.py and
+drops the imports between them. The master keeps one gateway per node and one agent channel on
+it, multiplexed for all tasks; the messages are in ``protocol.py``. Tasks run in children of a
 warm fork server ("process" isolation, process_runner.py) or in threads of this process
 ("thread" isolation, thread_runner.py).
+
+Everything the agent sends goes through one `Sender`: a fair queue (see ``streams.FairQueue``)
+emptied by one thread, so a task's big output or attachment takes turns with the other tasks'
+messages, one chunk at a time, and a file attached by path is read only as its chunks' turns
+come. When the master reads slowly, the sending waits, the queue fills, and whoever puts chunks
+in (the fork server's reader, a task thread) waits too: the agent's memory stays bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -19,6 +24,8 @@ from typing import Any
 
 from dirt.remote.process_runner import ProcessRunner
 from dirt.remote.protocol import (
+    BLOB,
+    CHUNK_SIZE,
     DONE,
     FATAL,
     KILL,
@@ -31,33 +38,220 @@ from dirt.remote.protocol import (
     unserialisable_type,
     without_results,
 )
+from dirt.remote.streams import FairQueue, Sink, Stream
 from dirt.remote.thread_runner import ThreadRunner
 
+# Bytes of chunks queued for the master before whoever puts more waits.
+HIGH = 8 * CHUNK_SIZE
 
-class Sender:
-    """Serialises sends on the agent channel; task outcomes come from many threads."""
+
+class Upload(Stream):
+    """One attachment's chunks: a file read as its turn comes (``path``, at most the size it
+    had when the task ended), or big contents held in memory (thread isolation)."""
+
+    def __init__(
+        self, task_id: str, index: int, item: dict[str, Any], data: bytes | None = None
+    ) -> None:
+        self.task_id = task_id
+        self.index = index
+        self.name = item.get("filename")
+        self.path: str | None = item.get("path") if data is None else None
+        self.size: int = len(data) if data is not None else int(item.get("size") or 0)
+        self.data = memoryview(data) if data is not None else None
+        self.sent = 0
+        self.file: Any = None
+        self.error: str | None = None
+
+    def next(self) -> Any:
+        want = min(CHUNK_SIZE, self.size - self.sent)
+        if self.data is not None:
+            chunk = bytes(self.data[self.sent : self.sent + want])
+        else:
+            try:
+                if self.file is None:
+                    self.file = open(self.path, "rb")  # type: ignore[arg-type]  # noqa: SIM115
+                chunk = self.file.read(want) if want > 0 else b""
+            except OSError as exc:
+                self.error = (
+                    f"attachment {self.name}: cannot read {self.path}: {exc.strerror or exc}"
+                )
+                chunk = b""
+        if not chunk:
+            self.close()
+            return None
+        self.sent += len(chunk)
+        return (BLOB, self.task_id, self.index, chunk)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class Finish(Stream):
+    """A task's DONE, made when its turn comes (after its uploads, whose sizes it gives and
+    whose errors fail the task)."""
+
+    def __init__(self, task_id: str, wire: tuple[Any, ...], uploads: list[Upload]) -> None:
+        self.task_id = task_id
+        self.wire = wire
+        self.uploads = uploads
+        self.made = False
+
+    def next(self) -> Any:
+        if self.made:
+            return None
+        self.made = True
+        for upload in self.uploads:
+            upload.close()
+            if upload.error is not None:
+                return (DONE, self.task_id, without_results(self.wire, upload.error))
+        results = dict(self.wire[0])
+        items = list(results["attachments"])
+        for upload in self.uploads:
+            item = {k: v for k, v in items[upload.index].items() if k not in ("path", "size")}
+            item["stream"] = upload.index
+            item.setdefault("text", False)
+            items[upload.index] = item
+        results["attachments"] = items
+        return (DONE, self.task_id, (results, *self.wire[1:]))
+
+
+def uploads_of(task_id: str, results: Any, contents: dict[int, bytes] | None) -> list[Upload]:
+    """The attachments of `results` the agent sends in chunks: ``path`` ones and big contents
+    (see ``streams.prepare_attachments``)."""
+    items = results.get("attachments") if isinstance(results, dict) else None
+    if not isinstance(items, list):
+        return []
+    uploads = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        if "path" in item and "contents" not in item:
+            uploads.append(Upload(task_id, index, item))
+        elif contents and index in contents:
+            uploads.append(Upload(task_id, index, item, contents[index]))
+    return uploads
+
+
+class Sender(Sink):
+    """Sends everything on the agent channel, fairly (see the module's docstring).
+
+    A message put when nothing is queued and nothing is being sent goes out at once, in the
+    putting thread (one thread hop fewer per quick task); the rest waits its turn for the
+    sending thread. Messages put by execnet's receiver thread never wait: that thread must
+    never block.
+    """
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.queue = FairQueue()
+        self.busy = False  # a thread is sending (or reading a file for the next chunk)
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="dirt-sender", daemon=True)
+        self.thread.start()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        with self.lock:
-            self.channel.send(message)
+        """A message of no task (READY, LOAD, FATAL): before every task's. Never waits."""
+        with self.cond:
+            if not self.closed:
+                self.queue.put(message)
+                self.cond.notify_all()
 
-    def done(self, task_id: str, wire: tuple[Any, ...]) -> None:
-        """Report a finished task (`wire` from ``protocol.outcome``)."""
+    def data(self, task_id: str, message: tuple[Any, ...], size: int) -> None:
+        with self.cond:
+            while self.queue.size > HIGH and not self.closed:
+                self.cond.wait()
+            if not self.closed:
+                self.queue.put(message, task_id, size)
+                self.cond.notify_all()
+
+    def finish(
+        self, task_id: str, wire: tuple[Any, ...], contents: dict[int, bytes] | None = None
+    ) -> None:
+        uploads = uploads_of(task_id, wire[0], contents) if wire[1] is None else []
+        with self.cond:
+            if self.closed:
+                return
+            if uploads:
+                for upload in uploads:
+                    self.queue.put(upload, task_id)
+                self.queue.put(Finish(task_id, wire, uploads), task_id)
+                self.cond.notify_all()
+                return
+            message = (DONE, task_id, wire)
+            if self.busy or self.queue:
+                self.queue.put(message, task_id)
+                self.cond.notify_all()
+                return
+            self.busy = True
         try:
-            self.send((DONE, task_id, wire))
+            self._send(message)
+        finally:
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closed and (self.busy or not self.queue):
+                    self.cond.wait()
+                if self.closed:
+                    return
+                item, task_id = self.queue.take()
+                self.busy = True
+                self.cond.notify_all()  # room for those waiting to put
+            try:
+                if isinstance(item, Stream):
+                    message = item.next()
+                    if message is None:
+                        with self.cond:
+                            self.queue.exhausted(item, task_id)  # type: ignore[arg-type]
+                        continue
+                else:
+                    message = item
+                self._send(message)
+            except Exception:
+                # A bug here must not stop every later message; say so where it is kept.
+                traceback.print_exc()
+            finally:
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.channel.send(message)
         except Exception as exc:
             if self.channel.isclosed():
+                self._close()
                 return
+            if message[0] != DONE:
+                raise
             # Most likely execnet could not serialise the results; the task still finished.
+            wire = message[2]
             name = unserialisable_type(wire[0]) or type(exc).__name__
-            with contextlib.suppress(Exception):
-                self.send(
-                    (DONE, task_id, without_results(wire, f"results not serialisable: {name}"))
+            try:
+                self.channel.send(
+                    (DONE, message[1], without_results(wire, f"results not serialisable: {name}"))
                 )
+            except Exception:
+                if self.channel.isclosed():
+                    self._close()
+
+    def _close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued (for at most `timeout` seconds), then stop."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.closed or not (self.queue or self.busy), timeout)
+            self.closed = True
+            self.cond.notify_all()
 
 
 def start_runner(config: dict[str, Any], sender: Sender) -> ProcessRunner | ThreadRunner:
@@ -67,9 +261,9 @@ def start_runner(config: dict[str, Any], sender: Sender) -> ProcessRunner | Thre
         raise RuntimeError(too_old)
     isolation = config.get("isolation", "process")
     if isolation == "process":
-        return ProcessRunner(config, sender.done)
+        return ProcessRunner(config, sender)
     if isolation == "thread":
-        return ThreadRunner(sender.done)
+        return ThreadRunner(config, sender)
     raise ValueError(f"unknown isolation {isolation!r} (use 'process' or 'thread')")
 
 
@@ -80,6 +274,7 @@ def serve(channel: Any) -> None:
         runner = start_runner(config, sender)
     except Exception as exc:
         sender.send((FATAL, f"agent could not start: {exc}"))
+        sender.close()
         return
     isolation = "process" if isinstance(runner, ProcessRunner) else "thread"
     finished = threading.Event()
@@ -114,6 +309,7 @@ def serve(channel: Any) -> None:
     runner.stop()
     if failures:
         sender.send((FATAL, "agent failed:\n" + failures[0]))
+    sender.close()
 
 
 if __name__ == "__channelexec__":

@@ -1,8 +1,10 @@
 """What the agent (thread isolation) and the fork server (process isolation) share: how a task
-module is run, and how a finished task's process group is killed.
+module is compiled and run, and how a finished task's process group is killed.
 
 Stdlib only. Shipped after ``protocol.py`` in the agent's and the fork server's source (see
-``dirt.remote.source``), which drops the imports of its sibling modules.
+``dirt.remote.source``), which drops the imports of its sibling modules. Every module imported
+here is loaded in the fork server, whose every fork copies what it has loaded: ``traceback`` is
+imported only when a task fails.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import builtins
 import contextlib
 import os
 import signal
-import traceback
 from types import CodeType
 from typing import Any
 
@@ -63,7 +64,14 @@ def run_task(
     except SystemExit as exc:
         return None, f"task called sys.exit({exc.code!r})"
     except BaseException:
-        return None, traceback.format_exc()
+        return None, format_exc()
+
+
+def format_exc() -> str:
+    """The current exception's traceback, as ``traceback.format_exc`` makes it."""
+    import traceback
+
+    return traceback.format_exc()
 
 
 def kill_group(pid: int) -> None:
@@ -78,14 +86,18 @@ def kill_group(pid: int) -> None:
 
 
 class TaskCodes:
-    """Task modules compiled once per process, by sha256 (the master sends a source once)."""
+    """Task modules compiled once per process, by sha256 (the master sends a source once).
+
+    A module is compiled from its bytes, so its PEP 263 coding line (``# -*- coding: latin-1
+    -*-``) is honoured, as when Python imports it.
+    """
 
     def __init__(self, owner: str) -> None:
         self._owner = owner  # who says "no source", e.g. "agent"
         self._codes: dict[str, CodeType] = {}
 
     def get(
-        self, sha: str, module_name: str, source: str | None
+        self, sha: str, module_name: str, source: bytes | str | None
     ) -> tuple[CodeType | None, str | None]:
         """(code, None), or (None, why not) when the source is missing or does not compile."""
         code = self._codes.get(sha)
@@ -96,6 +108,6 @@ class TaskCodes:
         try:
             code = compile(source, f"<dirt task {module_name}>", "exec")
         except BaseException:
-            return None, traceback.format_exc()
+            return None, f"task module {module_name} does not compile:\n{format_exc()}"
         self._codes[sha] = code
         return code, None
