@@ -11,6 +11,7 @@ from dirt import __version__
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
 from dirt.cli.nodes import nodes, updatenodes
+from dirt.cli.output import fetch, logs
 from dirt.cli.project import create, demo
 from dirt.cli.serve import serve, web
 from dirt.cli.status import status
@@ -34,5 +35,19 @@ def main(ctx: click.Context, project: str | None) -> None:
     ctx.obj = Context(project)
 
 
-for command in (create, submit, nodes, updatenodes, serve, web, token, status, cancel, retry, demo):
+for command in (
+    create,
+    submit,
+    nodes,
+    updatenodes,
+    serve,
+    web,
+    token,
+    status,
+    logs,
+    fetch,
+    cancel,
+    retry,
+    demo,
+):
     main.add_command(command)

@@ -266,10 +266,12 @@ class NodeConnection:
         sha256: str,
         kwargs: dict[str, Any],
         timeout: float | None,
+        path: str = "",
     ) -> None:
         """Start a task on the node and return at once; its Outcome goes to on_done.
 
-        `source` is the module's bytes (a str is sent UTF-8 encoded).
+        `source` is the module's bytes (a str is sent UTF-8 encoded); `path`, where the module
+        is (for messages).
         """
         if isinstance(source, str):
             source = source.encode("utf-8")
@@ -282,7 +284,13 @@ class NodeConnection:
             message = (
                 protocol.RUN,
                 *protocol.RunRequest(
-                    task_id, module_name, sha256, source if first else None, dict(kwargs), timeout
+                    task_id,
+                    module_name,
+                    sha256,
+                    source if first else None,
+                    dict(kwargs),
+                    timeout,
+                    path,
                 ),
             )
             try:

@@ -295,7 +295,9 @@ class ForkServer:
 
     def start_task(self, request: RunRequest) -> None:
         task_id = request.task_id
-        code, error = self.codes.get(request.sha256, request.module_name, request.source)
+        code, error = self.codes.get(
+            request.sha256, request.module_name, request.source, request.path
+        )
         if code is None:
             self.send((DONE, task_id, outcome(error=error)), task_id)
             return

@@ -52,7 +52,7 @@ def marked_processes(cookie: str) -> set[int]:
     """Pids of the processes whose environment holds `cookie` ("NAME=value"), from /proc
     (Linux; elsewhere none are found)."""
     marker = cookie.encode() + b"\0"
-    found = set()
+    found: set[int] = set()
     try:
         entries = os.listdir("/proc")
     except OSError:

@@ -87,6 +87,7 @@ class RunRequest(NamedTuple):
     source: bytes | None  # the module's bytes; None when this connection had this sha256
     kwargs: dict[str, Any]
     timeout: float | None
+    path: str = ""  # where the master has the module (for messages), e.g. "tasks/x.py"
 
 
 def run_request(message: tuple[Any, ...]) -> RunRequest:

@@ -97,9 +97,10 @@ class TaskCodes:
         self._codes: dict[str, CodeType] = {}
 
     def get(
-        self, sha: str, module_name: str, source: bytes | str | None
+        self, sha: str, module_name: str, source: bytes | str | None, path: str = ""
     ) -> tuple[CodeType | None, str | None]:
-        """(code, None), or (None, why not) when the source is missing or does not compile."""
+        """(code, None), or (None, why not) when the source is missing or does not compile;
+        `path` names the module's file in that message."""
         code = self._codes.get(sha)
         if code is not None:
             return code, None
@@ -107,7 +108,11 @@ class TaskCodes:
             return None, f"{self._owner} has no source for {sha}"
         try:
             code = compile(source, f"<dirt task {module_name}>", "exec")
-        except BaseException:
-            return None, f"task module {module_name} does not compile:\n{format_exc()}"
+        except BaseException as exc:
+            import traceback
+
+            where = f"{module_name} ({path})" if path else module_name
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+            return None, f"task module {where} does not compile: {detail}"
         self._codes[sha] = code
         return code, None

@@ -122,7 +122,7 @@ class ThreadRunner:
 
     def run(self, request: RunRequest) -> None:
         task_id, module_name, timeout = request.task_id, request.module_name, request.timeout
-        code, error = self.codes.get(request.sha256, module_name, request.source)
+        code, error = self.codes.get(request.sha256, module_name, request.source, request.path)
         if code is None:
             self.sink.finish(task_id, outcome(error=error))
             return

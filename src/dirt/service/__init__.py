@@ -12,9 +12,9 @@ from dirt.models import Finished
 from dirt.service.administration import Administration
 from dirt.service.base import new_master_id
 from dirt.service.dispatching import Dispatching
-from dirt.service.queries import Queries, RecordDetail
+from dirt.service.queries import AttachmentFile, OutputView, Queries, RecordDetail
 
-__all__ = ["Finished", "RecordDetail", "Service", "new_master_id"]
+__all__ = ["AttachmentFile", "Finished", "OutputView", "RecordDetail", "Service", "new_master_id"]
 
 
 class Service(Dispatching, Administration, Queries):

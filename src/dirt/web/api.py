@@ -13,7 +13,7 @@ from dirt.models import TaskState
 from dirt.views import detail_view, node_view, nodes_view, summary_view, task_view
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import read_json, service_of
-from dirt.web.security import attachment_response
+from dirt.web.downloads import attachment_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
 
@@ -229,12 +229,16 @@ def cancel_task(request: Request, task_id: str) -> dict[str, Any]:
 @router.get(
     "/tasks/{task_id}/attachments/{filename}",
     tags=["tasks"],
-    summary="A file a task attached to its results",
-    responses=ERRORS,
+    summary="A file a task attached to its results (streamed; HTTP Range requests served)",
+    responses={
+        **ERRORS,
+        206: {"description": "The one byte range asked for (`Range: bytes=A-B`)"},
+        416: {"description": "The range asked for is past the end of the file"},
+    },
     response_class=Response,
 )
 def get_attachment(request: Request, task_id: str, filename: str) -> Response:
-    return attachment_response(service_of(request).attachment(task_id, filename))
+    return attachment_response(request, service_of(request).open_attachment(task_id, filename))
 
 
 @router.get(

@@ -28,7 +28,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, docs, pages
+from dirt.web import api, changes, couch, docs, output, pages
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -125,6 +125,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.templates = make_templates()
 
     app.include_router(api.router)
+    app.include_router(output.router)
     app.include_router(changes.router)
     app.include_router(pages.router)
     app.include_router(pages.open_router)
