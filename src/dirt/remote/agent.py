@@ -149,6 +149,7 @@ class Sender(Sink):
         self.queue = FairQueue()
         self.busy = False  # a thread is sending (or reading a file for the next chunk)
         self.closed = False
+        self.closing = False
         self.thread = threading.Thread(target=self._run, name="dirt-sender", daemon=True)
         self.thread.start()
 
@@ -159,13 +160,16 @@ class Sender(Sink):
                 self.queue.put(message)
                 self.cond.notify_all()
 
-    def data(self, task_id: str, message: tuple[Any, ...], size: int) -> None:
+    def data(self, task_id: str, message: tuple[Any, ...], size: int, wait: bool = True) -> None:
         with self.cond:
-            while self.queue.size > HIGH and not self.closed:
+            while wait and self.queue.size > HIGH and not self.closed:
                 self.cond.wait()
             if not self.closed:
                 self.queue.put(message, task_id, size)
                 self.cond.notify_all()
+
+    def full(self) -> bool:
+        return self.queue.size > HIGH
 
     def finish(
         self, task_id: str, wire: tuple[Any, ...], contents: dict[int, bytes] | None = None
@@ -191,7 +195,10 @@ class Sender(Sink):
         finally:
             with self.cond:
                 self.busy = False
-                self.cond.notify_all()
+                # Wake the sending thread only when it has work (or a close waits): a thread
+                # switch per quick task is what the fast path saves.
+                if self.queue or self.closing:
+                    self.cond.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -249,6 +256,7 @@ class Sender(Sink):
     def close(self, timeout: float = 30.0) -> None:
         """Send what is queued (for at most `timeout` seconds), then stop."""
         with self.cond:
+            self.closing = True
             self.cond.wait_for(lambda: self.closed or not (self.queue or self.busy), timeout)
             self.closed = True
             self.cond.notify_all()

@@ -29,31 +29,39 @@ In a DONE, the outcome's `output` is the last piece of output, right after the l
 chunk; an attachment sent in BLOB chunks is ``{"filename", "link_name", "stream": index,
 "text": bool}`` in the results (no chunks: empty).
 
-agent <-> fork server, over the fork server's stdin and stdout: frames (``HEADER``, a 4-byte
-big-endian length, then that many bytes). The first frame on its stdin is its own source, read
-by ``BOOTSTRAP``; every later frame is a ``marshal``-ed message. The agent sends (CONFIG,
-{"output_limit", "attachment_limit"}) first, then RUN, KILL and STOP (laid out as above); the
-fork server answers with:
+agent <-> fork server, over a socket pair (the fork server's end is the fd named on its command
+line) carrying frames (``HEADER``, a 4-byte big-endian length, then that many bytes), each a
+``marshal``-ed message; the fork server's own source comes first, as the one frame on its stdin,
+read by ``BOOTSTRAP``. The agent sends (CONFIG, {"attachment_limit"}), then RUN (laid out as
+above, with the write ends of the task's output pipe and result pipe passed alongside it as
+SCM_RIGHTS), KILL and STOP; the fork server answers with:
     (READY, pid)
-    (OUTPUT, ...), (BLOB, ...) and (DONE, ...) as above; a ``path`` attachment is still
-                                  ``{"filename", "link_name", "path", "size"}``: the agent reads
-                                  the file and sends its chunks
+    (EXITED, task_id, wait_status, timed_out, killed, duration)   the task's process ended
+    (FAILED, task_id, error)      the task could not be started (its module does not compile)
     (STARTED, [(task_id, child_pid), ...])   tasks running for a while, so the agent can kill
                                   their groups if the fork server dies (a quick task needs no
                                   message of its own)
-    (ERROR, message)              a request the fork server could not act on
 
-task process -> fork server, over a pipe of its own (stdout and stderr go to another): frames
-of (BLOB, index, data) for big attachment contents, then one (RESULT, results, error).
+task process -> agent: its stdout and stderr on one pipe (raw bytes), and on the other, frames
+of (BLOB, index, data) for big attachment contents, then one (RESULT, results, error). The agent
+reads both, and sends the master OUTPUT, BLOB and DONE (a ``path`` attachment is still
+``{"filename", "link_name", "path", "size"}`` in the RESULT: the agent reads the file and sends
+its chunks).
 ``FrameDecoder`` is linear in the bytes it is fed, however they are split into reads.
 """
 
 from __future__ import annotations
 
 import marshal
-import signal as signals
 import struct
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+# True only for type checkers. The shipped parts import typing (and whatever else only their
+# annotations need) under it: the fork server loads every module they import, and every
+# module it has loaded makes each of its forks dearer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 # The oldest Python a node may run: the agent's start refuses older ones, ``dirt nodes add``
 # names it, and tests check every shipped module against it.
@@ -73,21 +81,33 @@ OUTPUT = "output"
 BLOB = "blob"
 CONFIG = "config"
 RESULT = "result"
+EXITED = "exited"
+FAILED = "failed"
 
 # The most bytes of bulk data one message carries.
 CHUNK_SIZE = 1 << 20
 
 
-class RunRequest(NamedTuple):
-    """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN, *request)``)."""
+if TYPE_CHECKING:
 
-    task_id: str
-    module_name: str
-    sha256: str
-    source: bytes | None  # the module's bytes; None when this connection had this sha256
-    kwargs: dict[str, Any]
-    timeout: float | None
-    path: str = ""  # where the master has the module (for messages), e.g. "tasks/x.py"
+    class RunRequest(NamedTuple):
+        """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN,
+        *request)``)."""
+
+        task_id: str
+        module_name: str
+        sha256: str
+        source: bytes | None  # the module's bytes; None when this connection had this sha256
+        kwargs: dict[str, Any]
+        timeout: float | None
+        path: str = ""  # where the master has the module (for messages), e.g. "tasks/x.py"
+
+else:
+    RunRequest = namedtuple(
+        "RunRequest",
+        ("task_id", "module_name", "sha256", "source", "kwargs", "timeout", "path"),
+        defaults=("",),
+    )
 
 
 def run_request(message: tuple[Any, ...]) -> RunRequest:
@@ -172,6 +192,8 @@ def unserialisable_type(obj: object) -> str | None:
 
 def signal_name(number: int) -> str:
     """``SIGKILL`` for 9, ``SIGRTMIN+2`` for a real-time signal, else ``unknown signal``."""
+    import signal as signals  # not at the top: the fork server does without its enums
+
     try:
         return signals.Signals(number).name
     except ValueError:

@@ -8,12 +8,23 @@ server's source (see ``dirt.remote.source``).
 
 from __future__ import annotations
 
+import marshal
 import os
 import stat
 from collections import deque
-from typing import Any
 
-from dirt.remote.protocol import CHUNK_SIZE
+from dirt.remote.protocol import (
+    BLOB,
+    CHUNK_SIZE,
+    RESULT,
+    TYPE_CHECKING,
+    encode,
+    frame,
+    unserialisable_type,
+)
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # What the master's [dispatch] output_limit and attachment_limit default to.
 DEFAULT_OUTPUT_LIMIT = 16 << 20
@@ -237,6 +248,37 @@ def prepare_attachments(results: Any, limit: int) -> tuple[Any, dict[int, bytes]
     return {**results, "attachments": prepared}, big
 
 
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def send_results(fd: int, results: Any, error: str | None, limit: int) -> None:
+    """In a task's process: its big attachment contents in chunks, then its results, as frames
+    on its result pipe (see protocol.py)."""
+    big: dict[int, bytes] = {}
+    if error is None:
+        try:
+            results, big = prepare_attachments(results, limit)
+        except AttachmentError as exc:
+            results, error = None, str(exc)
+    try:
+        data = marshal.dumps((RESULT, results, error))
+        if error is None and unserialisable_type(results) is not None:
+            # marshal also takes sets and code objects; the master side cannot.
+            raise ValueError
+    except Exception:
+        name = unserialisable_type(results) or type(results).__name__
+        big = {}
+        data = marshal.dumps((RESULT, None, f"results not serialisable: {name}"))
+    for index, contents in big.items():
+        view = memoryview(contents)
+        for start in range(0, len(contents), CHUNK_SIZE):
+            write_all(fd, encode((BLOB, index, view[start : start + CHUNK_SIZE])))
+    write_all(fd, frame(data))
+
+
 def _sized_path(item: dict[str, Any], index: int) -> tuple[str, int]:
     name = item.get("filename")
     where = f"attachment {index + 1}" + (f" ({name})" if isinstance(name, str) else "")
@@ -327,9 +369,14 @@ class FairQueue:
 class Sink:
     """Where a runner puts what its tasks send to the master (the agent's `Sender`)."""
 
-    def data(self, task_id: str, message: tuple[Any, ...], size: int) -> None:
+    def data(self, task_id: str, message: tuple[Any, ...], size: int, wait: bool = True) -> None:
         """A chunk of the task's output or attachments (`size` bytes), sent in the order put;
-        waits while too much is queued already."""
+        waits while the sink is `full` (unless not `wait`: then the caller keeps to the
+        limit itself, by reading no more while it is full)."""
+        raise NotImplementedError
+
+    def full(self) -> bool:
+        """True while more queued chunks would go over the sink's limit."""
         raise NotImplementedError
 
     def finish(

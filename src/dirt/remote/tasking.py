@@ -10,11 +10,16 @@ imported only when a task fails.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
-import signal
-from types import CodeType
-from typing import Any
+
+from dirt.remote.protocol import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import signal
+    from types import CodeType
+    from typing import Any
+else:
+    import _signal as signal  # the same functions, without signal.py's enums
 
 
 class TaskChannel:
@@ -79,8 +84,10 @@ def kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105  (contextlib is one more module in the fork server)
             os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     except PermissionError:
         pass
 

@@ -107,6 +107,7 @@ class ThreadRunner:
         self.outputs: dict[str, TaskOutput] = {}
         self.deadlines: list[tuple[float, str]] = []
         self.watchdog: threading.Thread | None = None
+        self.watching = False  # the watchdog waits with a timeout (not until woken)
         self.jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.idle = 0  # threads waiting for a job (or about to)
         self.workers = 0
@@ -134,7 +135,9 @@ class ThreadRunner:
             if timeout is not None:
                 heapq.heappush(self.deadlines, (start + timeout, task_id))
             self.ensure_watchdog()
-            self.cond.notify()
+            if timeout is not None or not self.watching:
+                # A new deadline, or output to flush soon: one wake, not one per task.
+                self.cond.notify()
             spawn = self.idle == 0
             if spawn:
                 self.workers += 1
@@ -232,6 +235,7 @@ class ThreadRunner:
                     if self.deadlines:
                         until = self.deadlines[0][0] - now
                         wait = until if wait is None else min(wait, until)
+                    self.watching = wait is not None
                     self.cond.wait(wait)
             for task_id, start, timeout in expired:
                 self.finish(
