@@ -38,7 +38,13 @@ from dirt.remote.protocol import (
     unserialisable_type,
     without_results,
 )
-from dirt.remote.streams import FairQueue, Sink, Stream
+from dirt.remote.streams import (
+    DEFAULT_ATTACHMENT_LIMIT,
+    FairQueue,
+    Sink,
+    Stream,
+    human_size,
+)
 from dirt.remote.thread_runner import ThreadRunner
 
 # Bytes of chunks queued for the master before whoever puts more waits.
@@ -46,34 +52,45 @@ HIGH = 8 * CHUNK_SIZE
 
 
 class Upload(Stream):
-    """One attachment's chunks: a file read as its turn comes (``path``, at most the size it
-    had when the task ended), or big contents held in memory (thread isolation)."""
+    """One attachment's chunks: a file read to its end as its turn comes (``path``: files in
+    /proc and pipes say they are empty, so the size the file had is not trusted; at most
+    `limit` bytes are read), or big contents held in memory (thread isolation)."""
 
     def __init__(
-        self, task_id: str, index: int, item: dict[str, Any], data: bytes | None = None
+        self,
+        task_id: str,
+        index: int,
+        item: dict[str, Any],
+        data: bytes | None = None,
+        limit: int = DEFAULT_ATTACHMENT_LIMIT,
     ) -> None:
         self.task_id = task_id
         self.index = index
         self.name = item.get("filename")
         self.path: str | None = item.get("path") if data is None else None
-        self.size: int = len(data) if data is not None else int(item.get("size") or 0)
         self.data = memoryview(data) if data is not None else None
+        self.limit = limit
         self.sent = 0
         self.file: Any = None
         self.error: str | None = None
 
     def next(self) -> Any:
-        want = min(CHUNK_SIZE, self.size - self.sent)
         if self.data is not None:
-            chunk = bytes(self.data[self.sent : self.sent + want])
+            chunk = bytes(self.data[self.sent : self.sent + CHUNK_SIZE])
         else:
             try:
                 if self.file is None:
                     self.file = open(self.path, "rb")  # type: ignore[arg-type]  # noqa: SIM115
-                chunk = self.file.read(want) if want > 0 else b""
+                chunk = self.file.read(CHUNK_SIZE)
             except OSError as exc:
                 self.error = (
                     f"attachment {self.name}: cannot read {self.path}: {exc.strerror or exc}"
+                )
+                chunk = b""
+            if self.sent + len(chunk) > self.limit:
+                self.error = (
+                    f"attachment {self.name}: {self.path} grew over the limit of "
+                    f"{human_size(self.limit)} ([dispatch] attachment_limit)"
                 )
                 chunk = b""
         if not chunk:
@@ -117,7 +134,9 @@ class Finish(Stream):
         return (DONE, self.task_id, (results, *self.wire[1:]))
 
 
-def uploads_of(task_id: str, results: Any, contents: dict[int, bytes] | None) -> list[Upload]:
+def uploads_of(
+    task_id: str, results: Any, contents: dict[int, bytes] | None, limit: int
+) -> list[Upload]:
     """The attachments of `results` the agent sends in chunks: ``path`` ones and big contents
     (see ``streams.prepare_attachments``)."""
     items = results.get("attachments") if isinstance(results, dict) else None
@@ -128,7 +147,7 @@ def uploads_of(task_id: str, results: Any, contents: dict[int, bytes] | None) ->
         if not isinstance(item, dict):
             continue
         if "path" in item and "contents" not in item:
-            uploads.append(Upload(task_id, index, item))
+            uploads.append(Upload(task_id, index, item, limit=limit))
         elif contents and index in contents:
             uploads.append(Upload(task_id, index, item, contents[index]))
     return uploads
@@ -150,6 +169,7 @@ class Sender(Sink):
         self.busy = False  # a thread is sending (or reading a file for the next chunk)
         self.closed = False
         self.closing = False
+        self.attachment_limit = DEFAULT_ATTACHMENT_LIMIT  # from the master's config
         self.thread = threading.Thread(target=self._run, name="dirt-sender", daemon=True)
         self.thread.start()
 
@@ -174,7 +194,9 @@ class Sender(Sink):
     def finish(
         self, task_id: str, wire: tuple[Any, ...], contents: dict[int, bytes] | None = None
     ) -> None:
-        uploads = uploads_of(task_id, wire[0], contents) if wire[1] is None else []
+        uploads = (
+            uploads_of(task_id, wire[0], contents, self.attachment_limit) if wire[1] is None else []
+        )
         with self.cond:
             if self.closed:
                 return
@@ -279,6 +301,7 @@ def serve(channel: Any) -> None:
     sender = Sender(channel)
     try:
         config = channel.receive()
+        sender.attachment_limit = int(config.get("attachment_limit", DEFAULT_ATTACHMENT_LIMIT))
         runner = start_runner(config, sender)
     except Exception as exc:
         sender.send((FATAL, f"agent could not start: {exc}"))

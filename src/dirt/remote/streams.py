@@ -125,6 +125,10 @@ class OutputBuffer:
                 self.head_size -= self._cut(self.head_q, start, chunks, whole)
                 self.head_since = now
         if self.tail_q and not self.head_q and (final or now >= self.tail_since + TAIL_EVERY):
+            excess = self.tail_size - self.tail
+            if excess > 0:  # the ring drops whole pieces; what is sent is the tail exactly
+                self.tail_q[0] = self.tail_q[0][excess:]
+                self.tail_size -= excess
             self._cut(self.tail_q, self.total - self.tail_size, chunks, True)
             self.tail_size = 0
         if chunks:
@@ -199,7 +203,8 @@ def prepare_attachments(results: Any, limit: int) -> tuple[Any, dict[int, bytes]
 
     Contents of at most ``INLINE_LIMIT`` bytes stay in the results. Bigger contents are taken
     out (the item gets ``"stream": index`` and ``"text"``) to be sent in chunks. A ``path`` is
-    made absolute (the task's working directory is gone once it ends) and sized. Raises
+    made absolute (the task's working directory is gone once it ends) and sized (the size a
+    file says it has; the agent reads it to its end). Raises
     AttachmentError when a file cannot be read or the total is over `limit`. Anything else
     about the results is for the master to judge.
     """
