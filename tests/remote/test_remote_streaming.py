@@ -226,14 +226,16 @@ def test_a_lost_node_leaves_no_partial_blob(
         writer.flush()
         deadline = time.monotonic() + 30
         while True:
-            parts = list((blobs.root / "tmp").glob("*.part")) if (blobs.root / "tmp").exists() else []
+            parts = (
+                list((blobs.root / "tmp").glob("*.part")) if (blobs.root / "tmp").exists() else []
+            )
             if parts and parts[0].stat().st_size >= MiB:
                 break
             assert time.monotonic() < deadline, "the upload never began"
             time.sleep(0.01)
         gateway = node.conn.agent_info["pid"]
         os.kill(gateway, signal.SIGKILL)
-        task_ids, reason = node.collector.wait_lost()
+        task_ids, _ = node.collector.wait_lost()
     assert task_ids == [task_id]
     assert task_id not in node.collector.outcomes
     assert [p for p in blobs.root.rglob("*") if p.is_file()] == []
@@ -246,5 +248,7 @@ def test_a_slow_master_keeps_the_agent_small(make_node: Callable[..., Node]) -> 
     assert outcome.error is None
     assert len(node.collector.output_of(outcome.task_id)) == 96 * MiB + len(b"THE END\n")
     status = Path(f"/proc/{node.conn.agent_info['pid']}/status").read_text()
-    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    peak_kib = int(
+        next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+    )
     assert peak_kib < 64 * 1024, f"agent peaked at {peak_kib} KiB while 96 MiB went through it"

@@ -168,7 +168,10 @@ def test_a_path_that_cannot_be_read_is_refused_with_its_name(
 
 def test_attachments_over_the_limit_are_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 600)
-    items = [{"filename": "f", "path": str(tmp_path / "f")}, {"filename": "g", "contents": "y" * 500}]
+    items = [
+        {"filename": "f", "path": str(tmp_path / "f")},
+        {"filename": "g", "contents": "y" * 500},
+    ]
     with pytest.raises(AttachmentError, match=r"total 1.1 KiB, over the limit of 1000 bytes"):
         prepare_attachments({"success": True, "attachments": items}, 1000)
 

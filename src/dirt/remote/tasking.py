@@ -120,6 +120,6 @@ class TaskCodes:
 
             where = f"{module_name} ({path})" if path else module_name
             detail = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
-            return None, f"task module {where} does not compile: {detail}"
+            return None, f"task module {where} does not compile:\n{detail}"
         self._codes[sha] = code
         return code, None

@@ -41,7 +41,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
                 return "unsatisfiable"
             return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
         first = int(first_text)
-        last = int(last_text) if last_text else size - 1
+        last = int(last_text) if last_text else max(first, size - 1)
     except ValueError:
         return None
     if first < 0 or last < first:
