@@ -106,20 +106,27 @@ def blobs(tmp_path: Path) -> BlobStore:
 
 @pytest.fixture
 def make_node(blobs: BlobStore) -> Iterator[Callable[..., Node]]:
-    """Factory: make_node("process"|"thread", streams=False, limits=None) -> an open Node,
-    closed at teardown. With `streams`, output chunks are collected and attachments stored in
-    the `blobs` fixture's store."""
+    """Factory: make_node("process"|"thread", streams=False, limits=None, blobs=None) -> an
+    open Node, closed at teardown. With `streams`, output chunks are collected and attachments
+    stored in `blobs` (default: the `blobs` fixture's store)."""
+    default_blobs = blobs
     made: list[NodeConnection] = []
 
-    def make(isolation: str, streams: bool = False, limits: Limits | None = None) -> Node:
+    def make(
+        isolation: str,
+        streams: bool = False,
+        limits: Limits | None = None,
+        blobs: BlobStore | None = None,
+    ) -> Node:
         collector = Collector()
+        store = blobs or default_blobs
         conn = NodeConnection(
             popen_spec(),
             isolation,
             collector.on_done,
             collector.on_lost,
             on_output=collector.on_output if streams else None,
-            blobs=blobs if streams else None,
+            blobs=store if streams else None,
             limits=limits,
         )
         made.append(conn)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dirt.blobs import BlobStore
+from dirt.blobs import BlobStore, BlobWriter
 from dirt.dispatch.incoming import Limits
 
 if TYPE_CHECKING:
@@ -189,24 +189,89 @@ def test_attachments_that_cannot_be_sent_fail_the_task_with_a_reason(
     assert not [p for p in blobs.root.rglob("*") if p.is_file()]
 
 
+class SlowBlobs(BlobStore):
+    """A blob store on a slow disk: each chunk the master writes takes `pause` seconds, so the
+    node's link stays full for as long as an upload lasts."""
+
+    def __init__(self, root: Path, pause: float) -> None:
+        super().__init__(root)
+        self.pause = pause
+
+    def writer(self) -> BlobWriter:
+        writer = super().writer()
+        write = writer.write
+
+        def slow_write(data: bytes | memoryview) -> None:
+            time.sleep(self.pause)
+            write(data)
+
+        writer.write = slow_write  # type: ignore[method-assign]
+        return writer
+
+
+def uploading(root: Path, at_least: int = MiB) -> bool:
+    """An upload in `root`'s tmp/ has at least `at_least` bytes."""
+    parts = list((root / "tmp").glob("*.part")) if (root / "tmp").exists() else []
+    return any(p.stat().st_size >= at_least for p in parts)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.005)
+
+
+QUICK = "def execute():\n    return {'success': True}\n"
+
+
 def test_a_big_upload_does_not_hold_up_the_other_tasks_on_the_node(
     make_node: Callable[..., Node], isolation: str, tmp_path: Path
 ) -> None:
-    node = make_node(isolation, streams=True)
-    path = tmp_path / "big.bin"
-    big = node.start(ATTACHES, {"path": str(path), "size": 96 * MiB})
-    # Once the upload has begun, quick tasks started meanwhile finish while it goes on.
-    deadline = time.monotonic() + 60
-    while not any(p.suffix == ".part" for p in (tmp_path / "blobs" / "tmp").glob("*")):
-        assert time.monotonic() < deadline, "the upload never began"
-        time.sleep(0.005)
-    quick = [node.start("def execute():\n    return {'success': True}\n") for _ in range(10)]
+    # The master stores 1 MiB per 20 ms: the 64 MiB upload keeps the link full for over a second.
+    blobs = SlowBlobs(tmp_path / "slow-blobs", pause=0.02)
+    node = make_node(isolation, streams=True, blobs=blobs)
+    big = node.start(ATTACHES, {"path": str(tmp_path / "big.bin"), "size": 64 * MiB})
+    wait_until(lambda: uploading(blobs.root), "the upload to begin")
+    quick = [node.start(QUICK) for _ in range(10)]
     for task_id in quick:
         assert node.wait(task_id).error is None
-    quick_done = max(node.collector.outcomes[t].received for t in quick)
+    # Each quick outcome waited for at most a chunk or two of the upload, not for all of it.
+    assert big not in node.collector.outcomes
+    assert uploading(blobs.root, 2 * MiB)
     outcome = node.wait(big, timeout=120)
     assert outcome.error is None
-    assert quick_done < outcome.received
+    assert (
+        stored(blobs, outcome.results)["by-path.bin"][0] == outcome.results["shas"]["by-path.bin"]
+    )
+
+
+def test_a_file_that_reads_slowly_does_not_hold_up_the_other_tasks_on_the_node(
+    make_node: Callable[..., Node], isolation: str, blobs: BlobStore, tmp_path: Path
+) -> None:
+    node = make_node(isolation, streams=True)
+    fifo = tmp_path / "slow.fifo"
+    os.mkfifo(fifo)
+    source = (
+        "def execute(path):\n    return {'success': True, "
+        "'attachments': [{'filename': 'slow.bin', 'path': path}]}\n"
+    )
+    slow = node.start(source, {"path": str(fifo)})
+    data = os.urandom(3 * MiB)
+    # The node reads the pipe as its writer feeds it: 1 MiB, then nothing until the quick
+    # tasks are done (a network file system having a bad minute, say).
+    with open(fifo, "wb") as writer:
+        writer.write(data[:MiB])
+        writer.flush()
+        wait_until(lambda: uploading(blobs.root, 1), "the upload to begin")
+        quick = [node.start(QUICK) for _ in range(5)]
+        for task_id in quick:
+            assert node.wait(task_id).error is None
+        assert slow not in node.collector.outcomes
+        writer.write(data[MiB:])
+    outcome = node.wait(slow)
+    assert outcome.error is None
+    assert stored(blobs, outcome.results)["slow.bin"] == (hashlib.sha256(data).hexdigest(), 3 * MiB)
 
 
 def test_a_lost_node_leaves_no_partial_blob(

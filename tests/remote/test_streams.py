@@ -17,7 +17,6 @@ from dirt.remote.streams import (
     AttachmentError,
     FairQueue,
     OutputBuffer,
-    Stream,
     prepare_attachments,
 )
 
@@ -184,26 +183,10 @@ def test_results_without_attachments_are_left_as_they_are() -> None:
 # the fair queue -------------------------------------------------------------------------------
 
 
-class Chunks(Stream):
-    def __init__(self, name: str, n: int) -> None:
-        self.left = [f"{name}{i}" for i in range(n)]
-
-    def next(self) -> object:
-        return self.left.pop(0) if self.left else None
-
-
 def drain(queue: FairQueue) -> list[object]:
     taken = []
     while queue:
-        item, task = queue.take()
-        if isinstance(item, Stream):
-            message = item.next()
-            if message is None:
-                assert task is not None
-                queue.exhausted(item, task)
-                continue
-            item = message
-        taken.append(item)
+        taken.append(queue.take()[0])
     return taken
 
 
@@ -222,11 +205,3 @@ def test_messages_of_no_task_go_first() -> None:
     queue.put("a0", "a")
     queue.put("load", None)
     assert drain(queue) == ["load", "a0"]
-
-
-def test_a_stream_yields_its_chunks_in_turns_and_then_what_follows_it() -> None:
-    queue = FairQueue()
-    queue.put(Chunks("file", 3), "up")
-    queue.put("up-done", "up")
-    queue.put("other-done", "other")
-    assert drain(queue) == ["file0", "other-done", "file1", "file2", "up-done"]

@@ -9,9 +9,10 @@ warm fork server ("process" isolation, process_runner.py) or in threads of this 
 
 Everything the agent sends goes through one `Sender`: a fair queue (see ``streams.FairQueue``)
 emptied by one thread, so a task's big output or attachment takes turns with the other tasks'
-messages, one chunk at a time, and a file attached by path is read only as its chunks' turns
-come. When the master reads slowly, the sending waits, the queue fills, and whoever puts chunks
-in (the fork server's reader, a task thread) waits too: the agent's memory stays bounded.
+messages, one chunk at a time. A task's attachments are read by an uploader thread of its own,
+so a file that reads slowly holds up only its task. When the master reads slowly, the sending
+waits, the queue fills, and whoever puts chunks in (the fork server's reader, a task thread, an
+uploader) waits too: the agent's memory stays bounded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from dirt.remote.streams import (
     DEFAULT_ATTACHMENT_LIMIT,
     FairQueue,
     Sink,
-    Stream,
     human_size,
 )
 from dirt.remote.thread_runner import ThreadRunner
@@ -51,10 +51,11 @@ from dirt.remote.thread_runner import ThreadRunner
 HIGH = 8 * CHUNK_SIZE
 
 
-class Upload(Stream):
-    """One attachment's chunks: a file read to its end as its turn comes (``path``: files in
-    /proc and pipes say they are empty, so the size the file had is not trusted; at most
-    `limit` bytes are read), or big contents held in memory (thread isolation)."""
+class Upload:
+    """One attachment's chunks, read by its task's uploader thread: a file read to its end
+    (``path``: files in /proc and pipes say they are empty, so the size the file had is not
+    trusted; at most `limit` bytes are read), or big contents held in memory (thread
+    isolation)."""
 
     def __init__(
         self,
@@ -74,7 +75,8 @@ class Upload(Stream):
         self.file: Any = None
         self.error: str | None = None
 
-    def next(self) -> Any:
+    def next(self) -> tuple[Any, ...] | None:
+        """The next BLOB message, or None at the end (or on an error, kept in `error`)."""
         if self.data is not None:
             chunk = bytes(self.data[self.sent : self.sent + CHUNK_SIZE])
         else:
@@ -105,33 +107,23 @@ class Upload(Stream):
             self.file = None
 
 
-class Finish(Stream):
-    """A task's DONE, made when its turn comes (after its uploads, whose sizes it gives and
-    whose errors fail the task)."""
-
-    def __init__(self, task_id: str, wire: tuple[Any, ...], uploads: list[Upload]) -> None:
-        self.task_id = task_id
-        self.wire = wire
-        self.uploads = uploads
-        self.made = False
-
-    def next(self) -> Any:
-        if self.made:
-            return None
-        self.made = True
-        for upload in self.uploads:
-            upload.close()
-            if upload.error is not None:
-                return (DONE, self.task_id, without_results(self.wire, upload.error))
-        results = dict(self.wire[0])
-        items = list(results["attachments"])
-        for upload in self.uploads:
-            item = {k: v for k, v in items[upload.index].items() if k not in ("path", "size")}
-            item["stream"] = upload.index
-            item.setdefault("text", False)
-            items[upload.index] = item
-        results["attachments"] = items
-        return (DONE, self.task_id, (results, *self.wire[1:]))
+def done_after_uploads(
+    task_id: str, wire: tuple[Any, ...], uploads: list[Upload]
+) -> tuple[Any, ...]:
+    """A task's DONE once its uploads were sent: each uploaded attachment names its chunks
+    (``"stream": index``); an upload's error fails the task."""
+    for upload in uploads:
+        if upload.error is not None:
+            return (DONE, task_id, without_results(wire, upload.error))
+    results = dict(wire[0])
+    items = list(results["attachments"])
+    for upload in uploads:
+        item = {k: v for k, v in items[upload.index].items() if k not in ("path", "size")}
+        item["stream"] = upload.index
+        item.setdefault("text", False)
+        items[upload.index] = item
+    results["attachments"] = items
+    return (DONE, task_id, (results, *wire[1:]))
 
 
 def uploads_of(
@@ -169,6 +161,7 @@ class Sender(Sink):
         self.busy = False  # a thread is sending (or reading a file for the next chunk)
         self.closed = False
         self.closing = False
+        self.uploading = 0  # uploader threads at work (see `_upload`)
         self.attachment_limit = DEFAULT_ATTACHMENT_LIMIT  # from the master's config
         self.thread = threading.Thread(target=self._run, name="dirt-sender", daemon=True)
         self.thread.start()
@@ -197,18 +190,52 @@ class Sender(Sink):
         uploads = (
             uploads_of(task_id, wire[0], contents, self.attachment_limit) if wire[1] is None else []
         )
+        if not uploads:
+            self._done((DONE, task_id, wire))
+            return
         with self.cond:
             if self.closed:
                 return
-            if uploads:
-                for upload in uploads:
-                    self.queue.put(upload, task_id)
-                self.queue.put(Finish(task_id, wire, uploads), task_id)
+            self.uploading += 1
+        thread = threading.Thread(
+            target=self._upload, args=(task_id, wire, uploads), name=f"dirt-upload-{task_id}"
+        )
+        thread.daemon = True
+        thread.start()
+
+    def _upload(self, task_id: str, wire: tuple[Any, ...], uploads: list[Upload]) -> None:
+        """A task's uploader thread: its attachments chunk by chunk, then its DONE. It puts a
+        chunk only when the queue has room, so a file is read as fast as the link takes it;
+        and a file that reads slowly (a pipe, a network file system) holds up this task alone."""
+        try:
+            for upload in uploads:
+                while not self.closed:
+                    message = upload.next()
+                    if message is None:
+                        break
+                    self.data(task_id, message, len(message[3]))
+                if upload.error is not None:
+                    break
+            message = done_after_uploads(task_id, wire, uploads)
+        except Exception:
+            traceback.print_exc()  # a bug here must not leave the task unreported
+            message = (DONE, task_id, without_results(wire, "attachments not sent: agent error"))
+        finally:
+            for upload in uploads:
+                upload.close()
+            with self.cond:
+                self.uploading -= 1
                 self.cond.notify_all()
+        self._done(message)
+
+    def _done(self, message: tuple[Any, ...]) -> None:
+        """Send a DONE after the task's queued chunks: at once in this thread when nothing is
+        queued or being sent."""
+        with self.cond:
+            if self.closed:
                 return
-            message = (DONE, task_id, wire)
             if self.busy or self.queue:
-                self.queue.put(message, task_id)
+                self.queue.put(message, message[1])
                 self.cond.notify_all()
                 return
             self.busy = True
@@ -229,19 +256,11 @@ class Sender(Sink):
                     self.cond.wait()
                 if self.closed:
                     return
-                item, task_id = self.queue.take()
+                item, _ = self.queue.take()
                 self.busy = True
                 self.cond.notify_all()  # room for those waiting to put
             try:
-                if isinstance(item, Stream):
-                    message = item.next()
-                    if message is None:
-                        with self.cond:
-                            self.queue.exhausted(item, task_id)  # type: ignore[arg-type]
-                        continue
-                else:
-                    message = item
-                self._send(message)
+                self._send(item)
             except Exception:
                 # A bug here must not stop every later message; say so where it is kept.
                 traceback.print_exc()
@@ -276,10 +295,12 @@ class Sender(Sink):
             self.cond.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Send what is queued (for at most `timeout` seconds), then stop."""
+        """Send what is queued and being uploaded (for at most `timeout` seconds), then stop."""
         with self.cond:
             self.closing = True
-            self.cond.wait_for(lambda: self.closed or not (self.queue or self.busy), timeout)
+            self.cond.wait_for(
+                lambda: self.closed or not (self.queue or self.busy or self.uploading), timeout
+            )
             self.closed = True
             self.cond.notify_all()
 

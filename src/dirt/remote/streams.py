@@ -307,21 +307,12 @@ def _sized_path(item: dict[str, Any], index: int) -> tuple[str, int]:
 # the fair queue ------------------------------------------------------------------------------
 
 
-class Stream:
-    """A queued item that makes its messages when their turn comes (a file read chunk by
-    chunk, say): `next()` returns the next message, or None when there are no more."""
-
-    def next(self) -> Any:
-        raise NotImplementedError
-
-
 class FairQueue:
     """Messages on their way over one link: each task's in the order they were put, the tasks
     taking turns one message at a time, and urgent messages (of no task) before all of them.
 
     So a big transfer holds back another task's message by at most one chunk. `size` counts the
-    bytes queued, for flow control by the caller. A `Stream` stays at the head of its task's
-    queue until it is exhausted; `take` hands it out and the caller calls its `next()`.
+    bytes queued, for flow control by the caller.
     """
 
     def __init__(self) -> None:
@@ -345,30 +336,18 @@ class FairQueue:
         self.size += size
 
     def take(self) -> tuple[Any, str | None]:
-        """The next (item, task id); a Stream is left in place (see `exhausted`). The queue
-        must not be empty."""
+        """The next (item, task id). The queue must not be empty."""
         if self.urgent:
             return self.urgent.popleft(), None
         task_id = self.turns.popleft()
         queue = self.tasks[task_id]
-        item, size = queue[0]
-        if not isinstance(item, Stream):
-            queue.popleft()
-            self.size -= size
+        item, size = queue.popleft()
+        self.size -= size
         if queue:
             self.turns.append(task_id)
         else:
             del self.tasks[task_id]
         return item, task_id
-
-    def exhausted(self, stream: Stream, task_id: str) -> None:
-        """`stream` (at the head of its task's queue) has no more messages: drop it."""
-        queue = self.tasks.get(task_id)
-        if queue and queue[0][0] is stream:
-            queue.popleft()
-            if not queue:
-                del self.tasks[task_id]
-                self.turns.remove(task_id)
 
 
 class Sink:
@@ -388,5 +367,6 @@ class Sink:
         self, task_id: str, wire: tuple[Any, ...], contents: dict[int, bytes] | None = None
     ) -> None:
         """The task's outcome (``protocol.outcome``): sent after its chunks, the contents of
-        its big attachments (`contents`, by index) and its ``path`` attachments."""
+        its big attachments (`contents`, by index) and its ``path`` attachments. Never waits
+        for room: it is called by threads that must not block (a reader of many tasks)."""
         raise NotImplementedError
