@@ -131,3 +131,33 @@ def test_flags_change_only_the_host_table_keys_they_give(project: Path) -> None:
     nodes = load_settings(project, overrides=overrides, environ={}).nodes
     assert (nodes.host("build1").user, nodes.host("build1").port) == ("ci", 2200)
     assert nodes.host("build2").slots == 2
+
+
+def test_limits_are_sizes_in_bytes_or_with_a_unit(project: Path) -> None:
+    (project / "dirt.toml").write_text(
+        '[dispatch]\noutput_limit = "1.5 MiB"\nattachment_limit = 1000\n'
+        '[storage]\nblobs = "/mnt/shared/dirt-blobs"\n'
+    )
+    settings = load_settings(project, environ={"DIRT_DISPATCH_ATTACHMENT_LIMIT": "2GB"})
+    assert settings.dispatch.output_limit == 1536 * 1024
+    assert settings.dispatch.attachment_limit == 2 * 1000**3
+    assert settings.blobs_path == Path("/mnt/shared/dirt-blobs")
+
+
+def test_the_limits_and_the_blob_store_have_defaults(project: Path) -> None:
+    settings = load_settings(project, environ={})
+    assert (settings.dispatch.output_limit, settings.dispatch.attachment_limit) == (
+        16 << 20,
+        4 << 30,
+    )
+    assert settings.blobs_path == project / "blobs"
+
+
+def test_bad_sizes_are_reported_together(project: Path) -> None:
+    (project / "dirt.toml").write_text('[dispatch]\noutput_limit = "lots"\nattachment_limit = -1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(project, overrides={"dispatch": {"output_limit": 1000}}, environ={})
+    message = str(caught.value)
+    assert "dispatch.output_limit: expected a size in bytes" in message and "'lots'" in message
+    assert "dispatch.attachment_limit: must be at least 0, got -1" in message
+    assert "dispatch.output_limit: must be at least 131072, got 1000" in message

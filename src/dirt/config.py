@@ -39,6 +39,16 @@ class DispatchSettings:
     load_margin: float = 0.5
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    # Per task, in bytes (or a string such as "16 MiB"): attachments in all (over it the task
+    # fails), and stored output (beyond it the head and the tail are kept).
+    attachment_limit: int = 4 << 30
+    output_limit: int = 16 << 20
+
+
+@dataclass
+class StorageSettings:
+    # The blob store's folder (relative to the project), e.g. a shared disk for several masters.
+    blobs: str = "blobs"
 
 
 @dataclass
@@ -119,6 +129,7 @@ class AuthSettings:
 SECTIONS: dict[str, type] = {
     "project": ProjectSettings,
     "dispatch": DispatchSettings,
+    "storage": StorageSettings,
     "nodes": NodeDefaults,
     "log": LogSettings,
     "web": WebSettings,
@@ -140,7 +151,43 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 MINIMUM: dict[tuple[str, str], int | float] = {
     ("nodes", "slots"): 1,
     ("web", "workers"): 1,
+    ("dispatch", "attachment_limit"): 0,
+    # Room for a head and a tail of at least the 64 KiB kept with each task.
+    ("dispatch", "output_limit"): 128 * 1024,
 }
+
+# Sizes in bytes: an integer, or a string with a unit ("16 MiB", "4GiB", "500 kB").
+BYTE_SIZES = frozenset({("dispatch", "attachment_limit"), ("dispatch", "output_limit")})
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from an int or a string like "16 MiB"; None when it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        return None
+    if unit not in _UNITS or amount < 0:
+        return None
+    return int(amount * _UNITS[unit])
 
 
 @dataclass
@@ -151,6 +198,7 @@ class Settings:
     project: ProjectSettings = field(default_factory=ProjectSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     nodes: NodeDefaults = field(default_factory=NodeDefaults)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     log: LogSettings = field(default_factory=LogSettings)
     web: WebSettings = field(default_factory=WebSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -184,6 +232,11 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.web.port}"
+
+    @property
+    def blobs_path(self) -> Path:
+        """The blob store's folder: [storage] blobs, relative to the project folder."""
+        return self.project_dir / Path(self.storage.blobs).expanduser()
 
     @property
     def log_path(self) -> Path | None:
@@ -239,7 +292,15 @@ def _apply_table(
                 getattr(target, key), table_class, value, f"{name}.{key}", rules, origin, problems
             )
             continue
-        coerced = coerce(value, hints[key], where, problems, from_env)
+        if (rules, key) in BYTE_SIZES:
+            coerced = parse_size(value)
+            if coerced is None:
+                problems.append(
+                    f'{where}: expected a size in bytes (e.g. 16777216 or "16 MiB"), got {value!r}'
+                )
+                continue
+        else:
+            coerced = coerce(value, hints[key], where, problems, from_env)
         if coerced is None:
             continue
         choices = CHOICES.get((rules, key))

@@ -232,6 +232,9 @@ class Node:
 
 @dataclass
 class Attachment:
+    """A file a task attached. Its contents are in the blob store under `sha256`; `content`
+    holds them only on their way there, or for rows stored before the blob store existed."""
+
     task_id: str
     filename: str
     link_name: str
@@ -239,6 +242,21 @@ class Attachment:
     size: int
     content: bytes | None = None
     created: float = 0.0
+    sha256: str | None = None
+
+
+@dataclass
+class OutputChunk:
+    """Bytes one attempt of a task wrote to stdout or stderr, from `start` in its output."""
+
+    task_id: str
+    attempt: int
+    start: int
+    data: bytes
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.data)
 
 
 @dataclass

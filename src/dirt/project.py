@@ -61,9 +61,12 @@ def valid_task_name(name: object) -> bool:
 
 @dataclass(frozen=True)
 class TaskModule:
+    """A task module as it is shipped: its bytes, never decoded here (the node compiles them,
+    honouring a PEP 263 coding line as Python's import does)."""
+
     name: str
     path: Path
-    source: str
+    source: bytes
     sha256: str
 
 
@@ -93,7 +96,8 @@ class TaskModules:
         return path.is_file() and path.resolve().is_relative_to(self.tasks_dir)
 
     def load(self, name: str) -> TaskModule:
-        """The module's current source and its SHA-256; NotFoundError when the file is gone."""
+        """The module's current bytes and their SHA-256; NotFoundError when the file is gone,
+        OSError when it cannot be read."""
         path = self.path_of(name)
         try:
             stat = os.stat(path)
@@ -107,7 +111,7 @@ class TaskModules:
         if not path.resolve().is_relative_to(self.tasks_dir):
             raise NotFoundError(f"task module {name} not found: {path} leaves {self.tasks_dir}")
         raw = path.read_bytes()
-        module = TaskModule(name, path, raw.decode("utf-8"), hashlib.sha256(raw).hexdigest())
+        module = TaskModule(name, path, raw, hashlib.sha256(raw).hexdigest())
         with self._lock:
             self._cache[name] = (stamp, module)
         return module

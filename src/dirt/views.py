@@ -81,6 +81,11 @@ def attachment_url(task_id: str, filename: str) -> str:
     return f"/api/tasks/{quote(task_id, safe='')}/attachments/{quote(filename, safe='')}"
 
 
+def output_url(task_id: str) -> str:
+    """Where the API serves a task's output (progressive text, see `GET .../output`)."""
+    return f"/api/tasks/{quote(task_id, safe='')}/output"
+
+
 def attachment_view(a: Attachment) -> dict[str, Any]:
     return {
         "filename": a.filename,

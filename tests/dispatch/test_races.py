@@ -30,20 +30,23 @@ def test_a_module_that_cannot_be_read_fails_and_the_run_that_freed_its_slot_is_s
 ) -> None:
     one_slot_node(service)
     add_task_module("nap", NAP)
-    # Saved by an editor in Latin-1: it cannot be read as UTF-8 when its turn comes.
-    (project / "tasks" / "latin.py").write_bytes(b"# caf\xe9\ndef execute():\n    pass\n")
+    add_task_module("gone_odd", "def execute():\n    return {'success': True}\n")
     running = RunningDispatcher(service)
     try:
         (nap,) = submit(service, "nap")
         wait_for(lambda: service.task(nap).state is TaskState.RUNNING, what="nap to start")
-        # Reserved while nap runs; started on nap's receiver thread the moment nap ends.
-        (latin,) = submit(service, "latin")
-        done = wait_finished(service, [nap, latin], timeout=15)
+        # Reserved while nap runs; started on nap's receiver thread the moment nap ends. By
+        # then its file has become a folder: it cannot be read when its turn comes.
+        (odd,) = submit(service, "gone_odd")
+        module = project / "tasks" / "gone_odd.py"
+        module.unlink()
+        module.mkdir()
+        done = wait_finished(service, [nap, odd], timeout=15)
     finally:
         running.stop()
     assert done[0].state is TaskState.SUCCEEDED
     assert done[1].state is TaskState.FAILED
-    assert done[1].reason.startswith("task module latin cannot be read: 'utf-8' codec")
+    assert done[1].reason.startswith("task module gone_odd cannot be read: [Errno 21]")
 
 
 def test_an_error_while_refilling_a_freed_slot_never_loses_the_outcome_that_freed_it(

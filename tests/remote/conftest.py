@@ -6,11 +6,15 @@ import hashlib
 import itertools
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from dirt.blobs import BlobStore
 from dirt.dispatch.connection import NodeConnection, Outcome, popen_spec
+from dirt.dispatch.incoming import Limits
 
 _ids = itertools.count(1)
 
@@ -22,9 +26,26 @@ class Collector:
         self.cond = threading.Condition()
         self.outcomes: dict[str, Outcome] = {}
         self.lost: list[tuple[list[str], str]] = []
+        # task id -> (offset, bytes, monotonic time it came) of each output chunk
+        self.output: dict[str, list[tuple[int, bytes, float]]] = {}
+        self.done_at: dict[str, float] = {}  # task id -> monotonic time its outcome came
+        self.output_delay = 0.0  # seconds on_output takes: a master slow to store output
+
+    def on_output(self, task_id: str, offset: int, data: bytes) -> None:
+        if self.output_delay:
+            time.sleep(self.output_delay)
+        with self.cond:
+            self.output.setdefault(task_id, []).append((offset, data, time.monotonic()))
+            self.cond.notify_all()
+
+    def output_of(self, task_id: str) -> bytes:
+        """The output bytes that came, in order (gaps left out)."""
+        with self.cond:
+            return b"".join(data for _, data, _ in self.output.get(task_id, []))
 
     def on_done(self, outcome: Outcome) -> None:
         with self.cond:
+            self.done_at[outcome.task_id] = time.monotonic()
             self.outcomes[outcome.task_id] = outcome
             self.cond.notify_all()
 
@@ -79,13 +100,35 @@ def collector() -> Collector:
 
 
 @pytest.fixture
-def make_node() -> Iterator[Callable[[str], Node]]:
-    """Factory: make_node("process"|"thread") -> an open Node, closed at teardown."""
+def blobs(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def make_node(blobs: BlobStore) -> Iterator[Callable[..., Node]]:
+    """Factory: make_node("process"|"thread", streams=False, limits=None, blobs=None) -> an
+    open Node, closed at teardown. With `streams`, output chunks are collected and attachments
+    stored in `blobs` (default: the `blobs` fixture's store)."""
+    default_blobs = blobs
     made: list[NodeConnection] = []
 
-    def make(isolation: str) -> Node:
+    def make(
+        isolation: str,
+        streams: bool = False,
+        limits: Limits | None = None,
+        blobs: BlobStore | None = None,
+    ) -> Node:
         collector = Collector()
-        conn = NodeConnection(popen_spec(), isolation, collector.on_done, collector.on_lost)
+        store = blobs or default_blobs
+        conn = NodeConnection(
+            popen_spec(),
+            isolation,
+            collector.on_done,
+            collector.on_lost,
+            on_output=collector.on_output if streams else None,
+            blobs=store if streams else None,
+            limits=limits,
+        )
         made.append(conn)
         conn.open(timeout=30)
         return Node(conn, collector)

@@ -129,7 +129,8 @@ def test_outcome_parameters_are_the_wire_fields_in_order() -> None:
 
 
 def test_outcome_defaults() -> None:
-    assert outcome() == (None, None, None, None, False, False, 0.0, "")
+    # The output field is the last piece of output, bytes (the rest came in OUTPUT chunks).
+    assert outcome() == (None, None, None, None, False, False, 0.0, b"")
 
 
 def test_master_outcome_has_the_wire_fields_in_order() -> None:
@@ -159,7 +160,7 @@ def test_decoding_normalises_missing_and_dict_outcomes() -> None:
         True,
         False,
         0.0,
-        "",
+        b"",
     )
     assert decode_outcome({"error": "x", "timed_out": True}) == outcome(error="x", timed_out=True)
 

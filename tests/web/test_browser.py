@@ -183,3 +183,52 @@ def test_xss_description_shows_as_text(
     expect(page)(page.locator("dd.description")).to_have_text(xss + "\nsecond line")
     screenshot("xss")
     assert dialogs == []
+
+
+SLOW_PRINTER = """\
+import time
+
+def execute(lines=10, pause=0.4):
+    for i in range(lines):
+        print(f"line {i}", flush=True)
+        time.sleep(pause)
+    return {"success": True}
+"""
+
+
+def test_the_output_view_shows_lines_while_the_task_runs(
+    service: Service,
+    local_node: str,
+    add_task_module: Callable[[str, str], str],
+    page: Any,
+    screenshot: Callable[[str], None],
+) -> None:
+    from dirt.web.app import create_app
+    from tests.conftest import RunningDispatcher
+
+    add_task_module("printer", SLOW_PRINTER)
+    server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
+    server.start()
+    dispatcher = RunningDispatcher(service)
+    try:
+        (task,) = service.submit_tasks("r1", ["printer"]).tasks
+        page.goto(server.url + "records/r1")
+        row = page.locator(f"#task-{task.id}")
+        expect(page)(row.locator("span.state")).to_have_text("running", timeout=10_000)
+        row.get_by_role("link", name="Output").click()
+        view = page.locator("#output-view")
+        expect(page)(view).to_be_visible()
+        expect(page)(view.locator(".output-state")).to_have_text("live")
+        expect(page)(view.locator("pre.output")).to_contain_text("line 1", timeout=5_000)
+        # Seen while the task still runs: lines keep coming into the same view.
+        assert service.task(task.id).state is TaskState.RUNNING
+        assert "line 9" not in view.locator("pre.output").text_content()
+        screenshot("output-live")
+        expect(page)(view.locator("pre.output")).to_contain_text("line 9", timeout=15_000)
+        expect(page)(view.locator(".output-state")).to_have_text("succeeded", timeout=10_000)
+        text = view.locator("pre.output").text_content()
+        assert text == "".join(f"line {i}\n" for i in range(10))
+        screenshot("output-finished")
+    finally:
+        dispatcher.stop()
+        server.stop()

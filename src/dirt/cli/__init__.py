@@ -14,6 +14,7 @@ from dirt.cli.control import cancel, retry
 from dirt.cli.hook import hook
 from dirt.cli.nodes import nodes, updatenodes
 from dirt.cli.notify import notify
+from dirt.cli.output import fetch, logs
 from dirt.cli.project import create, demo
 from dirt.cli.queue import queue
 from dirt.cli.serve import serve, web
@@ -49,6 +50,8 @@ COMMANDS = (
     token,
     status,
     queue,
+    logs,
+    fetch,
     cancel,
     retry,
     hook,

@@ -6,6 +6,8 @@ agree. Attachment digests (md5 of the contents) are remembered per attachment.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -161,7 +163,10 @@ class CouchStore:
         if doc is None:
             raise CouchError("not_found", "missing")
         try:
-            found = self.service.attachment(doc_id, filename) if doc.row.kind == "task" else None
+            found = None
+            if doc.row.kind == "task":
+                with self.service.open_attachment(doc_id, filename) as opened:
+                    found = opened.attachment
         except NotFoundError:
             found = None
         if found is None:
@@ -199,10 +204,13 @@ class CouchStore:
     def digest(self, attachment: Attachment) -> str:
         found = self._digest(attachment)
         if found is None:
-            content = self._contents([(attachment.task_id, attachment)])
-            found = couch_docs.digest_of(
-                content.get((attachment.task_id, attachment.filename), b"")
-            )
+            # Read in chunks: an attachment may be far bigger than memory should hold.
+            md5 = hashlib.md5(usedforsecurity=False)
+            with self.service.open_attachment(attachment.task_id, attachment.filename) as opened:
+                while chunk := opened.file.read(1 << 20):
+                    md5.update(chunk)
+            found = "md5-" + base64.b64encode(md5.digest()).decode("ascii")
+            self._remember({self._key(attachment): found})
         return found
 
     def _key(self, a: Attachment) -> tuple[str, str, float, int]:
@@ -221,15 +229,28 @@ class CouchStore:
             return {}
         keys = [(a.task_id, a.filename) for _, a in wanted]
         with read_transaction(self.service.engine) as conn:
-            data = docs_db.attachment_bytes(conn, keys)
+            sources = docs_db.attachment_sources(conn, keys)
+        data: dict[tuple[str, str], bytes] = {}
+        for key, (inline, sha256) in sources.items():
+            if sha256 is None:
+                data[key] = inline or b""
+            else:
+                with self.service.blobs.open(sha256) as file:
+                    data[key] = file.read()
+        self._remember(
+            {
+                self._key(a): couch_docs.digest_of(data[(a.task_id, a.filename)])
+                for _, a in wanted
+                if (a.task_id, a.filename) in data
+            }
+        )
+        return data
+
+    def _remember(self, digests: dict[tuple[str, str, float, int], str]) -> None:
         with self._lock:
-            for _, a in wanted:
-                content = data.get((a.task_id, a.filename))
-                if content is not None:
-                    self._digests[self._key(a)] = couch_docs.digest_of(content)
+            self._digests.update(digests)
             while len(self._digests) > DIGESTS_KEPT:
                 self._digests.popitem(last=False)
-        return data
 
     def sizes(self) -> dict[str, int]:
         """The store's file size on SQLite (0 elsewhere), for the database info."""

@@ -1,8 +1,13 @@
-"""Attachments: files a task attached to its results, stored apart from them."""
+"""Attachments: files a task attached to its results, stored apart from them.
+
+A row names its contents by sha256 (the blob store holds them, see `dirt.blobs`); rows stored
+before the blob store existed have no sha256 and keep their contents in `content`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -16,6 +21,7 @@ META_COLUMNS = (
     attachments.c.content_type,
     attachments.c.size,
     attachments.c.created,
+    attachments.c.sha256,
 )
 
 
@@ -31,11 +37,25 @@ def insert_attachments(conn: Connection, items: Sequence[Attachment]) -> None:
                 "link_name": a.link_name,
                 "content_type": a.content_type,
                 "size": a.size,
-                "content": a.content or b"",
+                "content": b"" if a.sha256 else (a.content or b""),
                 "created": a.created,
+                "sha256": a.sha256,
             }
             for a in items
         ],
+    )
+
+
+def _attachment(row: Any, content: bytes | None = None) -> Attachment:
+    return Attachment(
+        row.task_id,
+        row.filename,
+        row.link_name,
+        row.content_type,
+        row.size,
+        content,
+        row.created,
+        row.sha256,
     )
 
 
@@ -50,40 +70,24 @@ def attachments_of(conn: Connection, task_ids: Sequence[str]) -> dict[str, list[
         .order_by(attachments.c.id)
     )
     for row in conn.execute(query):
-        found[row.task_id].append(
-            Attachment(
-                row.task_id,
-                row.filename,
-                row.link_name,
-                row.content_type,
-                row.size,
-                None,
-                row.created,
-            )
-        )
+        found[row.task_id].append(_attachment(row))
     return found
 
 
 def get_attachment(conn: Connection, task_id: str, filename: str) -> Attachment | None:
+    """One attachment; `content` is set only for a row stored before the blob store."""
     row = conn.execute(
-        select(attachments).where(
+        select(*META_COLUMNS, attachments.c.content).where(
             attachments.c.task_id == task_id, attachments.c.filename == filename
         )
     ).first()
     if row is None:
         return None
-    return Attachment(
-        row.task_id,
-        row.filename,
-        row.link_name,
-        row.content_type,
-        row.size,
-        row.content,
-        row.created,
-    )
+    return _attachment(row, None if row.sha256 else row.content)
 
 
 def delete_attachments(conn: Connection, task_ids: Sequence[str]) -> None:
-    """Forget the attachments of tasks about to run again."""
+    """Forget the attachments of tasks about to run again (their blobs stay: content may be
+    shared)."""
     if task_ids:
         conn.execute(delete(attachments).where(attachments.c.task_id.in_(list(task_ids))))

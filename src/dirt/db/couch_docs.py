@@ -136,18 +136,24 @@ def server_uuid(conn: Connection) -> str:
     return str(conn.execute(select(couch_server.c.uuid)).scalar_one())
 
 
-def attachment_bytes(
+def attachment_sources(
     conn: Connection, wanted: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], bytes]:
-    """The contents of (task id, filename) attachments."""
-    found: dict[tuple[str, str], bytes] = {}
+) -> dict[tuple[str, str], tuple[bytes | None, str | None]]:
+    """Where the contents of (task id, filename) attachments are: (the bytes, None) for those
+    stored in the database, (None, sha256) for those in the blob store."""
+    found: dict[tuple[str, str], tuple[bytes | None, str | None]] = {}
     task_ids = sorted({t for t, _ in wanted})
     names = set(wanted)
+    columns = (
+        attachments.c.task_id,
+        attachments.c.filename,
+        attachments.c.content,
+        attachments.c.sha256,
+    )
     for start in range(0, len(task_ids), CHUNK):
-        query = select(attachments.c.task_id, attachments.c.filename, attachments.c.content).where(
-            attachments.c.task_id.in_(task_ids[start : start + CHUNK])
-        )
-        for task_id, filename, content in conn.execute(query):
+        query = select(*columns).where(attachments.c.task_id.in_(task_ids[start : start + CHUNK]))
+        for task_id, filename, content, sha256 in conn.execute(query):
             if (task_id, filename) in names:
-                found[(task_id, filename)] = bytes(content)
+                inline = None if sha256 is not None else bytes(content or b"")
+                found[(task_id, filename)] = (inline, sha256)
     return found

@@ -127,9 +127,30 @@ attachments = Table(
     Column("link_name", Text, nullable=False),
     Column("content_type", String(200), nullable=False),
     Column("size", BigInteger, nullable=False),
+    # Empty when `sha256` names the blob holding the contents (see dirt.blobs); rows written
+    # before migration 0400_blobs keep their contents here.
     Column("content", LargeBinary, nullable=False),
     Column("created", Float, nullable=False),
+    Column("sha256", String(64), nullable=True),
     UniqueConstraint("task_id", "filename", name="uq_attachments_task_filename"),
+    Index("ix_attachments_sha256", "sha256"),
+)
+
+# ---- task output (migration 0400_blobs) -----------------------------------------------------
+
+# What each attempt of a task wrote to stdout and stderr, in the chunks it arrived in while the
+# task ran. `start` and `stop` are offsets in the attempt's whole output: a jump from one chunk's
+# stop to the next one's start is output dropped over [dispatch] output_limit.
+output_chunks = Table(
+    "output_chunks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(200), ForeignKey("tasks.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("start", BigInteger, nullable=False),
+    Column("stop", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_output_chunks_task", "task_id", "attempt", "stop"),
 )
 
 # ---- the web (migration 0002) --------------------------------------------------------------

@@ -1,9 +1,15 @@
 """Master side of one node: a persistent execnet gateway running the node agent.
 
 One `NodeConnection` per node keeps one gateway and one agent channel open; every task on that
-node goes over that channel (the messages are in ``dirt/remote/protocol.py``). Outcomes arrive on
-execnet's receiver thread and are handed to ``on_done``; if the gateway dies, ``on_lost`` gets
-the ids of the tasks that were in flight, once.
+node goes over that channel (the messages are in ``dirt/remote/protocol.py``). Output chunks,
+attachment chunks and outcomes arrive on execnet's receiver thread: output goes to
+``on_output`` as it comes, attachments into the blob store (see ``incoming.py``), and the
+outcome, once its attachments are stored, to ``on_done``. If the gateway dies, ``on_lost`` gets
+the ids of the tasks that were in flight, once, and their unfinished uploads are dropped.
+
+The receiver thread is also what paces the node: while it is busy (writing a chunk, or waiting
+for room in the dispatcher's queue of output to store), execnet reads no more, the node's
+sending waits, and so do the task processes behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import execnet
 
+from dirt.blobs import BlobStore
+from dirt.dispatch.incoming import Incoming, Limits, OnOutput
 from dirt.remote import protocol
 from dirt.remote import source as shipped_source
 
@@ -48,9 +56,16 @@ class Outcome:
     received: float = field(default_factory=time.time)  # when the master heard of it
 
     @classmethod
-    def from_wire(cls, task_id: str, data: Any) -> Outcome:
-        """From the outcome a node sent (see ``protocol.outcome``)."""
-        return cls(task_id, *protocol.decode_outcome(data))
+    def from_wire(cls, task_id: str, data: Any, output: str | None = None) -> Outcome:
+        """From the outcome a node sent (see ``protocol.outcome``), with `output` the tail of
+        the task's whole output (default: the outcome's own)."""
+        results, error, exit_code, sig, timed_out, killed, duration, piece = (
+            protocol.decode_outcome(data)
+        )
+        text = piece if output is None else output
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        return cls(task_id, results, error, exit_code, sig, timed_out, killed, duration, text)
 
 
 class NodeLostError(Exception):
@@ -72,6 +87,10 @@ class NodeConnection:
         on_done: Callable[[Outcome], None],
         on_lost: Callable[[list[str], str], None],
         group: execnet.Group | None = None,
+        *,
+        on_output: OnOutput | None = None,
+        blobs: BlobStore | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
@@ -80,6 +99,9 @@ class NodeConnection:
         self._on_done = on_done
         self._on_lost = on_lost
         self._group = group
+        self.limits = limits or Limits()
+        # Touched only by the receiver thread (and by _channel_closed, its last call).
+        self._incoming = Incoming(blobs, self.limits, on_output)
         self._gw: execnet.Gateway | None = None
         self._channel: Any = None
         self._lock = threading.Lock()
@@ -110,7 +132,12 @@ class NodeConnection:
             self._channel = self._gw.remote_exec(shipped_source("agent"))
             self._channel.setcallback(self._receive, endmarker=_CLOSED)
             self._channel.send(
-                {"isolation": self.isolation, "forkserver_source": shipped_source("forkserver")}
+                {
+                    "isolation": self.isolation,
+                    "forkserver_source": shipped_source("forkserver").encode("utf-8"),
+                    "output_limit": self.limits.output,
+                    "attachment_limit": self.limits.attachments,
+                }
             )
         except (OSError, EOFError, execnet.DataFormatError) as exc:
             self._abandon()
@@ -235,12 +262,19 @@ class NodeConnection:
         self,
         task_id: str,
         module_name: str,
-        source: str,
+        source: bytes | str,
         sha256: str,
         kwargs: dict[str, Any],
         timeout: float | None,
+        path: str = "",
     ) -> None:
-        """Start a task on the node and return at once; its Outcome goes to on_done."""
+        """Start a task on the node and return at once; its Outcome goes to on_done.
+
+        `source` is the module's bytes (a str is sent UTF-8 encoded); `path`, where the module
+        is (for messages).
+        """
+        if isinstance(source, str):
+            source = source.encode("utf-8")
         with self._send_lock:
             with self._lock:
                 if not self._opened or self._closing or self._lost:
@@ -250,7 +284,13 @@ class NodeConnection:
             message = (
                 protocol.RUN,
                 *protocol.RunRequest(
-                    task_id, module_name, sha256, source if first else None, dict(kwargs), timeout
+                    task_id,
+                    module_name,
+                    sha256,
+                    source if first else None,
+                    dict(kwargs),
+                    timeout,
+                    path,
                 ),
             )
             try:
@@ -304,11 +344,16 @@ class NodeConnection:
                 self._channel_closed()
                 return
             kind = message[0]
-            if kind == protocol.DONE:
+            if kind == protocol.OUTPUT:
+                self._incoming.output(message[1], message[2], message[3])
+            elif kind == protocol.BLOB:
+                self._incoming.blob(message[1], message[2], message[3])
+            elif kind == protocol.DONE:
                 task_id = message[1]
+                wire, tail = self._incoming.finish(task_id, message[2])
                 with self._lock:
                     self._in_flight.discard(task_id)
-                self._on_done(Outcome.from_wire(task_id, message[2]))
+                self._on_done(Outcome.from_wire(task_id, wire, tail))
             elif kind == protocol.LOAD:
                 self._load_replies.put((list(message[1]), int(message[2])))
             elif kind == protocol.READY:
@@ -323,6 +368,7 @@ class NodeConnection:
             log.exception("handling a message from %s failed", self.spec)
 
     def _channel_closed(self) -> None:
+        self._incoming.abort()  # no blob appears for an upload cut short
         with self._lock:
             self._ready.set()
             if self._lost or self._closing or not self._opened:

@@ -7,6 +7,11 @@ reservations in one transaction. A step costs mostly the same however much it wr
 busy the loop lets outcomes gather (group commit, see `_gather`): the writing waits, the running
 never does.
 
+Output a running task writes arrives on the same receiver threads and is queued for the loop,
+which stores it in its next step (with the outcomes that came before it): so it is readable
+about as soon as it arrives. While more than MAX_QUEUED_OUTPUT bytes wait to be stored, a
+receiver thread waits for room, and its node is paced to the store's speed.
+
 The state both kinds of thread touch (the slot bookkeeping in `Slots`, the driven nodes and
 their connections in `Nodes`) sits under one lock, `Dispatcher.lock`, and changes only through
 their methods, one per transition.
@@ -20,6 +25,7 @@ import queue
 import socket
 import threading
 import time
+from pathlib import Path
 
 from dirt.config import Settings
 from dirt.dispatch.connection import Outcome
@@ -31,7 +37,7 @@ from dirt.dispatch.select import NodeView, fill_order, key_of, satisfies, to_res
 from dirt.dispatch.slots import InFlight, Slots
 from dirt.errors import DirtError, NotFoundError
 from dirt.logs import info_lines
-from dirt.models import DispatcherInfo, NodeRuntime, Task
+from dirt.models import DispatcherInfo, NodeRuntime, OutputChunk, Task
 from dirt.service import Finished, Service
 
 log = logging.getLogger("dirt")
@@ -50,6 +56,7 @@ STEP_SHARE = 0.2
 # While tasks move, what the dispatcher announces (slots in use, where each node's queue stands)
 # is written at most this often; node changes at once (see _announcement).
 ANNOUNCE_S = 0.2
+MAX_QUEUED_OUTPUT = 16 << 20  # bytes of output waiting to be stored before receivers wait
 
 
 class Dispatcher:
@@ -65,12 +72,21 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lost: queue.SimpleQueue[tuple[str, list[str], str]] = queue.SimpleQueue()
+        self._output: list[OutputChunk] = []
+        self._output_bytes = 0
+        self._output_room = threading.Condition()
         # The one lock over what receiver threads and the loop share: see Slots and Nodes.
         self.lock = threading.RLock()
         self.order = self.settings.dispatch.order
         self.slots = Slots(self.lock, key_of(self.order))
         self.nodes = Nodes(
-            self.lock, service, self.settings, self._on_done, self._on_lost, self._wake_now
+            self.lock,
+            service,
+            self.settings,
+            self._on_done,
+            self._on_lost,
+            self._wake_now,
+            self._on_output,
         )
         # Loop-thread state below; the flags are also raised by other threads' commits.
         self._check_cancels = True
@@ -114,6 +130,27 @@ class Dispatcher:
             self._outcomes.put(outcome)
             self._wake.set()
 
+    def _on_output(self, task_id: str, offset: int, data: bytes) -> None:
+        """A node's receiver thread: output of a running task, queued for the next step; waits
+        while too much is queued already (so the node waits too)."""
+        flight = self.slots.flight(task_id)
+        if flight is None:
+            return  # no longer in flight here: its node was lost meanwhile
+        chunk = OutputChunk(task_id, flight.attempt, offset, data)
+        with self._output_room:
+            while self._output_bytes > MAX_QUEUED_OUTPUT and not self._stopping.is_set():
+                self._output_room.wait(0.1)
+            self._output.append(chunk)
+            self._output_bytes += len(data)
+        self._wake.set()
+
+    def _take_output(self) -> list[OutputChunk]:
+        with self._output_room:
+            chunks, self._output = self._output, []
+            self._output_bytes = 0
+            self._output_room.notify_all()
+        return chunks
+
     def _on_lost(self, address: str, task_ids: list[str], reason: str) -> None:
         self._lost.put((address, task_ids, reason))
         self._wake_now()
@@ -125,12 +162,18 @@ class Dispatcher:
     def stop(self) -> None:
         """Take no new tasks; `run` returns running ones to waiting and returns."""
         self._stopping.set()
+        with self._output_room:
+            self._output_room.notify_all()
         self._wake_now()
 
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
         self._loop_thread = threading.current_thread()
+        try:
+            self.service.blobs.remove_stale()
+        except OSError as exc:
+            log.warning("blob store %s: %s", self.service.blobs.root, exc)
         recovered = self.service.recover_orphans()
         if recovered:
             log.info(
@@ -181,6 +224,9 @@ class Dispatcher:
     def _step(self) -> None:
         now = time.time()
         finished = self._collect_outcomes()
+        # After the outcomes: a task's output arrives before its outcome, so every byte of a
+        # task stored as finished in this step is stored with it.
+        output = self._take_output()
         # Hold enough to refill every slot that frees before the next step, twice over.
         self._prefetch = max(PREFETCH, 2 * len(finished))
         self._handle_lost()
@@ -205,7 +251,11 @@ class Dispatcher:
         pairs = self._select()
         starts = self._fold_starts(self._take_starts(), finished)
         started, reserved = self.service.dispatch(
-            finished, [f.start for f in starts], [t.id for t in pairs], self._announcement(now)
+            finished,
+            [f.start for f in starts],
+            [t.id for t in pairs],
+            output,
+            announce=self._announcement(now),
         )
         self._confirm_starts(starts, started)
         ours = set(reserved)
@@ -377,7 +427,7 @@ class Dispatcher:
         except NotFoundError as exc:
             self._unrunnable(task, str(exc))
             return
-        except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+        except OSError as exc:  # unreadable: no permission, an I/O error, a folder
             self._unrunnable(task, f"task module {task.name} cannot be read: {exc}")
             return
         timeout = task.timeout or self.settings.dispatch.timeout or None
@@ -387,10 +437,23 @@ class Dispatcher:
             if connection is None:
                 raise ConnectionError("not connected")
             connection.run(
-                task.id, task.name, module.source, module.sha256, task.kwargs or {}, timeout
+                task.id,
+                task.name,
+                module.source,
+                module.sha256,
+                task.kwargs or {},
+                timeout,
+                path=self._shown_path(module.path),
             )
         except Exception as exc:
             self._on_lost(address, [task.id], f"could not send task: {exc}")
+
+    def _shown_path(self, path: Path) -> str:
+        """A module's path as messages name it: relative to the project when inside it."""
+        try:
+            return str(path.relative_to(self.settings.project_dir))
+        except ValueError:
+            return str(path)
 
     def _unrunnable(self, task: Task, reason: str) -> None:
         self.slots.unrunnable(task, reason)
@@ -469,7 +532,7 @@ class Dispatcher:
             finished += self._collect_outcomes(keep_killed=True)
             # Starts not yet written are written too, so the requeue below finds them running.
             starts = self._fold_starts(self._take_starts(), finished)
-            self.service.dispatch(finished, [f.start for f in starts], [])
+            self.service.dispatch(finished, [f.start for f in starts], [], self._take_output())
             self.service.release()
             items = [(f.task.id, f.attempt) for f in self.slots.drain()]
             if items:

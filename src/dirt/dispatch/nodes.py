@@ -20,6 +20,7 @@ from typing import Any
 from dirt.config import Settings
 from dirt.dispatch import runner
 from dirt.dispatch.connection import NodeConnection, Outcome
+from dirt.dispatch.incoming import Limits, OnOutput
 from dirt.dispatch.select import NodeView
 from dirt.models import Node, TaskState
 from dirt.service import Service
@@ -77,13 +78,18 @@ class Nodes:
         on_done: OnDone,
         on_lost: OnLost,
         wake: Callable[[], None],
+        on_output: OnOutput | None = None,
     ) -> None:
         self.lock = lock
         self.service = service
         self.settings = settings
         self._on_done = on_done
         self._on_lost = on_lost
+        self._on_output = on_output
         self._wake = wake
+        self._limits = Limits(
+            output=settings.dispatch.output_limit, attachments=settings.dispatch.attachment_limit
+        )
         self._states: dict[str, NodeState] = {}
         self._opened: queue.SimpleQueue[tuple[str, NodeConnection | None, str | None]] = (
             queue.SimpleQueue()
@@ -175,6 +181,9 @@ class Nodes:
                 lambda ids, reason: self._on_lost(address, ids, reason),
                 timeout=self.settings.nodes.connect_timeout + 20,
                 ssh=ssh,
+                on_output=self._on_output,
+                blobs=self.service.blobs,
+                limits=self._limits,
             )
         except Exception as exc:
             self._opened.put((address, None, str(exc)))

@@ -28,8 +28,10 @@ import execnet
 from execnet import gateway_bootstrap, gateway_io
 from execnet.xspec import XSpec
 
+from dirt.blobs import BlobStore
 from dirt.config import NodeDefaults
 from dirt.dispatch.connection import NodeConnection, NodeLostError, Outcome, popen_spec
+from dirt.dispatch.incoming import Limits, OnOutput
 from dirt.documents import NodeAddress, parse_address
 from dirt.errors import NodeError
 from dirt.remote.protocol import python_too_old
@@ -223,8 +225,15 @@ def connect(
     on_lost: Callable[[list[str], str], None],
     timeout: float = 30,
     ssh: Mapping[str, Any] | None = None,
+    *,
+    on_output: OnOutput | None = None,
+    blobs: BlobStore | None = None,
+    limits: Limits | None = None,
 ) -> NodeConnection:
     """An open connection to `address` with the agent running, or NodeError saying why not.
+
+    Running tasks' output goes to `on_output`, their attachments into `blobs` (see
+    ``NodeConnection``).
 
     `timeout` is meant for the [nodes] connect_timeout; a node whose own connect_timeout is
     longer gets the difference on top.
@@ -234,7 +243,16 @@ def connect(
     parsed = parse_address(address)
     spec = spec_for(parsed, options)
     group = None if parsed.is_local else ClosingGroup()
-    connection = NodeConnection(spec, isolation, on_done, on_lost, group=group)
+    connection = NodeConnection(
+        spec,
+        isolation,
+        on_done,
+        on_lost,
+        group=group,
+        on_output=on_output,
+        blobs=blobs,
+        limits=limits,
+    )
     try:
         connection.open(timeout=timeout)
     except NodeLostError as exc:

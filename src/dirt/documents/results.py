@@ -1,4 +1,9 @@
-"""A task's results as a node sent them -> the results dict to store and its attachments."""
+"""A task's results as a node sent them -> the results dict to store and its attachments.
+
+An attachment arrives either with its `contents` (str or bytes) or, once the master's
+connection has put its bytes in the blob store, with a `blob` ``{"sha256", "size", "text"}``
+naming them (see ``dirt.dispatch.incoming``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import mimetypes
 from typing import Any
 
+from dirt.blobs import valid_sha256
 from dirt.models import Attachment
 
 MAX_ATTACHMENT_FILENAME = 255
@@ -27,7 +33,7 @@ def parse_results(task_id: str, value: Any, now: float) -> tuple[dict[str, Any],
     results = dict(value)
     raw = results.pop("attachments", None) or []
     if not isinstance(raw, list):
-        raise ResultError("'attachments' must be a list of {filename, contents, link_name}")
+        raise ResultError("'attachments' must be a list of {filename, contents or path, link_name}")
     attachments: list[Attachment] = []
     links = []
     names: set[str] = set()
@@ -47,23 +53,34 @@ def parse_results(task_id: str, value: Any, now: float) -> tuple[dict[str, Any],
         if filename in names:
             raise ResultError(f"{where}: two attachments are named {filename!r}")
         names.add(filename)
-        contents = item.get("contents", "")
-        if isinstance(contents, str):
-            data = contents.encode("utf-8")
-        elif isinstance(contents, bytes | bytearray):
-            data = bytes(contents)
-        else:
-            raise ResultError(f"{where}: 'contents' must be str or bytes")
         link_name = item.get("link_name") or filename
         if not isinstance(link_name, str):
             raise ResultError(f"{where}: 'link_name' must be a string")
+        blob = item.get("blob")
+        sha: str | None = None
+        data: bytes | None = None
+        if isinstance(blob, dict):
+            sha, size, text = blob.get("sha256"), blob.get("size"), bool(blob.get("text"))
+            if not isinstance(sha, str) or not valid_sha256(sha) or not isinstance(size, int):
+                raise ResultError(f"{where}: not stored (bad blob reference {_clip(blob, 60)})")
+        elif "contents" not in item and "path" in item:
+            raise ResultError(f"{where}: the file {_clip(item['path'], 80)} was not uploaded")
+        else:
+            contents = item.get("contents", "")
+            if isinstance(contents, str):
+                data = contents.encode("utf-8")
+            elif isinstance(contents, bytes | bytearray):
+                data = bytes(contents)
+            else:
+                raise ResultError(f"{where}: 'contents' must be str or bytes")
+            size, text = len(data), isinstance(contents, str)
         content_type = mimetypes.guess_type(filename)[0] or (
-            "text/plain" if isinstance(contents, str) else "application/octet-stream"
+            "text/plain" if text else "application/octet-stream"
         )
         attachments.append(
-            Attachment(task_id, filename, link_name, content_type, len(data), data, now)
+            Attachment(task_id, filename, link_name, content_type, size, data, now, sha)
         )
-        links.append({"filename": filename, "link_name": link_name, "size": len(data)})
+        links.append({"filename": filename, "link_name": link_name, "size": size})
     if links:
         results["attachments"] = links
     try:

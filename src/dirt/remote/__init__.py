@@ -19,8 +19,8 @@ from pathlib import Path
 _HERE = Path(__file__).parent
 FUTURE = "from __future__ import annotations"
 PARTS = {
-    "agent": ("protocol", "tasking", "process_runner", "thread_runner", "agent"),
-    "forkserver": ("protocol", "tasking", "forkserver"),
+    "agent": ("protocol", "tasking", "streams", "process_runner", "thread_runner", "agent"),
+    "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
 }
 SHIPPED = tuple(PARTS)
@@ -84,7 +84,10 @@ def _check_sibling_import(
 
 
 def _top_level_names(node: ast.stmt) -> list[str]:
-    """Names a top-level statement binds that a later part could clash with."""
+    """Names a top-level statement binds that a later part could clash with (also inside an
+    ``if``, such as ``if TYPE_CHECKING: ... else: ...``)."""
+    if isinstance(node, ast.If):
+        return [name for sub in (*node.body, *node.orelse) for name in _top_level_names(sub)]
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return [node.name]
     targets: list[ast.expr] = []

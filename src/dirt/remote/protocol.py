@@ -3,40 +3,65 @@
 Stdlib only, runs on ``PYTHON_FLOOR`` and newer. The master imports it (``dirt.dispatch``);
 ``dirt.remote.source()`` ships this text first in the agent's and the fork server's source.
 
-Every message is a tuple whose first item is its kind. Two links carry them:
+Every message is a tuple whose first item is its kind. Bulk data (a task's output, its
+attachments) travels in chunks of at most ``CHUNK_SIZE`` bytes, each a message of its own, so
+that chunks of different tasks take turns on a link (``streams.FairQueue``) and no process has to
+hold a whole output or attachment. Three links carry them:
 
 master <-> agent, one execnet channel per node (execnet serialises; plain data only, see
-``unserialisable_type``). First the master sends the config
-``{"isolation": "process"|"thread", "forkserver_source": str}``, then any of:
+``unserialisable_type``). First the master sends the config ``{"isolation": "process"|"thread",
+"forkserver_source": bytes, "output_limit": int, "attachment_limit": int}``, then any of:
     (RUN, *RunRequest)         a task to start: see ``RunRequest``
     (KILL, task_id)
     (LOAD,)
     (STOP,)
 and the agent answers with:
     (READY, {"pid": int, "isolation": str, "python": str})    once, after the config
-    (DONE, task_id, outcome)                                  see ``outcome()``
+    (OUTPUT, task_id, offset, data)     bytes the task wrote to stdout or stderr, from `offset`
+                                        in its whole output (a jump means bytes dropped over
+                                        the output limit: see ``streams.OutputBuffer``)
+    (BLOB, task_id, index, data)        the next chunk of attachment `index` of the results
+    (DONE, task_id, outcome)            see ``outcome()``; after all the task's OUTPUT and BLOB
     (LOAD, [l1, l5, l15], running_count)
-    (FATAL, message)                                          then the agent exits
+    (FATAL, message)                    then the agent exits
 A task's source travels once per connection: a RUN for a sha256 already sent carries None.
+In a DONE, the outcome's `output` is the last piece of output, right after the last OUTPUT
+chunk; an attachment sent in BLOB chunks is ``{"filename", "link_name", "stream": index,
+"text": bool}`` in the results (no chunks: empty).
 
-agent <-> fork server, over the fork server's stdin and stdout: frames (``HEADER``, a 4-byte
-big-endian length, then that many bytes). The first frame on its stdin is its own source, read
-by ``BOOTSTRAP``; every later frame is a ``marshal``-ed message. The agent sends RUN, KILL and STOP
-(laid out as above); the fork server answers with:
-    (READY, pid, tmpdir)          tmpdir holds the children's output and result files
-    (STARTED, task_id, child_pid) so the agent can kill the group if the fork server dies
-    (DONE, task_id, outcome)
-    (ERROR, message)              a request the fork server could not act on
-Frames have no size limit of their own and ``FrameDecoder`` is linear in the bytes it is fed,
-however they are split into reads, so kinds that carry chunks of bulk data can be added.
+agent <-> fork server, over a socket pair (the fork server's end is the fd named on its command
+line) carrying frames (``HEADER``, a 4-byte big-endian length, then that many bytes), each a
+``marshal``-ed message; the fork server's own source comes first, as the one frame on its stdin,
+read by ``BOOTSTRAP``. The agent sends (CONFIG, {"attachment_limit"}), then RUN (laid out as
+above, with the write ends of the task's output pipe and result pipe passed alongside it as
+SCM_RIGHTS), KILL and STOP; the fork server answers with:
+    (READY, pid)
+    (EXITED, task_id, wait_status, timed_out, killed, duration)   the task's process ended
+    (FAILED, task_id, error)      the task could not be started (its module does not compile)
+    (STARTED, [(task_id, child_pid), ...])   tasks running for a while, so the agent can kill
+                                  their groups if the fork server dies (a quick task needs no
+                                  message of its own)
+
+task process -> agent: its stdout and stderr on one pipe (raw bytes), and on the other, frames
+of (BLOB, index, data) for big attachment contents, then one (RESULT, results, error). The agent
+reads both, and sends the master OUTPUT, BLOB and DONE (a ``path`` attachment is still
+``{"filename", "link_name", "path", "size"}`` in the RESULT: the agent reads the file and sends
+its chunks).
+``FrameDecoder`` is linear in the bytes it is fed, however they are split into reads.
 """
 
 from __future__ import annotations
 
 import marshal
-import signal as signals
 import struct
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+# True only for type checkers. The shipped parts import typing (and whatever else only their
+# annotations need) under it: the fork server loads every module they import, and every
+# module it has loaded makes each of its forks dearer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 # The oldest Python a node may run: the agent's start refuses older ones, ``dirt nodes add``
 # names it, and tests check every shipped module against it.
@@ -52,17 +77,37 @@ DONE = "done"
 FATAL = "fatal"
 STARTED = "started"
 ERROR = "error"
+OUTPUT = "output"
+BLOB = "blob"
+CONFIG = "config"
+RESULT = "result"
+EXITED = "exited"
+FAILED = "failed"
+
+# The most bytes of bulk data one message carries.
+CHUNK_SIZE = 1 << 20
 
 
-class RunRequest(NamedTuple):
-    """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN, *request)``)."""
+if TYPE_CHECKING:
 
-    task_id: str
-    module_name: str
-    sha256: str
-    source: str | None  # None when this connection has had this sha256 already
-    kwargs: dict[str, Any]
-    timeout: float | None
+    class RunRequest(NamedTuple):
+        """What a RUN message carries after its kind (sent as a plain tuple: ``(RUN,
+        *request)``)."""
+
+        task_id: str
+        module_name: str
+        sha256: str
+        source: bytes | None  # the module's bytes; None when this connection had this sha256
+        kwargs: dict[str, Any]
+        timeout: float | None
+        path: str = ""  # where the master has the module (for messages), e.g. "tasks/x.py"
+
+else:
+    RunRequest = namedtuple(
+        "RunRequest",
+        ("task_id", "module_name", "sha256", "source", "kwargs", "timeout", "path"),
+        defaults=("",),
+    )
 
 
 def run_request(message: tuple[Any, ...]) -> RunRequest:
@@ -84,7 +129,7 @@ OUTCOME_FIELDS = (
     "duration",
     "output",
 )
-# The last this many characters of a task's output travel in its outcome.
+# The master keeps the last this many bytes of a task's output with the task.
 OUTPUT_TAIL = 64 * 1024
 PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
 
@@ -97,7 +142,7 @@ def outcome(
     timed_out: bool = False,
     killed: bool = False,
     duration: float = 0.0,
-    output: str = "",
+    output: bytes = b"",
 ) -> tuple[Any, ...]:
     """An outcome as it goes on the wire (parameters in ``OUTCOME_FIELDS`` order)."""
     return (results, error, exit_code, signal, timed_out, killed, duration, output)
@@ -123,7 +168,7 @@ def decode_outcome(data: Any) -> tuple[Any, ...]:
         bool(timed_out),
         bool(killed),
         float(duration or 0.0),
-        output or "",
+        output or b"",
     )
 
 
@@ -147,6 +192,8 @@ def unserialisable_type(obj: object) -> str | None:
 
 def signal_name(number: int) -> str:
     """``SIGKILL`` for 9, ``SIGRTMIN+2`` for a real-time signal, else ``unknown signal``."""
+    import signal as signals  # not at the top: the fork server does without its enums
+
     try:
         return signals.Signals(number).name
     except ValueError:

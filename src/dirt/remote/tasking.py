@@ -1,19 +1,25 @@
 """What the agent (thread isolation) and the fork server (process isolation) share: how a task
-module is run, and how a finished task's process group is killed.
+module is compiled and run, and how a finished task's process group is killed.
 
 Stdlib only. Shipped after ``protocol.py`` in the agent's and the fork server's source (see
-``dirt.remote.source``), which drops the imports of its sibling modules.
+``dirt.remote.source``), which drops the imports of its sibling modules. Every module imported
+here is loaded in the fork server, whose every fork copies what it has loaded: ``traceback`` is
+imported only when a task fails.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
-import signal
-import traceback
-from types import CodeType
-from typing import Any
+
+from dirt.remote.protocol import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import signal
+    from types import CodeType
+    from typing import Any
+else:
+    import _signal as signal  # the same functions, without signal.py's enums
 
 
 class TaskChannel:
@@ -63,7 +69,14 @@ def run_task(
     except SystemExit as exc:
         return None, f"task called sys.exit({exc.code!r})"
     except BaseException:
-        return None, traceback.format_exc()
+        return None, format_exc()
+
+
+def format_exc() -> str:
+    """The current exception's traceback, as ``traceback.format_exc`` makes it."""
+    import traceback
+
+    return traceback.format_exc()
 
 
 def kill_group(pid: int) -> None:
@@ -71,23 +84,30 @@ def kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105  (contextlib is one more module in the fork server)
             os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     except PermissionError:
         pass
 
 
 class TaskCodes:
-    """Task modules compiled once per process, by sha256 (the master sends a source once)."""
+    """Task modules compiled once per process, by sha256 (the master sends a source once).
+
+    A module is compiled from its bytes, so its PEP 263 coding line (``# -*- coding: latin-1
+    -*-``) is honoured, as when Python imports it.
+    """
 
     def __init__(self, owner: str) -> None:
         self._owner = owner  # who says "no source", e.g. "agent"
         self._codes: dict[str, CodeType] = {}
 
     def get(
-        self, sha: str, module_name: str, source: str | None
+        self, sha: str, module_name: str, source: bytes | str | None, path: str = ""
     ) -> tuple[CodeType | None, str | None]:
-        """(code, None), or (None, why not) when the source is missing or does not compile."""
+        """(code, None), or (None, why not) when the source is missing or does not compile;
+        `path` names the module's file in that message."""
         code = self._codes.get(sha)
         if code is not None:
             return code, None
@@ -95,7 +115,11 @@ class TaskCodes:
             return None, f"{self._owner} has no source for {sha}"
         try:
             code = compile(source, f"<dirt task {module_name}>", "exec")
-        except BaseException:
-            return None, traceback.format_exc()
+        except BaseException as exc:
+            import traceback
+
+            where = f"{module_name} ({path})" if path else module_name
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+            return None, f"task module {where} does not compile:\n{detail}"
         self._codes[sha] = code
         return code, None

@@ -17,11 +17,13 @@ from dirt.service.base import new_master_id
 from dirt.service.dispatching import Dispatching
 from dirt.service.intake import Intake, Taken
 from dirt.service.outbox import Outbox
-from dirt.service.queries import Queries, RecordDetail
+from dirt.service.queries import AttachmentFile, OutputView, Queries, RecordDetail
 from dirt.service.queue import Queue, QueueEntry, QueueView
 
 __all__ = [
+    "AttachmentFile",
     "Finished",
+    "OutputView",
     "QueueEntry",
     "QueueView",
     "RecordDetail",

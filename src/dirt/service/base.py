@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from dirt.blobs import BlobStore
 from dirt.config import Settings
 from dirt.db import audit as audit_db
 from dirt.db import migrate
@@ -78,6 +79,7 @@ class ServiceBase:
         self.engine = engine or make_engine(settings.database_url)
         migrate.upgrade(self.engine)
         self.modules = TaskModules(settings.tasks_dir)
+        self.blobs = BlobStore(settings.blobs_path)
         self.master_id = new_master_id()
         self._listeners: list[Callable[[int], None]] = []
         self._seq_lock = threading.Lock()

@@ -15,11 +15,12 @@ from sqlalchemy import Connection
 from dirt.db import attachments as attachments_db
 from dirt.db import dispatching as dispatching_db
 from dirt.db import nodes as nodes_db
+from dirt.db import output as output_db
 from dirt.db import queue as queue_db
 from dirt.db import tasks as tasks_db
 from dirt.db.dispatching import Start
 from dirt.logs import info_lines
-from dirt.models import DispatcherInfo, Finished, Task, TaskState
+from dirt.models import DispatcherInfo, Finished, OutputChunk, Task, TaskState
 from dirt.service.base import log
 from dirt.service.notices import Notices
 
@@ -38,21 +39,27 @@ class Dispatching(Notices):
         finished: Sequence[Finished],
         starts: Sequence[Start],
         reserve: Sequence[str],
+        output: Sequence[OutputChunk] = (),
         announce: DispatcherInfo | None = None,
     ) -> tuple[list[str], list[str]]:
         """One dispatcher step in one transaction: mark reserved tasks (id, node, started,
-        attempt) as running, store finished runs, reserve more waiting tasks for this master,
-        and `announce` the dispatcher (heartbeat and view) when given.
+        attempt) as running, store the output that arrived and the finished runs, reserve more
+        waiting tasks for this master, and `announce` the dispatcher (heartbeat and view) when
+        given.
 
         Returns (started ids, reserved ids).
         """
-        if not finished and not starts and not reserve and announce is None:
+        if not finished and not starts and not reserve and not output and announce is None:
             return [], []
+        self._to_blobs(finished)
+        limit = self.settings.dispatch.output_limit
+        head, tail = limit // 2, limit - limit // 2
 
         def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
             # Starts go first: a task can finish in the same step it was marked running.
             started = dispatching_db.start_tasks(conn, starts, self.master_id, seq)
             self._notice_started(conn, started)
+            output_db.insert_output(conn, output, head, tail)
             self._store_finished(conn, seq, finished)
             reserved = dispatching_db.reserve_tasks(conn, reserve, self.master_id, seq)
             if announce is not None:
@@ -73,6 +80,15 @@ class Dispatching(Notices):
     def dispatcher_stopped(self) -> None:
         now = time.time()
         self._write(lambda conn, seq: queue_db.stop_dispatcher(conn, self.master_id, now))
+
+    def _to_blobs(self, finished: Sequence[Finished]) -> None:
+        """Attachments still holding their contents put them in the blob store (outside the
+        transaction: a blob nobody names is harmless, a row naming no blob is not)."""
+        for f in finished:
+            for a in f.attachments:
+                if a.sha256 is None:
+                    a.sha256, a.size = self.blobs.put(a.content or b"")
+                    a.content = None
 
     def _store_finished(
         self, conn: Connection, seq: int, finished: Sequence[Finished], *, lost: bool = False

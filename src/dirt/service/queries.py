@@ -3,9 +3,12 @@ feed, metrics and API tokens. Reads only: each is one consistent snapshot of the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 
@@ -14,15 +17,29 @@ from dirt.db import audit as audit_db
 from dirt.db import browse as browse_db
 from dirt.db import changes as changes_db
 from dirt.db import nodes as nodes_db
+from dirt.db import output as output_db
 from dirt.db import records as records_db
 from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.db.changes import Change
 from dirt.db.engine import current_seq
 from dirt.errors import NotFoundError
-from dirt.models import Attachment, Attempt, AuditEntry, Node, Record, RecordSummary, Task
+from dirt.models import (
+    Attachment,
+    Attempt,
+    AuditEntry,
+    Node,
+    Record,
+    RecordSummary,
+    Task,
+    TaskState,
+)
 from dirt.service.base import ServiceBase
 from dirt.service.queue import explain_waiting
+
+OUTPUT_READ = 1 << 20  # bytes of output one read returns (about: whole stored chunks)
+# Stands for output not kept between a task's head and its tail.
+TRUNCATED = "\n[... {n} bytes truncated (over [dispatch] output_limit) ...]\n"
 
 
 @dataclass
@@ -31,6 +48,44 @@ class RecordDetail:
     tasks: list[Task]
     attachments: dict[str, list[Attachment]]
     attempts: dict[str, list[Attempt]]
+
+
+@dataclass
+class AttachmentFile:
+    """An attachment opened for reading: its row and its contents as a seekable binary file
+    (the blob's file; for a row stored before the blob store, its contents in memory). Close it
+    when done, or use it in a ``with`` block."""
+
+    attachment: Attachment
+    file: BinaryIO
+    path: Path | None  # the blob's file, when the contents are in the blob store
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> AttachmentFile:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass
+class OutputView:
+    """A task's stored output from an offset (see `Queries.task_output`)."""
+
+    data: bytes  # output bytes, with a TRUNCATED line where bytes were not kept
+    next_offset: int  # where the next read continues
+    more: bool  # more output may come (the task has not finished) or is stored beyond
+    attempt: int  # the attempt whose output this is (0: the task never started)
+    state: TaskState
+    end: int  # where the attempt's stored output ends now
+    live: bool  # the attempt may still write output (it is the task's latest, not finished)
 
 
 def _get_record(conn: Connection, record_id: str) -> Record:
@@ -124,12 +179,60 @@ class Queries(ServiceBase):
             return browse_db.run_outcomes(conn, name, limit)
 
     def attachment(self, task_id: str, filename: str) -> Attachment:
-        """One attachment with its contents."""
+        """One attachment with its whole contents in memory (for small files; stream big ones
+        with `open_attachment`)."""
+        with self.open_attachment(task_id, filename) as opened:
+            found = opened.attachment
+            found.content = opened.file.read()
+        return found
+
+    def open_attachment(self, task_id: str, filename: str) -> AttachmentFile:
+        """One attachment opened for streaming its contents (NotFoundError when there is no
+        such attachment; BlobError when its blob is missing from the blob store)."""
         with self._read() as conn:
             found = attachments_db.get_attachment(conn, task_id, filename)
         if found is None:
             raise NotFoundError(f"task {task_id!r} has no attachment {filename!r}")
-        return found
+        if found.sha256 is None:
+            return AttachmentFile(found, io.BytesIO(found.content or b""), None)
+        return AttachmentFile(found, self.blobs.open(found.sha256), self.blobs.path(found.sha256))
+
+    def task_output(
+        self,
+        task_id: str,
+        offset: int = 0,
+        max_bytes: int = OUTPUT_READ,
+        attempt: int | None = None,
+        until: int | None = None,
+    ) -> OutputView:
+        """What a task wrote to stdout and stderr, from byte `offset` of its output: of its
+        latest attempt, or of `attempt`. Where output over [dispatch] output_limit was not
+        kept, a TRUNCATED line says how many bytes are missing. Readable while the task runs
+        (about a second behind it) and after; ask again from `next_offset` while `more`.
+        Nothing from `until` on is returned."""
+        with self._read() as conn:
+            task = _get_task(conn, task_id)
+            number = task.attempts if attempt is None else attempt
+            if not 0 <= number <= task.attempts:
+                raise NotFoundError(f"task {task_id!r} has no attempt {number}")
+            stored = output_db.read_output(conn, task_id, number, max(0, offset), max_bytes, until)
+        parts = []
+        position = max(0, offset)
+        for start, data in stored.pieces:
+            if start > position:
+                parts.append(TRUNCATED.format(n=start - position).encode())
+            parts.append(data)
+            position = start + len(data)
+        still_running = number == task.attempts and not task.state.finished
+        return OutputView(
+            b"".join(parts),
+            stored.next_offset,
+            still_running or stored.next_offset < stored.end,
+            number,
+            task.state,
+            stored.end,
+            still_running,
+        )
 
     # ---- nodes -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dirt.views import detail_view, node_view, nodes_view, queue_view, summary_v
 from dirt.web.answers import cached_json
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import json_answer, read_json, service_of
-from dirt.web.security import attachment_response
+from dirt.web.downloads import attachment_response
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_read)])
 
@@ -257,12 +257,16 @@ def cancel_task(request: Request, task_id: str) -> dict[str, Any]:
 @router.get(
     "/tasks/{task_id}/attachments/{filename}",
     tags=["tasks"],
-    summary="A file a task attached to its results",
-    responses=ERRORS,
+    summary="A file a task attached to its results (streamed; HTTP Range requests served)",
+    responses={
+        **ERRORS,
+        206: {"description": "The one byte range asked for (`Range: bytes=A-B`)"},
+        416: {"description": "The range asked for is past the end of the file"},
+    },
     response_class=Response,
 )
 def get_attachment(request: Request, task_id: str, filename: str) -> Response:
-    return attachment_response(service_of(request).attachment(task_id, filename))
+    return attachment_response(request, service_of(request).open_attachment(task_id, filename))
 
 
 @router.get(

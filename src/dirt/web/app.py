@@ -29,7 +29,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, couchdb, docs, hooks, pages
+from dirt.web import api, changes, couch, couchdb, docs, hooks, output, pages
 from dirt.web.answers import AnswerCache, KeptAnswers
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
@@ -142,6 +142,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.templates = make_templates()
 
     app.include_router(api.router)
+    app.include_router(output.router)
     app.include_router(changes.router)
     app.include_router(pages.router)
     app.include_router(pages.open_router)

@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from dirt.models import TaskState
-from dirt.views import attachment_url
+from dirt.views import attachment_url, output_url
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -163,6 +163,7 @@ def make_templates() -> Jinja2Templates:
     )
     env.globals.update(
         attachment_url=attachment_url,
+        output_url=output_url,
         query=query,
         chart=chart,
         STATE_ORDER=STATE_ORDER,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Response
-
 from dirt.models import Attachment
 
 PAGE_CSP = (
@@ -56,7 +54,9 @@ def shown_inline(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() in INLINE_TYPES
 
 
-def attachment_response(attachment: Attachment) -> Response:
+def attachment_headers(attachment: Attachment) -> tuple[dict[str, str], str]:
+    """The headers an attachment is served with, and its media type: shown inline only when
+    harmless (INLINE_TYPES), else downloaded; never able to run or load anything."""
     kind = attachment.content_type.split(";")[0].strip().lower() or "application/octet-stream"
     inline = shown_inline(kind)
     if inline and kind.startswith("text/"):
@@ -75,7 +75,7 @@ def attachment_response(attachment: Attachment) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, max-age=60",
     }
-    return Response(attachment.content or b"", media_type=kind, headers=headers)
+    return headers, kind
 
 
 class SecurityHeaders:

@@ -22,7 +22,7 @@ from dirt.couch.store import Doc
 from dirt.web.couchdb import auth
 from dirt.web.couchdb.http import Params, couch_json, read_object, store_of
 from dirt.web.couchdb.server import not_implemented
-from dirt.web.security import attachment_response
+from dirt.web.downloads import attachment_response
 
 router = APIRouter(tags=["CouchDB"], include_in_schema=False)
 READ = [Depends(auth.require_read)]
@@ -160,10 +160,12 @@ async def get_attachment(request: Request, doc_id: str, filename: str) -> Respon
     digest = await run_in_threadpool(store.digest, found)
     if request.headers.get("if-none-match", "").strip('"') == digest:
         return Response(status_code=304, headers={"ETag": f'"{digest}"'})
-    response = attachment_response(found)
+    opened = await run_in_threadpool(store.service.open_attachment, doc_id, filename)
+    response = attachment_response(request, opened)
     response.headers["ETag"] = f'"{digest}"'
     response.headers["Content-MD5"] = digest.removeprefix("md5-")
     if request.method == "HEAD":
+        opened.close()
         return Response(headers=dict(response.headers))
     return response
 

@@ -40,8 +40,72 @@
     return false;
   }
 
+  // A task's output, shown below the record's tasks as it arrives (the live part above is
+  // swapped on every change; this view is outside it, so it keeps its place and its stream).
+  function outputView() {
+    var view = document.getElementById("output-view");
+    if (!view || !window.EventSource) return;
+    var pre = view.querySelector("pre.output");
+    var state = view.querySelector(".output-state");
+    var source = null;
+
+    function close() {
+      if (source) { source.close(); source = null; }
+    }
+
+    function append(text) {
+      var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.appendChild(document.createTextNode(text));
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    }
+
+    function parse(event) {
+      try { return JSON.parse(event.data); } catch (e) { return null; }
+    }
+
+    function open(taskId, name) {
+      close();
+      pre.textContent = "";
+      view.hidden = false;
+      view.setAttribute("data-task", taskId);
+      view.querySelector(".output-name").textContent = name;
+      view.querySelector(".output-task").textContent = taskId;
+      state.textContent = "live";
+      state.className = "output-state live";
+      source = new EventSource("/api/tasks/" + encodeURIComponent(taskId) + "/output/events");
+      source.addEventListener("output", function (event) {
+        var data = parse(event);
+        if (data) append(data.text);
+      });
+      source.addEventListener("attempt", function (event) {
+        var data = parse(event);
+        if (data && pre.textContent) append("\n--- attempt " + data.attempt + " ---\n");
+      });
+      source.addEventListener("end", function (event) {
+        var data = parse(event);
+        state.textContent = data ? data.state : "";
+        state.className = "output-state";
+        close();
+      });
+    }
+
+    document.addEventListener("click", function (event) {
+      var link = event.target.closest ? event.target.closest("a.output-link") : null;
+      if (!link || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+      event.preventDefault();
+      open(link.getAttribute("data-task"), link.getAttribute("data-name"));
+      view.scrollIntoView({ block: "nearest" });
+    });
+    view.querySelector(".output-close").addEventListener("click", function () {
+      close();
+      view.hidden = true;
+    });
+    window.addEventListener("pagehide", close);
+  }
+
   function start() {
     formatTimes(document);
+    outputView();
     var live = document.getElementById("live");
     var status = document.getElementById("live-status");
     if (!live || !window.EventSource || !window.fetch) return;
