@@ -220,11 +220,11 @@ def test_a_retried_hook_delivery_makes_nothing_new(local: TestClient, service: S
 
 
 def test_a_records_commit_is_linked_with_its_ref_and_author(
-    remote: TestClient, secrets: None
+    remote: TestClient, local: TestClient, secrets: None
 ) -> None:
     body = json.dumps(github_payload()).encode()
     github(remote, body)
-    page = remote.get(f"/records/{HEAD}").text
+    page = local.get(f"/records/{HEAD}").text
     assert f'<a href="https://github.com/octo/hello/commit/{HEAD}"' in page
     assert f">{HEAD}</a>" in page
     assert '<a href="/?branch=main"' in page and "refs/heads/main" in page
