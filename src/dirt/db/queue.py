@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dirt.db.engine import Prepared
 from dirt.db.records import epoch_seconds
-from dirt.db.schema import dispatchers, record_states, record_turns, records, tasks
+from dirt.db.schema import dispatcher_views, record_states, record_turns, records, tasks
 from dirt.db.tasks import WAITING, in_order
 from dirt.models import DispatcherInfo, NodeRuntime, Record, TaskState
 
@@ -124,16 +124,16 @@ def register_dispatcher(conn: Connection, info: DispatcherInfo, keep_after: floa
     """Announce a dispatcher; rows of dispatchers gone before `keep_after` are dropped (the
     latest gone one stays, so readers can say since when none ran)."""
     # The same master may run a dispatcher again (a restart in one process): one row each.
-    conn.execute(delete(dispatchers).where(dispatchers.c.id == info.id))
-    latest = conn.execute(select(func.max(dispatchers.c.last_seen))).scalar_one_or_none()
+    conn.execute(delete(dispatcher_views).where(dispatcher_views.c.id == info.id))
+    latest = conn.execute(select(func.max(dispatcher_views.c.last_seen))).scalar_one_or_none()
     conn.execute(
-        delete(dispatchers).where(
-            dispatchers.c.last_seen < keep_after,
-            dispatchers.c.last_seen < (latest if latest is not None else keep_after),
+        delete(dispatcher_views).where(
+            dispatcher_views.c.last_seen < keep_after,
+            dispatcher_views.c.last_seen < (latest if latest is not None else keep_after),
         )
     )
     conn.execute(
-        insert(dispatchers).values(
+        insert(dispatcher_views).values(
             id=info.id,
             host=info.host,
             pid=info.pid,
@@ -147,9 +147,9 @@ def register_dispatcher(conn: Connection, info: DispatcherInfo, keep_after: floa
 
 
 _ANNOUNCE = Prepared(
-    update(dispatchers)
-    .where(dispatchers.c.id == bindparam("b_id"))
-    .values(last_seen=bindparam("b_seen"), view=bindparam("b_view", type_=dispatchers.c.view.type)),
+    update(dispatcher_views)
+    .where(dispatcher_views.c.id == bindparam("b_id"))
+    .values(last_seen=bindparam("b_seen"), view=bindparam("b_view", type_=dispatcher_views.c.view.type)),
     json_params=["b_view"],
 )
 
@@ -162,14 +162,14 @@ def announce(conn: Connection, info: DispatcherInfo) -> None:
 
 def stop_dispatcher(conn: Connection, dispatcher_id: str, now: float) -> None:
     conn.execute(
-        update(dispatchers)
-        .where(dispatchers.c.id == dispatcher_id)
+        update(dispatcher_views)
+        .where(dispatcher_views.c.id == dispatcher_id)
         .values(last_seen=now, stopped=now)
     )
 
 
 def list_dispatchers(conn: Connection) -> list[DispatcherInfo]:
-    query = select(dispatchers).order_by(dispatchers.c.last_seen.desc())
+    query = select(dispatcher_views).order_by(dispatcher_views.c.last_seen.desc())
     return [_info_from_row(row) for row in conn.execute(query)]
 
 

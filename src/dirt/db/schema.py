@@ -252,10 +252,12 @@ record_turns = Table(
 # One row per dispatcher that ran on this store: its heartbeat (`last_seen`, written at least
 # every few seconds while it runs), `stopped` once it stopped cleanly, its order, and `view`:
 # the nodes it drives as it sees them and where each node's queue stands (models.DispatcherInfo).
-# Readers combine these with the store to say why a task waits. Several masters (leases) extend
-# this table; a dispatcher not seen for a while is not running.
-dispatchers = Table(
-    "dispatchers",
+# Readers combine these with the store to say why a task waits; a dispatcher not seen for a while
+# is not running. (Leases between several masters are `dispatchers`, migration 0600_masters:
+# those rows go when a dispatcher stops or is taken over, these stay a day to say since when
+# none runs.)
+dispatcher_views = Table(
+    "dispatcher_views",
     metadata,
     Column("id", String(64), primary_key=True),
     Column("host", String(255), nullable=False),

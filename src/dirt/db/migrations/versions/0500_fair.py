@@ -6,7 +6,7 @@
   first, turn, record_created, record_id, created, id), so the dispatcher's read of the next
   waiting tasks is a keyset scan whatever the queue's length.
 - `record_turns`: per record and priority, the next slot of its turn sequence.
-- `dispatchers`: a row per dispatcher: heartbeat, order, and its view of the nodes it drives.
+- `dispatcher_views`: a row per dispatcher: heartbeat, order, and its view of the nodes it drives.
 
 Existing waiting tasks are numbered per record and priority, oldest first, from round 0: every
 record with waiting tasks starts level with the others.
@@ -101,7 +101,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("record_id", "priority", name="pk_record_turns"),
     )
     op.create_table(
-        "dispatchers",
+        "dispatcher_views",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
@@ -130,7 +130,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_tasks_fair", table_name="tasks")
-    op.drop_table("dispatchers")
+    op.drop_table("dispatcher_views")
     op.drop_table("record_turns")
     op.drop_column("tasks", "record_created")
     op.drop_column("tasks", "turn")
