@@ -36,6 +36,12 @@ class DispatchSettings:
     load_margin: float = 0.5
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
+    # Seconds a dispatcher's lease lasts (renewed every third of it): one that has not renewed
+    # for this long is dead, and the others take over its tasks and nodes.
+    lease: float = 15.0
+    # Seconds a stopping dispatcher (SIGTERM, Ctrl-C) waits for its running tasks to finish
+    # before it returns the rest to waiting; a second signal stops it at once.
+    stop_grace: float = 10.0
 
 
 @dataclass
@@ -126,6 +132,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 # The smallest value a number may take. A host table is checked with the rules of [nodes].
 MINIMUM: dict[tuple[str, str], int | float] = {
     ("nodes", "slots"): 1,
+    ("dispatch", "lease"): 1.0,
+    ("dispatch", "stop_grace"): 0.0,
 }
 
 

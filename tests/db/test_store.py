@@ -466,7 +466,8 @@ def test_running_tasks_of_a_dead_dispatcher_go_back_to_waiting(
     run(dead, "t1")
     assert store.recover_orphans() == ["t1"]
     task = store.task("t1")
-    assert (task.state, task.waiting_reason) == (TaskState.WAITING, ORPHAN_REASON)
+    assert task.state is TaskState.WAITING
+    assert (task.waiting_reason or "").startswith(ORPHAN_REASON)
     assert outcomes(store, "t1") == [("n1", Outcome.LOST)]
 
 

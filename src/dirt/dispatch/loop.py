@@ -10,6 +10,11 @@ never does.
 The state both kinds of thread touch (the slot bookkeeping in `Slots`, the driven nodes and
 their connections in `Nodes`) sits under one lock, `Dispatcher.lock`, and changes only through
 their methods, one per transition.
+
+Several dispatchers may share a store (see dispatch.membership): each holds a lease, drives its
+share of the nodes and reserves only tasks those can run. When the store is away, the loop keeps
+what it learned (outcomes, starts, lost nodes) in memory and writes it once the store is back;
+tasks start only while the lease is surely ours (`Lease.valid`).
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ import time
 
 from dirt.config import Settings
 from dirt.dispatch.connection import Outcome
-from dirt.dispatch.nodes import NODE_REFRESH_S, Nodes
+from dirt.dispatch.lifecycle import Lifecycle
+from dirt.dispatch.membership import Membership
+from dirt.dispatch.nodes import Nodes
 from dirt.dispatch.outcome import judge
 from dirt.dispatch.select import NodeView, fill_order, satisfies, to_reserve, waiting_reason
 from dirt.dispatch.slots import InFlight, Slots
-from dirt.errors import DirtError, NotFoundError
+from dirt.errors import DirtError, NotFoundError, StoreUnavailableError
 from dirt.logs import info_lines
 from dirt.models import Task
 from dirt.service import Finished, Service
+from dirt.service.base import NODES, TASKS
+from dirt.service.masters import DRAINING, RUNNING
 
 log = logging.getLogger("dirt")
 
@@ -43,9 +52,12 @@ STEP_GAP = 0.005  # seconds
 BATCH = 32
 MAX_STEP_GAP = 0.05
 STEP_SHARE = 0.2
+# With PostgreSQL's notifications the change sequence is read this often only, in case one was
+# missed; SQLite's readers poll it every `poll_interval`.
+SAFETY_POLL_S = 1.0
 
 
-class Dispatcher:
+class Dispatcher(Lifecycle):
     """Runs waiting tasks on nodes until stopped."""
 
     def __init__(self, service: Service, settings: Settings | None = None) -> None:
@@ -56,8 +68,13 @@ class Dispatcher:
         # or lost, another thread's commit (a submission, a cancel), a stop.
         self._urgent = threading.Event()
         self._stopping = threading.Event()
+        self._stop_by = 0.0  # while stopping: when running tasks stop waiting (monotonic)
+        self._stop_now = threading.Event()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lost: queue.SimpleQueue[tuple[str, list[str], str]] = queue.SimpleQueue()
+        # Learned, not yet stored (the store was away): outcomes, and lost nodes' tasks.
+        self._carried: list[Finished] = []
+        self._lost_unwritten: list[tuple[str, str, list[InFlight], list[InFlight]]] = []
         # The one lock over what receiver threads and the loop share: see Slots and Nodes.
         self.lock = threading.RLock()
         self.slots = Slots(self.lock)
@@ -74,7 +91,9 @@ class Dispatcher:
         self._prefetch = PREFETCH
         self._loop_thread: threading.Thread | None = None
         self._last_poll = 0.0
-        self._last_node_refresh = 0.0
+        self._pushed = False
+        self._outage_since: float | None = None
+        self.membership = Membership(service, self._lease_status, self._wake_now)
         self.ready = threading.Event()
         service.add_listener(self._on_commit)
 
@@ -85,11 +104,25 @@ class Dispatcher:
             self._changed()
             self._wake_now()
 
+    def _on_notify(self, _seq: int | None, topic: str | None) -> None:
+        """Another process committed news for dispatchers (PostgreSQL's NOTIFY, on the
+        listening thread); None: some may have been missed."""
+        if topic in (None, TASKS):
+            self._pending_stale = True
+            self._check_cancels = True
+        if topic in (None, NODES):
+            self.membership.nodes_changed()
+        self._wake_now()
+
     def _changed(self) -> None:
         """The store changed under us: waiting tasks, cancels and nodes are read again."""
         self._pending_stale = True
         self._check_cancels = True
-        self._last_node_refresh = 0.0  # a node may have been added, changed or removed
+        self.membership.nodes_changed()  # a node may have been added, changed or removed
+
+    def _lease_status(self) -> tuple[int, str]:
+        """What this dispatcher's row shows: tasks running, and running or draining."""
+        return self.slots.running_total(), DRAINING if self._stopping.is_set() else RUNNING
 
     def _on_done(self, outcome: Outcome) -> None:
         """A node's receiver thread: free the task's slot, refill it, hand the outcome to the
@@ -111,42 +144,42 @@ class Dispatcher:
         self._urgent.set()
         self._wake.set()
 
-    def stop(self) -> None:
-        """Take no new tasks; `run` returns running ones to waiting and returns."""
-        self._stopping.set()
-        self._wake_now()
-
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Dispatch until stopped (see `stop`). Raises ConfigError when the store refuses this
+        dispatcher (a SQLite store in use on another machine)."""
         self._loop_thread = threading.current_thread()
-        recovered = self.service.recover_orphans()
-        if recovered:
-            log.info(
-                "%d task(s) left running by an earlier dispatcher are waiting again", len(recovered)
-            )
-        self._refresh_nodes(time.time())
-        self.ready.set()
-        poll = self.settings.dispatch.poll_interval
-        last_step = took = 0.0
+        self.membership.start()
+        self._pushed = self.service.watch(self._on_notify)
         try:
-            while not self._stopping.is_set():
-                self._wake.wait(poll)
-                self._gather(last_step, took)
-                self._wake.clear()
-                self._urgent.clear()
-                last_step = time.monotonic()
-                try:
-                    self._step()
-                except DirtError as exc:
-                    log.error("dispatch step failed: %s", exc)
-                except Exception:
-                    # One bad task, node or result must never stop the dispatcher.
-                    log.exception("dispatch step failed; carrying on")
-                    time.sleep(poll)
-                took = time.monotonic() - last_step
+            self._beat()
+            self.ready.set()
+            self._serve()
         finally:
             self._shutdown()
+
+    def _serve(self) -> None:
+        poll = self.settings.dispatch.poll_interval
+        last_step = took = 0.0
+        while not self._finished():
+            self._wake.wait(poll)
+            self._gather(last_step, took)
+            self._wake.clear()
+            self._urgent.clear()
+            last_step = time.monotonic()
+            try:
+                self._step()
+                self._store_back()
+            except StoreUnavailableError as exc:
+                self._store_away(exc)
+            except DirtError as exc:
+                log.error("dispatch step failed: %s", exc)
+            except Exception:
+                # One bad task, node or result must never stop the dispatcher.
+                log.exception("dispatch step failed; carrying on")
+                time.sleep(poll)
+            took = time.monotonic() - last_step
 
     def _gather(self, last_step: float, took: float) -> None:
         """Wait before the next step while outcomes gather (see BATCH); at once when idle or
@@ -166,42 +199,69 @@ class Dispatcher:
 
     def _step(self) -> None:
         now = time.time()
-        finished = self._collect_outcomes()
-        # Hold enough to refill every slot that frees before the next step, twice over.
-        self._prefetch = max(PREFETCH, 2 * len(finished))
-        self._handle_lost()
-        if self.nodes.handle_opened(now, self._stopping.is_set()):
+        if self.membership.lease.taken_over.is_set():
+            self._rejoin()
+        finished = self._carried + self._collect_outcomes()
+        self._carried = []
+        starts: list[InFlight] = []
+        try:
+            # Hold enough to refill every slot that frees before the next step, twice over.
+            self._prefetch = max(PREFETCH, 2 * len(finished))
+            self._handle_lost()
+            if self.nodes.handle_opened(now, self._stopping.is_set()):
+                self._pending_stale = True
+            self._poll(now)
+            if self.membership.due():
+                self._beat()
+            if self._stopping.is_set() and not self.membership.draining:
+                self.membership.drain()
+            if self._check_cancels:
+                self._send_cancels()
+            if self.nodes.handle_loads():
+                self._pending_stale = True
+            self.nodes.read_loads(now)
+            self.nodes.connect_due(now)
+            self._release_unusable()
+            self._fail_unrunnable()
+            self._start_reserved()
+            pairs = self._select()
+            starts = self._fold_starts(self._take_starts(), finished)
+            started, reserved = self.service.dispatch(
+                finished, [f.start for f in starts], [t.id for t in pairs]
+            )
+        except StoreUnavailableError:
+            # Kept for the next step: a write that failed committed whole or not at all, and
+            # every one of them is conditional, so writing it again is safe either way.
+            self._carried = finished
+            self.slots.unwritten(starts)
             self._pending_stale = True
-        if now - self._last_poll >= self.settings.dispatch.poll_interval:
-            self._last_poll = now
-            if self.service.changed_elsewhere():
-                self._changed()
-        if now - self._last_node_refresh >= NODE_REFRESH_S:
-            self._refresh_nodes(now)
-        if self._check_cancels:
-            self._check_cancels = False
-            self._send_cancels()
-        if self.nodes.handle_loads():
-            self._pending_stale = True
-        self.nodes.read_loads(now)
-        self.nodes.connect_due(now)
-        self._release_unusable()
-        self._fail_unrunnable()
-        self._start_reserved()
-        pairs = self._select()
-        starts = self._fold_starts(self._take_starts(), finished)
-        started, reserved = self.service.dispatch(
-            finished, [f.start for f in starts], [t.id for t in pairs]
-        )
+            raise
         self._confirm_starts(starts, started)
         ours = set(reserved)
         self.slots.hold(t for t in pairs if t.id in ours)
+        if len(ours) < len(pairs):
+            self._pending_stale = True  # another master reserved some first
         if self._start_reserved():
             self._wake.set()  # their start is written at the next step, not after a poll
 
-    def _refresh_nodes(self, now: float) -> None:
-        self._last_node_refresh = now
-        self.nodes.refresh(self.slots.running)
+    def _poll(self, now: float) -> None:
+        """Read the change sequence, every poll_interval (rarely when notifications come)."""
+        every = self.settings.dispatch.poll_interval
+        if self._pushed and self.service.pushing():
+            every = SAFETY_POLL_S
+        if now - self._last_poll >= every:
+            self._last_poll = now
+            if self.service.changed_elsewhere():
+                self._changed()
+
+    def _beat(self) -> None:
+        """Take over dead dispatchers, claim or hand over nodes, drive this share of them."""
+        running = self.slots.running
+        share = self.membership.beat({a: running(a) for a in self.nodes.addresses()})
+        before = set(self.nodes.addresses())
+        self.nodes.refresh(share.driven, share.handing, running)
+        if set(self.nodes.addresses()) != before:
+            self._pending_stale = True
 
     def _collect_outcomes(self, keep_killed: bool = False) -> list[Finished]:
         """Verdicts on the outcomes that arrived; with `keep_killed`, tasks killed by a close
@@ -235,27 +295,33 @@ class Dispatcher:
             )
 
     def _handle_lost(self) -> None:
+        """Nodes whose connection went: their tasks leave flight here and now, and are
+        requeued in the store (kept until that write succeeds)."""
         while True:
             try:
                 address, task_ids, reason = self._lost.get_nowait()
             except queue.Empty:
-                return
+                break
             lost, unwritten = self.slots.lose_node(address, task_ids)
+            self._note_starts(unwritten)
+            log.warning(
+                "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(lost)
+            )
+            self.nodes.lost(address, reason, infra_failure=bool(lost), now=time.time())
+            self._lost_unwritten.append((address, reason, lost, unwritten))
+            self._pending_stale = True
+        while self._lost_unwritten:
+            address, reason, lost, unwritten = self._lost_unwritten[0]
             if unwritten:
                 # Sent, so perhaps run: their start is written, and they count as lost
                 # attempts like the rest (unless cancelled meanwhile: the store refuses those).
-                self._note_starts(unwritten)
                 started, _ = self.service.dispatch([], [f.start for f in unwritten], [])
                 refused = {f.task.id for f in unwritten} - set(started)
                 lost = [f for f in lost if f.task.id not in refused]
             items = [(f.task.id, f.attempt) for f in lost]
-            log.warning(
-                "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(items)
-            )
             if items:
                 self.service.requeue(items, f"node {address} lost: {reason}", node_lost=True)
-            self.nodes.lost(address, reason, infra_failure=bool(items), now=time.time())
-            self._pending_stale = True
+            self._lost_unwritten.pop(0)
 
     # ---- choosing and starting -----------------------------------------------------------
 
@@ -263,8 +329,9 @@ class Dispatcher:
         return self.nodes.views(self.slots.running, connecting_counts)
 
     def _select(self) -> list[Task]:
-        """Waiting tasks to reserve now: enough for every free slot plus the prefetch."""
-        if self._stopping.is_set():
+        """Waiting tasks to reserve now: enough for every free slot plus the prefetch, of those
+        the nodes this dispatcher drives can run."""
+        if self._stopping.is_set() or not self.membership.lease.valid():
             return []
         with self.lock:
             views = self._views()
@@ -276,7 +343,7 @@ class Dispatcher:
             self._pending = self.service.waiting_tasks(window)
             self._window_complete = len(self._pending) < window
             self._pending_stale = False
-            self._update_reasons(self._views(connecting_counts=True))
+            self._update_reasons()
         if wanted <= 0 or not self._pending:
             return []
         # A task whose module is gone is failed when it is launched (see _launch).
@@ -285,16 +352,21 @@ class Dispatcher:
         self._pending = [t for t in self._pending if t.id not in taken]
         return chosen
 
-    def _update_reasons(self, views: list[NodeView]) -> None:
-        """Store why tasks wait, when that changed (so `dirt status` and the page can say)."""
+    def _update_reasons(self) -> None:
+        """Store why tasks wait, when that changed (so `dirt status` and the page can say).
+        Every node counts, whichever dispatcher drives it, so all dispatchers say the same."""
+        views = self._views(connecting_counts=True) + [
+            NodeView(n.address, n.sys_info, n.slots, online=n.online, enabled=n.enabled)
+            for n in self.membership.share.others
+        ]
         changed = {}
         for task in self._pending:
             reason = waiting_reason(task, views)
             if self._reasons.get(task.id, task.waiting_reason) != reason:
                 changed[task.id] = reason
-            self._reasons[task.id] = reason
         if changed:
             self.service.set_waiting_reasons(changed)
+            self._reasons.update(changed)
 
     def _start_reserved(self, only: str | None = None) -> int:
         """Send held tasks to free slots of nodes that can run them, round robin.
@@ -302,15 +374,17 @@ class Dispatcher:
         Called from the loop, or from a node's receiver thread (then `only` names the node
         whose slot just freed). Returns how many tasks went.
         """
+        if not self.membership.lease.valid():
+            return 0  # another master may be taking our claims over: start nothing
         with self.lock:
             if not self.slots.has_held():
                 return 0
             if only is None:
                 views = self._views()
-            elif self.nodes.connection(only) is not None:
+            elif self.nodes.launchable(only):
                 views = [self.nodes.view(only, self.slots.running)]
             else:
-                return 0  # no longer driven, or its connection is going
+                return 0  # no longer driven, being handed over, or its connection is going
             sent = 0
             for view in fill_order(views, self._cursor):
                 task = self.slots.take(view)
@@ -352,18 +426,29 @@ class Dispatcher:
         self._wake.set()  # the loop fails it
 
     def _release_unusable(self) -> None:
-        """Reserved tasks that no usable node can run now go back to every master."""
+        """Reserved tasks that no usable node can run now (all of them once stopping) go back
+        to every master."""
         with self.lock:
-            usable = [v for v in self._views() if v.usable]
+            usable = [] if self._stopping.is_set() else [v for v in self._views() if v.usable]
             stuck = self.slots.unhold(lambda t: any(satisfies(t, v) for v in usable))
         if stuck:
-            self.service.release([t.id for t in stuck])
+            try:
+                self.service.release([t.id for t in stuck])
+            except StoreUnavailableError:
+                self.slots.hold(stuck)  # given back on a later step
+                raise
             self._pending_stale = True
 
     def _fail_unrunnable(self) -> None:
-        for task, reason in self.slots.take_unrunnable():
-            self.service.release([task.id])
-            self.service.fail_unrunnable(task.id, reason)
+        found = self.slots.take_unrunnable()
+        for index, (task, reason) in enumerate(found):
+            try:
+                self.service.release([task.id])
+                self.service.fail_unrunnable(task.id, reason)
+            except StoreUnavailableError:
+                for again in found[index:]:
+                    self.slots.unrunnable(*again)
+                raise
             log.error("Task %s failed: %s", task.id, reason)
 
     # ---- starts and cancels --------------------------------------------------------------
@@ -409,28 +494,9 @@ class Dispatcher:
 
     def _send_cancels(self) -> None:
         """Kill, on their nodes, the running tasks of ours that someone asked to cancel."""
-        for task_id, attempt in self.service.cancel_requested():
+        requested = self.service.cancel_requested()
+        self._check_cancels = False
+        for task_id, attempt in requested:
             flight = self.slots.flight(task_id)
             if flight is not None and flight.attempt == attempt:
                 self.nodes.cancel(flight.node, task_id)
-
-    # ---- stopping ------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        """Store what finished, return what still runs to waiting, close every gateway."""
-        try:
-            finished = self._collect_outcomes()
-            self.nodes.close_all()
-            # Closing kills what still runs; those tasks go back to waiting, while outcomes that
-            # arrived complete in the meantime are still worth storing.
-            finished += self._collect_outcomes(keep_killed=True)
-            # Starts not yet written are written too, so the requeue below finds them running.
-            starts = self._fold_starts(self._take_starts(), finished)
-            self.service.dispatch(finished, [f.start for f in starts], [])
-            self.service.release()
-            items = [(f.task.id, f.attempt) for f in self.slots.drain()]
-            if items:
-                self.service.requeue(items, "dispatcher stopped while it ran")
-                log.info("%d running task(s) returned to waiting", len(items))
-        finally:
-            self.nodes.close_all(forget=True)

@@ -19,7 +19,7 @@ from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState
-from dirt.service.base import ServiceBase, log
+from dirt.service.base import NODES, ServiceBase, log
 
 
 def _no_node(address: str) -> NotFoundError:
@@ -123,13 +123,14 @@ class Administration(ServiceBase):
             nodes_db.upsert_node(conn, node, seq)
             return node, known is not None
 
-        node, known = self._write(work)
+        node, known = self._write(work, wake=NODES)
         log.info("Node %s %s (%d slots)", address, "refreshed" if known else "added", node.slots)
         return node
 
     def set_node_enabled(self, address: str, enabled: bool) -> None:
         if not self._write(
-            lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled)
+            lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled),
+            wake=NODES,
         ):
             raise _no_node(address)
         log.info("Node %s %s", address, "enabled" if enabled else "disabled")
@@ -146,7 +147,7 @@ class Administration(ServiceBase):
                 )
             return nodes_db.delete_node(conn, address)
 
-        if not self._write(work):
+        if not self._write(work, wake=NODES):
             raise _no_node(address)
         log.info("Node %s removed", address)
 
@@ -217,11 +218,11 @@ class Administration(ServiceBase):
                 raise StateError(f"a token named {name!r} exists; revoke it first")
             tokens_db.insert_token(conn, name, tokens_db.digest(token), time.time())
 
-        self._write(work)
+        self._write(work, wake=None)
         log.info("API token %s created", name)
         return token
 
     def revoke_token(self, name: str) -> None:
-        if not self._write(lambda conn, seq: tokens_db.delete_token(conn, name)):
+        if not self._write(lambda conn, seq: tokens_db.delete_token(conn, name), wake=None):
             raise NotFoundError(f"no token named {name!r}; see `dirt token list`")
         log.info("API token %s revoked", name)
