@@ -13,7 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from dirt.models import Attachment, Attempt, Node, Record, RecordSummary, Task, TaskState
+from dirt.models import (
+    Attachment,
+    Attempt,
+    Dispatcher,
+    Node,
+    Record,
+    RecordSummary,
+    Task,
+    TaskState,
+)
 
 
 class Detail(Protocol):
@@ -128,3 +137,16 @@ def node_view(node: Node, running: int) -> dict[str, Any]:
 
 def nodes_view(nodes: Iterable[Node], running: Mapping[str, int]) -> list[dict[str, Any]]:
     return [node_view(n, running.get(n.address, 0)) for n in nodes]
+
+
+def short_master(master: str | None) -> str:
+    """A dispatcher as people name it: host:pid (its id adds a random part)."""
+    if not master:
+        return "-"
+    host, _, rest = master.partition(":")
+    return f"{host}:{rest.partition(':')[0]}" if rest else master
+
+
+def dispatchers_view(found: Iterable[Dispatcher]) -> list[dict[str, Any]]:
+    """The dispatchers (masters) on the store, with their leases, nodes and running tasks."""
+    return [d.to_doc() for d in found]

@@ -10,6 +10,7 @@ import click
 from dirt import __version__
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
+from dirt.cli.dispatchers import dispatchers
 from dirt.cli.nodes import nodes, updatenodes
 from dirt.cli.project import create, demo
 from dirt.cli.serve import serve, web
@@ -34,5 +35,18 @@ def main(ctx: click.Context, project: str | None) -> None:
     ctx.obj = Context(project)
 
 
-for command in (create, submit, nodes, updatenodes, serve, web, token, status, cancel, retry, demo):
+for command in (
+    create,
+    submit,
+    nodes,
+    updatenodes,
+    serve,
+    web,
+    dispatchers,
+    token,
+    status,
+    cancel,
+    retry,
+    demo,
+):
     main.add_command(command)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Float, delete, insert, select, update
+from sqlalchemy import Connection, Float, delete, func, insert, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
@@ -62,20 +62,19 @@ def register(
             heartbeat=started,
             lease_until=started + lease,
             state="running",
-            running=0,
         )
     )
     return started
 
 
-def renew(conn: Connection, master: str, lease: float, running: int, state: str) -> bool:
+def renew(conn: Connection, master: str, lease: float, state: str) -> bool:
     """Extend `master`'s lease by `lease` seconds from now; False when its row is gone (another
     master took over what it held)."""
     clock = store_clock()
     result = conn.execute(
         update(dispatchers)
         .where(dispatchers.c.id == master)
-        .values(heartbeat=clock, lease_until=clock + lease, running=running, state=state)
+        .values(heartbeat=clock, lease_until=clock + lease, state=state)
     )
     return result.rowcount == 1
 
@@ -97,12 +96,20 @@ def forget(conn: Connection, master: str, lease_until: float, expired: bool) -> 
 
 
 def list_dispatchers(conn: Connection) -> tuple[float, list[Dispatcher]]:
-    """The store's clock and every dispatcher's row, oldest first, with the nodes it drives."""
+    """The store's clock and every dispatcher's row, oldest first, with the nodes it drives and
+    the tasks it runs."""
     clock = now(conn)
     driven: dict[str, list[str]] = {}
     query = select(nodes.c.driver, nodes.c.address).where(nodes.c.driver.is_not(None))
     for driver, address in conn.execute(query.order_by(nodes.c.address)):
         driven.setdefault(driver, []).append(address)
+    running: dict[str, int] = dict(
+        conn.execute(
+            select(tasks.c.claimed_by, func.count())
+            .where(ACTIVE_CLAIM, tasks.c.state == TaskState.RUNNING.value)
+            .group_by(tasks.c.claimed_by)
+        ).all()
+    )
     found = [
         Dispatcher(
             id=row.id,
@@ -113,7 +120,7 @@ def list_dispatchers(conn: Connection) -> tuple[float, list[Dispatcher]]:
             heartbeat=row.heartbeat,
             lease_until=row.lease_until,
             state=row.state,
-            running=row.running,
+            running=running.get(row.id, 0),
             nodes=driven.get(row.id, []),
             live=row.lease_until >= clock,
         )

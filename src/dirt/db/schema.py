@@ -186,7 +186,6 @@ dispatchers = Table(
     Column("heartbeat", Float, nullable=False),
     Column("lease_until", Float, nullable=False),
     Column("state", String(16), nullable=False),  # running, or draining (stopping)
-    Column("running", Integer, nullable=False, default=0),
 )
 
 # Claims still in force (reserved or running tasks), found without reading every waiting task:

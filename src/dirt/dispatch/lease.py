@@ -24,7 +24,7 @@ from dirt.service import Service
 
 log = logging.getLogger("dirt")
 
-Status = Callable[[], tuple[int, str]]  # (tasks running, state) as the row shows them
+Status = Callable[[], str]  # the state the row shows: running, or draining
 
 
 class Lease:
@@ -96,9 +96,8 @@ class Lease:
     def _renew(self) -> float:
         """Renew once; returns how long to wait before the next try."""
         began = time.monotonic()
-        running, state = self._status()
         try:
-            ours = self.service.renew_lease(self.seconds, running, state)
+            ours = self.service.renew_lease(self.seconds, self._status())
         except Exception as exc:  # the store is away, or something odd: keep trying
             self._gap_free_since = None
             if self._failing_since is None:

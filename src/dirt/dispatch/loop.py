@@ -43,7 +43,9 @@ log = logging.getLogger("dirt")
 
 WINDOW = 128  # waiting tasks kept in memory (or more, to reserve more); refilled as reserved
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
-# stay waiting (and can be cancelled); any node of this dispatcher can take them.
+# stay waiting (and can be cancelled); any node of this dispatcher can take them. With other
+# dispatchers running, at most as many as its own slots, so that one does not hold tasks the
+# others' idle nodes could run.
 PREFETCH = 64
 # Group commit while busy: a step waits STEP_GAP after the last one began (or longer, up to
 # MAX_STEP_GAP, so that steps take at most STEP_SHARE of the loop's time: on a slow or loaded
@@ -88,7 +90,7 @@ class Dispatcher(Lifecycle):
         self._window_complete = False
         self._reasons: dict[str, str | None] = {}
         self._cursor = 0
-        self._prefetch = PREFETCH
+        self._prefetch = 0  # twice the outcomes of the last step
         self._loop_thread: threading.Thread | None = None
         self._last_poll = 0.0
         self._pushed = False
@@ -120,9 +122,9 @@ class Dispatcher(Lifecycle):
         self._check_cancels = True
         self.membership.nodes_changed()  # a node may have been added, changed or removed
 
-    def _lease_status(self) -> tuple[int, str]:
-        """What this dispatcher's row shows: tasks running, and running or draining."""
-        return self.slots.running_total(), DRAINING if self._stopping.is_set() else RUNNING
+    def _lease_status(self) -> str:
+        """What this dispatcher's row shows: running, or draining (stopping)."""
+        return DRAINING if self._stopping.is_set() else RUNNING
 
     def _on_done(self, outcome: Outcome) -> None:
         """A node's receiver thread: free the task's slot, refill it, hand the outcome to the
@@ -206,7 +208,7 @@ class Dispatcher(Lifecycle):
         starts: list[InFlight] = []
         try:
             # Hold enough to refill every slot that frees before the next step, twice over.
-            self._prefetch = max(PREFETCH, 2 * len(finished))
+            self._prefetch = 2 * len(finished)
             self._handle_lost()
             if self.nodes.handle_opened(now, self._stopping.is_set()):
                 self._pending_stale = True
@@ -337,7 +339,9 @@ class Dispatcher(Lifecycle):
             views = self._views()
             busy = self.slots.busy()
         capacity = sum(v.capacity for v in views if v.usable)
-        wanted = capacity + self._prefetch - busy
+        alone = self.membership.share.peers <= 1
+        prefetch = max(PREFETCH if alone else min(PREFETCH, capacity), self._prefetch)
+        wanted = capacity + prefetch - busy
         if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):
             window = max(WINDOW, wanted)
             self._pending = self.service.waiting_tasks(window)

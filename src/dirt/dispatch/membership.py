@@ -35,6 +35,7 @@ class Share:
     driven: list[Node] = field(default_factory=list)
     handing: set[str] = field(default_factory=set)
     others: list[Node] = field(default_factory=list)
+    peers: int = 1  # running dispatchers, this one among them
 
 
 class Membership:
@@ -110,5 +111,6 @@ class Membership:
             driven=driven,
             handing=giving - released,
             others=[n for n in survey.nodes if n.driver != me or n.address in released],
+            peers=len(set(running) | {me}),
         )
         return self.share

@@ -81,23 +81,27 @@ class Masters(Dispatching):
         self._write(work, wake=NODES)
         _IN_THIS_PROCESS.add(self.master_id)
 
-    def renew_lease(self, lease: float, running: int, state: str) -> bool:
-        """Extend this dispatcher's lease; False when another master took over (its row is
-        gone). Stamps nothing on the change sequence: a heartbeat is not a change."""
+    def renew_lease(self, lease: float, state: str) -> bool:
+        """Extend this dispatcher's lease (and say whether it is running or draining); False
+        when another master took over (its row is gone). Stamps nothing on the change sequence:
+        a heartbeat is not a change."""
         return self._write(
-            lambda conn, _seq: masters_db.renew(conn, self.master_id, lease, running, state),
+            lambda conn, _seq: masters_db.renew(conn, self.master_id, lease, state),
             sequenced=False,
         )
 
     def unregister_dispatcher(self) -> None:
         """Delete this dispatcher's row once it gave back everything (its nodes too)."""
 
-        def work(conn: Connection, seq: int) -> None:
-            masters_db.release_nodes(conn, self.master_id, seq)
+        def work(conn: Connection, seq: int) -> list[str]:
+            released = masters_db.release_nodes(conn, self.master_id, seq)
             masters_db.unregister(conn, self.master_id)
+            return released
 
-        self._write(work, wake=NODES)
+        released = self._write(work, wake=NODES)
         _IN_THIS_PROCESS.discard(self.master_id)
+        if released:
+            log.info("Handed over node(s) %s (stopping)", ", ".join(released))
 
     # ---- what every dispatcher sees ------------------------------------------------------------
 

@@ -10,7 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
 from dirt.models import TaskState
-from dirt.views import detail_view, node_view, nodes_view, summary_view, task_view
+from dirt.views import (
+    detail_view,
+    dispatchers_view,
+    node_view,
+    nodes_view,
+    summary_view,
+    task_view,
+)
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import read_json, service_of
 from dirt.web.security import attachment_response
@@ -243,6 +250,16 @@ def get_attachment(request: Request, task_id: str, filename: str) -> Response:
 def list_nodes(request: Request) -> list[dict[str, Any]]:
     service = service_of(request)
     return nodes_view(service.nodes(), service.running_per_node())
+
+
+@router.get(
+    "/dispatchers",
+    tags=["nodes"],
+    summary="The dispatchers (masters) on this store: leases, nodes driven, tasks running",
+    responses=ERRORS,
+)
+def list_dispatchers(request: Request) -> list[dict[str, Any]]:
+    return dispatchers_view(service_of(request).dispatchers())
 
 
 def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Change notification for the web: the hub, the SSE stream and the long-polling feed.
 
 The hub knows the newest committed change sequence value. Writes made by this process reach it
-at once through `Service.add_listener`; writes of other processes (another dispatcher, `dirt
-submit`) are seen by polling the sequence every `poll_interval` seconds. Waiters are asyncio
-events, so an open page holds no thread.
+at once through `Service.add_listener`; on PostgreSQL, writes of other processes that wake (a
+submission, a cancel, a node change: see `Service._write`) reach it at once through NOTIFY
+(`Service.watch`); the rest (a dispatcher's progress) are seen by polling the sequence every
+`poll_interval` seconds. Waiters are asyncio events, so an open page holds no thread.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ class ChangeHub:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         service.add_listener(self._advance)
+        service.watch(self._notified)
+
+    def _notified(self, seq: int | None, _topic: str | None) -> None:
+        """NOTIFY from another process (on the service's listening thread); None: notices may
+        have been missed while the store was away, so read the sequence."""
+        if seq is not None:
+            self._advance(seq)
+            return
+        try:
+            self._advance(self.service.current_seq())
+        except Exception as exc:  # the store may be busy or gone for a moment
+            log.debug("change read failed: %s", exc)
 
     @property
     def stopped(self) -> bool:

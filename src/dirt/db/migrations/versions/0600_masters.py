@@ -27,7 +27,6 @@ def upgrade() -> None:
         sa.Column("heartbeat", sa.Float, nullable=False),
         sa.Column("lease_until", sa.Float, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("running", sa.Integer, nullable=False, server_default="0"),
     )
     # Plain ADD COLUMN (no table rebuild), as in 0003.
     op.add_column("nodes", sa.Column("driver", sa.String(64), nullable=True))
