@@ -20,7 +20,8 @@ $(VENV)/.installed-test: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/dirt demo
 
-# Real components the tests start: sshd, PostgreSQL, Chromium, curl, iproute2 (as root).
+# Real components the tests start: sshd, PostgreSQL, Chromium, curl, iproute2, pouchdb-server
+# (as root).
 system-deps:
 	@scripts/install-system-deps.sh
 

@@ -32,6 +32,11 @@ CHROMIUM_ARGS = [
 ]
 
 
+# What a browser sends. `GET /` answers a request without text/html (a CouchDB client) with
+# CouchDB's welcome object, so tests of the overview page send this.
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
 def seed_docs() -> list[dict[str, Any]]:
     text = (resources.files("dirt") / "seed" / "test_data.json").read_text(encoding="utf-8")
     return json.loads(text)

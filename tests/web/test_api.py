@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from dirt.models import Attachment, TaskState
 from dirt.service import Service
 from dirt.web.app import create_app
-from tests.web.conftest import finish_task, make_client, run_task
+from tests.web.conftest import BROWSER, finish_task, make_client, run_task
 
 SIMPLE_R123 = "2e3dabbff38ca7f6fa05c5a0cbbc95a4"
 ATTACH_R123 = "2e3dabbff38ca7f6fa05c5a0cbbc9858"
@@ -269,7 +269,7 @@ def test_reads_closed_with_auth_read_token(seeded: Service) -> None:
             follow_redirects=False,
         )
         assert login.status_code == 303
-        assert c.get("/").status_code == 200  # the cookie signs the browser in
+        assert c.get("/", headers=BROWSER).status_code == 200  # the cookie signs the browser in
         assert c.get("/healthz").status_code == 200
 
 
@@ -286,7 +286,7 @@ def test_pages_render(seeded: Service, client: TestClient, node: str) -> None:
         "/?state=waiting",
         "/?q=r123",
     ):
-        response = client.get(url)
+        response = client.get(url, headers=BROWSER)
         assert response.status_code == 200, url
         assert "text/html" in response.headers["content-type"]
         assert "default-src 'self'" in response.headers["content-security-policy"]
@@ -315,7 +315,7 @@ def test_everything_user_supplied_is_escaped(seeded: Service, client: TestClient
         ]
     )
     for url in ("/", "/records/rx", "/tasks/examples.simple"):
-        html = client.get(url).text
+        html = client.get(url, headers=BROWSER).text
         assert "<script>alert" not in html
     html = client.get("/records/rx").text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

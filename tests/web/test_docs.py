@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dirt.web.run import WebServer
+from tests.web.conftest import BROWSER
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -44,7 +45,7 @@ def test_redoc_loads_no_web_fonts(client: TestClient) -> None:
 
 
 def test_pages_keep_their_strict_csp(client: TestClient) -> None:
-    csp = client.get("/").headers["content-security-policy"]
+    csp = client.get("/", headers=BROWSER).headers["content-security-policy"]
     assert "script-src 'self';" in csp and "sha256" not in csp
 
 

@@ -9,10 +9,11 @@ from fastapi.testclient import TestClient
 from dirt.cli.base import STATE_STYLES
 from dirt.models import TaskState
 from dirt.web.render import STATE_ORDER, STATIC
+from tests.web.conftest import BROWSER
 
 
 def test_the_legend_and_the_filter_name_every_state(client: TestClient) -> None:
-    page = client.get("/").text
+    page = client.get("/", headers=BROWSER).text
     legend = re.search(r'<p class="legend">(.*?)</p>', page, re.DOTALL)
     assert legend is not None
     assert re.findall(r'class="s-(\w+)"', legend.group(1)) == list(STATE_ORDER)

@@ -39,8 +39,11 @@ records = Table(
     Column("created", Float, nullable=False),
     Column("extra", JSON, nullable=False),
     Column("seq", BigInteger, nullable=False),
+    # Bumped by a trigger on every update (migration 0100_couch): the CouchDB `_rev` generation.
+    Column("revision", Integer, nullable=False, server_default="1"),
     Index("ix_records_created_id", "created", "id"),
-    Index("ix_records_seq", "seq"),
+    # (seq, id): the change feed's keyset order (migration 0100_couch; "C" collation on PostgreSQL)
+    Index("ix_records_seq_id", "seq", "id"),
 )
 
 tasks = Table(
@@ -71,9 +74,11 @@ tasks = Table(
     Column("seq", BigInteger, nullable=False),
     # Set by `dirt cancel` on a running task: its dispatcher kills it and stores "cancelled".
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    # Bumped by a trigger on every update (migration 0100_couch): the CouchDB `_rev` generation.
+    Column("revision", Integer, nullable=False, server_default="1"),
     Index("ix_tasks_record_state", "record_id", "state"),
     Index("ix_tasks_name_created", "name", "created"),
-    Index("ix_tasks_seq", "seq"),
+    Index("ix_tasks_seq_id", "seq", "id"),
 )
 
 attempts = Table(
@@ -167,6 +172,28 @@ Index("ix_tasks_name_created_id", tasks.c.name, tasks.c.created, tasks.c.id)
 # The dispatcher's order (db.tasks.waiting_tasks, dispatch.select.reservation_key).
 Index("ix_tasks_waiting", tasks.c.state, tasks.c.priority.desc(), tasks.c.created, tasks.c.id)
 Index("ix_tasks_completed", tasks.c.completed)
+
+# ---- the CouchDB interface (migration 0100_couch) ------------------------------------------
+
+# One row: this store's CouchDB server uuid (part of every `_rev`, so two stores never share
+# revision ids) and the number of records, kept by triggers on `records`.
+couch_server = Table(
+    "couch_server",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", String(32), nullable=False),
+    Column("record_count", BigInteger, nullable=False),
+)
+
+# CouchDB's `_local/{id}` documents (replication checkpoints): never in `_changes`.
+couch_local_docs = Table(
+    "couch_local_docs",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("revision", Integer, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("updated", Float, nullable=False),
+)
 
 # ---- several masters (migration 0600_masters) ----------------------------------------------
 

@@ -29,7 +29,7 @@ from dirt.errors import (
     SubmissionError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, docs, pages
+from dirt.web import api, changes, couch, couchdb, docs, pages
 from dirt.web.auth import Access
 from dirt.web.changes import ChangeHub
 from dirt.web.render import STATIC, make_templates
@@ -134,6 +134,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.include_router(docs.router)
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    couchdb.install(app, service)  # last: it answers for database names no route above took
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DirtError)

@@ -9,8 +9,6 @@ names the batch's problems).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Any
 
@@ -19,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dirt.config import Settings
+from dirt.couch.revs import rev_of
 from dirt.errors import SubmissionError
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import read_json, service_of
@@ -50,11 +49,6 @@ BULK_BODY = {
 def database_name(request: Request) -> str:
     settings: Settings = request.app.state.settings
     return settings.project.database or settings.project.name
-
-
-def _rev(doc: Any) -> str:
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
-    return "1-" + hashlib.md5(canonical.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 def _problems_of(index: int, doc: Any, problems: list[str]) -> list[str]:
@@ -126,9 +120,11 @@ async def bulk_docs(request: Request, db_name: str) -> JSONResponse:
         t.id for t, d in zip(submission.tasks, _task_docs(docs), strict=False) if "_id" not in d
     )
     answer = []
+    server_uuid = request.app.state.couch.uuid
     for doc in docs:
         doc_id = doc.get("_id") or next(made, None)
-        answer.append({"id": doc_id, "ok": True, "rev": _rev(doc)})
+        # The first revision, as GET /{db}/{id} shows it (see dirt.couch.revs).
+        answer.append({"id": doc_id, "ok": True, "rev": rev_of(server_uuid, str(doc_id), 1)})
     return JSONResponse(answer, status_code=201)
 
 

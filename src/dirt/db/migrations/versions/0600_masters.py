@@ -2,14 +2,14 @@
 dispatcher driving it), and an index over the claims still in force.
 
 Revision ID: 0600_masters
-Revises: 0005
+Revises: 0100_couch
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0600_masters"
-down_revision = "0005"
+down_revision = "0100_couch"
 branch_labels = None
 depends_on = None
 
