@@ -28,6 +28,7 @@ CHANNEL = "dirt_changes"
 # dispatchers (leases, handovers, nodes added, enabled or removed).
 TASKS = "tasks"
 NODES = "nodes"
+EVERYTHING = "all"  # both at once (a takeover requeues tasks and frees nodes)
 TOPICS = (TASKS, NODES)
 
 OnNotify = Callable[[int | None, str | None], None]  # (seq, topic); (None, None): resync
@@ -43,6 +44,7 @@ def notify(conn: Connection, seq: int, topic: str) -> None:
 
 
 def parse(payload: str) -> tuple[int | None, str | None]:
+    """(seq, topic) of a notification; topic None: anything may have changed."""
     seq, _, topic = payload.partition(" ")
     return (int(seq) if seq.isdigit() else None), (topic if topic in TOPICS else None)
 

@@ -30,6 +30,7 @@ T = TypeVar("T")
 # and dispatchers changed; None for writes no one waits for (a dispatcher's own progress).
 TASKS = notify_db.TASKS
 NODES = notify_db.NODES
+EVERYTHING = notify_db.EVERYTHING
 
 
 def new_master_id() -> str:

@@ -24,7 +24,7 @@ from dirt.db import masters as masters_db
 from dirt.db import nodes as nodes_db
 from dirt.errors import ConfigError
 from dirt.models import Dispatcher, Node
-from dirt.service.base import NODES, log, machine_id
+from dirt.service.base import EVERYTHING, NODES, log, machine_id
 from dirt.service.dispatching import ORPHAN_REASON, Dispatching
 
 DRAINING = "draining"
@@ -180,7 +180,7 @@ class Masters(Dispatching):
             freed = masters_db.release_nodes(conn, master, seq)
             return TakeOver(master, why, requeued, failed, released, freed)
 
-        done = self._write(work, wake=NODES)
+        done = self._write(work, wake=EVERYTHING)
         if done is not None:
             log.warning(
                 "Dispatcher %s is dead (%s): took over %d running task(s) (%d back to waiting, "
