@@ -211,6 +211,18 @@ def test_a_node_is_claimed_by_one_master_only(store: Service, other: Service) ->
     assert other.claim_nodes(["n1"], time.time()) == ["n1"]
 
 
+def test_a_master_taken_over_claims_no_node_before_it_notices(
+    store: Service, other: Service
+) -> None:
+    node(store)
+    store.register_dispatcher(15)
+    other.register_dispatcher(LEASE)
+    expire(other)
+    store.take_over_dead(settled=True)
+    assert other.claim_nodes(["n1"], time.time()) == []
+    assert store.node("n1").driver is None
+
+
 def test_a_start_repeated_after_the_store_went_away_mid_commit_is_not_refused(
     store: Service,
 ) -> None:

@@ -154,9 +154,10 @@ def test_a_dispatcher_taken_over_stops_what_it_ran_and_joins_again(
     try:
         wait_for(lambda: shares(first) == [1, 1], what="one node each")
         ids = mark_tasks(first, "r", pins, 3, marks, seconds=0.6)
+        # Running on both nodes: the victim's connection is open when it is taken over.
         wait_for(
-            lambda: any(t.state is TaskState.RUNNING and t.node in pins for t in first.tasks(ids)),
-            what="tasks running",
+            lambda: {t.node for t in first.tasks(ids) if t.state is TaskState.RUNNING} == set(pins),
+            what="tasks running on both nodes",
         )
         victim = second.master_id
         # As if its lease ran out while it could not reach the store: the other took over.

@@ -156,12 +156,14 @@ def running_claims(conn: Connection, master: str) -> list[tuple[str, int]]:
 def claim_nodes(
     conn: Connection, addresses: Sequence[str], master: str, seq: int, since: float
 ) -> list[str]:
-    """Make `master` the driver of those of `addresses` no one drives; returns those it got."""
+    """Make `master` the driver of those of `addresses` no one drives; returns those it got.
+    Nothing while `master` has no row: one taken over that has not noticed yet gets no node."""
+    registered = select(dispatchers.c.id).where(dispatchers.c.id == master).exists()
     got = []
     for address in addresses:
         result = conn.execute(
             update(nodes)
-            .where(nodes.c.address == address, nodes.c.driver.is_(None))
+            .where(nodes.c.address == address, nodes.c.driver.is_(None), registered)
             .values(driver=master, driver_since=since, seq=seq)
         )
         if result.rowcount == 1:

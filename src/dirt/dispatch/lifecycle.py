@@ -152,7 +152,9 @@ class Lifecycle:
         )
         finished = self._carried + self._collect_outcomes()
         self._carried = []
-        self.nodes.close_all()
+        # Forgotten too: a closed connection kept would never be opened again, and the node,
+        # if it comes back to this dispatcher, would stay offline for good.
+        self.nodes.close_all(forget=True)
         self._collect_outcomes(keep_killed=True)
         self._take_starts()
         self.slots.drain()
