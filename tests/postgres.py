@@ -55,6 +55,10 @@ class PostgresServer:
             "-E",
             "UTF8",
         )
+        self.start_server()
+
+    def start_server(self) -> None:
+        """Start the server on its data folder (again, after `stop_server`)."""
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
@@ -73,6 +77,10 @@ class PostgresServer:
             "60",
             "start",
         )
+
+    def stop_server(self) -> None:
+        """Stop the server as an administrator restarting it would: clients are cut off."""
+        self._run(find_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

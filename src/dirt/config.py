@@ -43,6 +43,12 @@ class DispatchSettings:
     # fails), and stored output (beyond it the head and the tail are kept).
     attachment_limit: int = 4 << 30
     output_limit: int = 16 << 20
+    # Seconds a dispatcher's lease lasts (renewed every third of it): one that has not renewed
+    # for this long is dead, and the others take over its tasks and nodes.
+    lease: float = 15.0
+    # Seconds a stopping dispatcher (SIGTERM, Ctrl-C) waits for its running tasks to finish
+    # before it returns the rest to waiting; a second signal stops it at once.
+    stop_grace: float = 10.0
 
 
 @dataclass
@@ -154,6 +160,8 @@ MINIMUM: dict[tuple[str, str], int | float] = {
     ("dispatch", "attachment_limit"): 0,
     # Room for a head and a tail of at least the 64 KiB kept with each task.
     ("dispatch", "output_limit"): 128 * 1024,
+    ("dispatch", "lease"): 1.0,
+    ("dispatch", "stop_grace"): 0.0,
 }
 
 # Sizes in bytes: an integer, or a string with a unit ("16 MiB", "4GiB", "500 kB").

@@ -45,3 +45,13 @@ class NodeError(DirtError):
 
 class StateError(DirtError):
     """An operation does not apply to an object in its current state."""
+
+
+class StoreUnavailableError(DirtError):
+    """The store cannot be reached (PostgreSQL restarting, the connection dropped, a SQLite
+    file locked past the busy timeout). Try again later: a write that failed this way either
+    committed whole or not at all, and the dispatcher's writes are safe to repeat."""
+
+
+class TakenOverError(DirtError):
+    """This dispatcher's lease ran out and another master took over what it held."""

@@ -209,6 +209,8 @@ class Node:
     infra_failures: int = 0
     ssh: dict[str, Any] = field(default_factory=dict)  # per-node options; see dispatch/runner
     seq: int = 0
+    driver: str | None = None  # the dispatcher that drives the node (its lease), if any
+    driver_since: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -227,6 +229,43 @@ class Node:
             "infra_failures": self.infra_failures,
             "ssh": self.ssh,
             "sys_info": self.sys_info,
+            "driver": self.driver,
+            "driver_since": self.driver_since,
+        }
+
+
+@dataclass
+class Dispatcher:
+    """A running dispatcher (master) as the store knows it: its lease and what it holds.
+
+    Times are the store's clock. `live` is False once `lease_until` passed: the dispatcher is
+    dead, or cut off from the store, and a live one takes over its tasks and nodes.
+    """
+
+    id: str
+    host: str
+    pid: int
+    machine: str | None
+    started: float
+    heartbeat: float
+    lease_until: float
+    state: str  # running, or draining (stopping: it takes no new tasks)
+    running: int = 0
+    nodes: list[str] = field(default_factory=list)
+    live: bool = True
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "started": self.started,
+            "heartbeat": self.heartbeat,
+            "lease_until": self.lease_until,
+            "state": self.state,
+            "live": self.live,
+            "running": self.running,
+            "nodes": list(self.nodes),
         }
 
 

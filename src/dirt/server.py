@@ -72,7 +72,12 @@ def serve(
     fallback_port: bool = False,
     on_web: Callable[[str], None] | None = None,
 ) -> int:
-    """Run until SIGINT or SIGTERM; running tasks go back to waiting. Returns the exit code.
+    """Run until SIGINT or SIGTERM. Returns the exit code.
+
+    The first signal drains: no new tasks, reserved ones go back to every dispatcher, each node
+    is handed over as soon as nothing runs there, running tasks may finish for `[dispatch]
+    stop_grace` seconds, and what still runs then goes back to waiting. A second signal ends
+    the wait at once.
 
     With `web`, the web server runs in processes of its own (`[web] workers`, see
     dirt.web.workers): readers and the dispatcher never wait for one GIL. They hear of the
@@ -90,12 +95,25 @@ def serve(
         if on_web is not None:
             on_web(web_server.url)
 
+    signals = 0
+
     def stop(signum: int, _frame: object) -> None:
-        log.info(
-            "%s received: taking no new tasks, returning running ones to waiting",
-            signal.Signals(signum).name,
-        )
-        dispatcher.stop()
+        nonlocal signals
+        signals += 1
+        name = signal.Signals(signum).name
+        grace = service.settings.dispatch.stop_grace
+        if signals == 1 and grace > 0:
+            log.info(
+                "%s received: stopping; no new tasks, %d running task(s) may finish within "
+                "%g s, then the rest go back to waiting (send it again to stop now)",
+                name,
+                dispatcher.slots.running_total(),
+                grace,
+            )
+            dispatcher.stop(grace)
+        else:
+            log.info("%s received: stopping now, running tasks go back to waiting", name)
+            dispatcher.stop()
 
     _on_signals(stop)
     log.info(

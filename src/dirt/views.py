@@ -21,6 +21,7 @@ from urllib.parse import quote
 from dirt.models import (
     Attachment,
     Attempt,
+    Dispatcher,
     DispatcherInfo,
     Node,
     Record,
@@ -233,3 +234,16 @@ def queue_view(q: Queue) -> dict[str, Any]:
         "running": q.running,
         "queue": [queued_view(e) for e in q.entries],
     }
+
+
+def short_master(master: str | None) -> str:
+    """A dispatcher as people name it: host:pid (its id adds a random part)."""
+    if not master:
+        return "-"
+    host, _, rest = master.partition(":")
+    return f"{host}:{rest.partition(':')[0]}" if rest else master
+
+
+def dispatchers_view(found: Iterable[Dispatcher]) -> list[dict[str, Any]]:
+    """The dispatchers (masters) on the store, with their leases, nodes and running tasks."""
+    return [d.to_doc() for d in found]

@@ -4,13 +4,16 @@ attempts, attachments and nodes (one view, dirt.views): run side by side on one 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from dirt.models import Attachment, TaskState
 from dirt.service import Service
+from dirt.views import short_master
 from tests.conftest import run_dirt
 from tests.web.conftest import finish_task, run_task
 
@@ -84,3 +87,42 @@ def test_the_queue_looks_the_same(seeded: Service, client: TestClient) -> None:
     queue = cli_json(seeded, "queue")
     assert queue == client.get("/api/queue").json()
     assert [r["record_id"] for r in queue["queue"]] == ["r123", "r124", "heavy"]
+
+
+def test_the_dispatchers_look_the_same_and_the_nodes_page_lists_them(
+    seeded: Service, client: TestClient, node: str
+) -> None:
+    seeded.register_dispatcher(15)
+    assert seeded.claim_nodes([node], time.time()) == [node]
+    run_task(seeded, SIMPLE_R123, node)
+    listing = cli_json(seeded, "dispatchers")
+    assert listing == client.get("/api/dispatchers").json()
+    (shown,) = listing
+    assert (shown["id"], shown["pid"], shown["state"], shown["live"]) == (
+        seeded.master_id,
+        os.getpid(),
+        "running",
+        True,
+    )
+    assert (shown["nodes"], shown["running"]) == ([node], 1)
+    assert shown["heartbeat"] <= shown["lease_until"] == pytest.approx(shown["heartbeat"] + 15)
+    assert cli_json(seeded, "nodes", "list")[0]["driver"] == seeded.master_id
+    page = client.get("/nodes").text
+    short = short_master(seeded.master_id)
+    assert f'<tr data-dispatcher="{seeded.master_id}">' in page
+    row = page.split(f'<tr data-dispatcher="{seeded.master_id}">')[1].split("</tr>")[0]
+    assert short in row and f">{os.getpid()}<" in row and f">{node}<" in row
+    assert f'<span title="{seeded.master_id}">{short}</span>' in page  # the node's driver
+
+
+def test_the_dispatchers_in_the_terminal(seeded: Service, node: str) -> None:
+    project = str(seeded.settings.project_dir)
+    idle = run_dirt("--project", project, "dispatchers")
+    assert "no dispatcher is running" in idle.stdout
+    seeded.register_dispatcher(15)
+    seeded.claim_nodes([node], time.time())
+    table = run_dirt("--project", project, "dispatchers").stdout
+    (row,) = [line for line in table.splitlines() if short_master(seeded.master_id) in line]
+    assert f" {os.getpid()} " in row and " running " in row and f" {node} " in row
+    nodes = run_dirt("--project", project, "nodes", "list").stdout
+    assert short_master(seeded.master_id) in nodes

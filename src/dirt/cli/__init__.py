@@ -11,6 +11,7 @@ from dirt import __version__
 from dirt.cli.audit import audit
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
+from dirt.cli.dispatchers import dispatchers
 from dirt.cli.hook import hook
 from dirt.cli.nodes import nodes, updatenodes
 from dirt.cli.notify import notify
@@ -47,6 +48,7 @@ COMMANDS = (
     updatenodes,
     serve,
     web,
+    dispatchers,
     token,
     status,
     queue,

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dirt.cli.base import Context, ago, err, out
 from dirt.errors import DirtError
-from dirt.views import nodes_view, shown_node
+from dirt.views import nodes_view, short_master, shown_node
 
 
 def add_nodes(
@@ -133,7 +133,7 @@ def updatenodes(obj: Context, hosts: tuple[str, ...], slots: int | None) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def nodes_list(obj: Context, as_json: bool) -> None:
-    """Every node with its state, slots, load and last error."""
+    """Every node with its state, slots, load, last error and the dispatcher driving it."""
     show = obj.settings.nodes.show_environ
     found = obj.service.nodes()
     running = obj.service.running_per_node()
@@ -143,7 +143,17 @@ def nodes_list(obj: Context, as_json: bool) -> None:
     if not found:
         out.print("no nodes; add one with `dirt nodes add local` or `dirt nodes add HOST`")
         return
-    table = Table("node", "enabled", "online", "slots", "load", "system", "last seen", "last error")
+    table = Table(
+        "node",
+        "enabled",
+        "online",
+        "slots",
+        "load",
+        "system",
+        "driven by",
+        "last seen",
+        "last error",
+    )
     for n in (shown_node(n, show) for n in found):
         info = n.sys_info
         table.add_row(
@@ -153,6 +163,7 @@ def nodes_list(obj: Context, as_json: bool) -> None:
             f"{running.get(n.address, 0)}/{n.slots}",
             " ".join(f"{x:.2f}" for x in (n.load or [])[:1]) or "-",
             escape(f"{info.get('system', '?')} {info.get('architecture', '?')}"),
+            escape(short_master(n.driver)),
             ago(n.last_seen),
             escape((n.last_error or "")[:60]),
         )

@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from dirt.db.engine import Prepared
-from dirt.db.schema import attempts, tasks
+from dirt.db.schema import ACTIVE_CLAIM, attempts, tasks
 from dirt.db.tasks import BACK_TO_WAITING
-from dirt.models import Finished, Outcome, TaskState
+from dirt.models import FINISHED_STATES, Finished, Outcome, TaskState
 
 # A task this master reserved and nobody changed since: still waiting, still ours, the same
 # attempt count it had when it was reserved.
@@ -110,12 +110,27 @@ Start = tuple[str, str, float, int]
 """A reserved task to mark running: (task id, node, started, attempt number)."""
 
 
-def _write_each(conn: Connection, statement: Prepared, params: list[dict[str, Any]]) -> list[str]:
-    """Run `statement` for every row; returns the b_id of the rows it changed."""
-    if len(params) > 1 and statement.run(conn, params) == len(params):
+def _write_each(
+    conn: Connection,
+    statement: Prepared,
+    params: list[dict[str, Any]],
+    seq: int,
+    states: Sequence[TaskState],
+) -> list[str]:
+    """Run `statement` for every row; returns the b_id of the rows it changed.
+
+    `statement` stamps `seq` and leaves each row it changes in one of `states`, so when some
+    task moved on (requeued, cancelled) and fewer rows changed than asked, the ones that did
+    are read back by that stamp.
+    """
+    if statement.run(conn, params) == len(params):
         return [p["b_id"] for p in params]  # the usual case: one executemany wrote them all
-    # Some task moved on (requeued, cancelled): find out which, one by one.
-    return [p["b_id"] for p in params if statement.run(conn, [p]) == 1]
+    ids = [p["b_id"] for p in params]
+    query = select(tasks.c.id).where(
+        tasks.c.id.in_(ids), tasks.c.seq == seq, tasks.c.state.in_([s.value for s in states])
+    )
+    changed = set(conn.execute(query).scalars())
+    return [t for t in ids if t in changed]
 
 
 def reserve_tasks(conn: Connection, task_ids: Sequence[str], master: str, seq: int) -> list[str]:
@@ -155,7 +170,7 @@ def start_tasks(conn: Connection, starts: Sequence[Start], master: str, seq: int
         }
         for t, node, now, n in starts
     ]
-    started = _write_each(conn, _START, params)
+    started = _write_each(conn, _START, params, seq, [TaskState.RUNNING])
     done = set(started)
     _OPEN_ATTEMPT.run(
         conn,
@@ -165,7 +180,35 @@ def start_tasks(conn: Connection, starts: Sequence[Start], master: str, seq: int
             if t in done
         ],
     )
+    if len(started) < len(starts):
+        # A start repeated after the store went away mid-commit finds the task started.
+        again = _same_claim(conn, [(t, n) for t, _, _, n in starts if t not in done], master)
+        started += [t for t, _, _, _ in starts if t in again and again[t] == TaskState.RUNNING]
     return started
+
+
+def _same_claim(
+    conn: Connection, items: Sequence[tuple[str, int]], master: str
+) -> dict[str, TaskState]:
+    """Of (task id, attempt) pairs, the state of those `master` still holds at that attempt."""
+    if not items:
+        return {}
+    wanted = dict(items)
+    query = select(tasks.c.id, tasks.c.attempts, tasks.c.state).where(
+        tasks.c.id.in_(list(wanted)), tasks.c.claimed_by == master
+    )
+    return {
+        row.id: TaskState(row.state)
+        for row in conn.execute(query)
+        if wanted.get(row.id) == row.attempts
+    }
+
+
+def already_finished(conn: Connection, finished: Sequence[Finished], master: str) -> set[str]:
+    """Of runs whose finish was refused, those stored in a final state under the same claim
+    before (a write repeated after the store went away mid-commit)."""
+    found = _same_claim(conn, [(f.task_id, f.attempt) for f in finished], master)
+    return {t for t, state in found.items() if state.finished}
 
 
 def finish_tasks(
@@ -199,7 +242,8 @@ def finish_tasks(
         else:
             params.update(b_node=f.node, b_started=f.started, b_previous=f.attempt - 1)
             unstarted.append(params)
-    written = _write_each(conn, _FINISH, running) if running else []
+    final = list(FINISHED_STATES)
+    written = _write_each(conn, _FINISH, running, seq, final) if running else []
     if written:
         done = set(written)
         _close_attempts(
@@ -211,7 +255,7 @@ def finish_tasks(
             ],
         )
     if unstarted:
-        fresh = set(_write_each(conn, _START_AND_FINISH, unstarted))
+        fresh = set(_write_each(conn, _START_AND_FINISH, unstarted, seq, final))
         if fresh:
             conn.execute(
                 insert(attempts),
@@ -303,7 +347,7 @@ def release_reservations(
     """Give reserved (still waiting) tasks back to every master: of one master, or by id."""
     query = (
         update(tasks)
-        .where(tasks.c.state == TaskState.WAITING.value, tasks.c.claimed_by.is_not(None))
+        .where(ACTIVE_CLAIM, tasks.c.state == TaskState.WAITING.value)
         .values(claimed_by=None, seq=seq)
     )
     if master is not None:

@@ -25,6 +25,8 @@ def node_from_row(row: Any) -> Node:
         infra_failures=row.infra_failures,
         ssh=row.ssh or {},
         seq=row.seq,
+        driver=row.driver,
+        driver_since=row.driver_since,
     )
 
 

@@ -149,7 +149,9 @@ def register_dispatcher(conn: Connection, info: DispatcherInfo, keep_after: floa
 _ANNOUNCE = Prepared(
     update(dispatcher_views)
     .where(dispatcher_views.c.id == bindparam("b_id"))
-    .values(last_seen=bindparam("b_seen"), view=bindparam("b_view", type_=dispatcher_views.c.view.type)),
+    .values(
+        last_seen=bindparam("b_seen"), view=bindparam("b_view", type_=dispatcher_views.c.view.type)
+    ),
     json_params=["b_view"],
 )
 

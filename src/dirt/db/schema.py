@@ -15,8 +15,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     text,
 )
+
+from dirt.models import TaskState
 
 metadata = MetaData()
 
@@ -115,6 +118,10 @@ nodes = Table(
     # How to reach the node: {"user", "port", "identity_file", "ssh_config", "python",
     # "host_key_checking"}, each optional; dirt.toml's [nodes] gives the rest.
     Column("ssh", JSON, nullable=True),
+    # The node's lease (migration 0600): the dispatcher that drives it, valid while that
+    # dispatcher's own lease is (see `dispatchers`); null when no dispatcher drives it.
+    Column("driver", String(64), nullable=True),
+    Column("driver_since", Float, nullable=True),
     Index("ix_nodes_seq", "seq"),
 )
 
@@ -286,4 +293,37 @@ audit = Table(
     Column("target", Text, nullable=False),
     Column("request", Text, nullable=True),
     Index("ix_audit_at", "at"),
+)
+
+# ---- several masters (migration 0600_masters) ----------------------------------------------
+
+# One row per running dispatcher, renewed every few seconds ([dispatch] lease): a dispatcher
+# whose lease ran out is dead, and a live one takes over what it held (its claims on tasks, its
+# nodes). Times are the store's clock, so masters on machines with skewed clocks agree.
+dispatchers = Table(
+    "dispatchers",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the master id its claims carry
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # Boot id and pid namespace: where `pid` names this process (same machine, same namespace),
+    # so a dead pid there proves the dispatcher dead before its lease runs out.
+    Column("machine", String(128), nullable=True),
+    Column("started", Float, nullable=False),
+    Column("heartbeat", Float, nullable=False),
+    Column("lease_until", Float, nullable=False),
+    Column("state", String(16), nullable=False),  # running, or draining (stopping)
+)
+
+# Claims still in force (reserved or running tasks), found without reading every waiting task:
+# a takeover and the sweep for claims of gone dispatchers read only these.
+ACTIVE_CLAIM = and_(
+    tasks.c.claimed_by.is_not(None),
+    tasks.c.state.in_([TaskState.WAITING.value, TaskState.RUNNING.value]),
+)
+Index(
+    "ix_tasks_claims",
+    tasks.c.claimed_by,
+    postgresql_where=ACTIVE_CLAIM,
+    sqlite_where=ACTIVE_CLAIM,
 )

@@ -15,6 +15,11 @@ receiver thread waits for room, and its node is paced to the store's speed.
 The state both kinds of thread touch (the slot bookkeeping in `Slots`, the driven nodes and
 their connections in `Nodes`) sits under one lock, `Dispatcher.lock`, and changes only through
 their methods, one per transition.
+
+Several dispatchers may share a store (see dispatch.membership): each holds a lease, drives its
+share of the nodes and reserves only tasks those can run. When the store is away, the loop keeps
+what it learned (outcomes, starts, lost nodes) in memory and writes it once the store is back;
+tasks start only while the lease is surely ours (`Lease.valid`).
 """
 
 from __future__ import annotations
@@ -29,22 +34,28 @@ from pathlib import Path
 
 from dirt.config import Settings
 from dirt.dispatch.connection import Outcome
-from dirt.dispatch.nodes import NODE_REFRESH_S, Nodes
+from dirt.dispatch.lifecycle import Lifecycle
+from dirt.dispatch.membership import Membership
+from dirt.dispatch.nodes import Nodes
 from dirt.dispatch.order import heads
 from dirt.dispatch.outcome import judge
 from dirt.dispatch.reasons import HEARTBEAT_S
 from dirt.dispatch.select import NodeView, fill_order, key_of, satisfies, to_reserve
 from dirt.dispatch.slots import InFlight, Slots
-from dirt.errors import DirtError, NotFoundError
+from dirt.errors import DirtError, NotFoundError, StoreUnavailableError
 from dirt.logs import info_lines
 from dirt.models import DispatcherInfo, NodeRuntime, OutputChunk, Task
 from dirt.service import Finished, Service
+from dirt.service.base import NODES, TASKS
+from dirt.service.masters import DRAINING, RUNNING
 
 log = logging.getLogger("dirt")
 
 WINDOW = 128  # waiting tasks kept in memory (or more, to reserve more); refilled as reserved
 # Tasks reserved beyond the free slots, so a slot that frees is refilled at once. Reserved tasks
-# stay waiting (and can be cancelled); any node of this dispatcher can take them.
+# stay waiting (and can be cancelled); any node of this dispatcher can take them. With other
+# dispatchers running, at most as many as its own slots, so that one does not hold tasks the
+# others' idle nodes could run.
 PREFETCH = 64
 # Group commit while busy: a step waits STEP_GAP after the last one began (or longer, up to
 # MAX_STEP_GAP, so that steps take at most STEP_SHARE of the loop's time: on a slow or loaded
@@ -57,9 +68,12 @@ STEP_SHARE = 0.2
 # is written at most this often; node changes at once (see _announcement).
 ANNOUNCE_S = 0.2
 MAX_QUEUED_OUTPUT = 16 << 20  # bytes of output waiting to be stored before receivers wait
+# With PostgreSQL's notifications the change sequence is read this often only, in case one was
+# missed; SQLite's readers poll it every `poll_interval`.
+SAFETY_POLL_S = 1.0
 
 
-class Dispatcher:
+class Dispatcher(Lifecycle):
     """Runs waiting tasks on nodes until stopped."""
 
     def __init__(self, service: Service, settings: Settings | None = None) -> None:
@@ -70,11 +84,16 @@ class Dispatcher:
         # or lost, another thread's commit (a submission, a cancel), a stop.
         self._urgent = threading.Event()
         self._stopping = threading.Event()
+        self._stop_by = 0.0  # while stopping: when running tasks stop waiting (monotonic)
+        self._stop_now = threading.Event()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._lost: queue.SimpleQueue[tuple[str, list[str], str]] = queue.SimpleQueue()
         self._output: list[OutputChunk] = []
         self._output_bytes = 0
         self._output_room = threading.Condition()
+        # Learned, not yet stored (the store was away): outcomes, and lost nodes' tasks.
+        self._carried: list[Finished] = []
+        self._lost_unwritten: list[tuple[str, str, list[InFlight], list[InFlight]]] = []
         # The one lock over what receiver threads and the loop share: see Slots and Nodes.
         self.lock = threading.RLock()
         self.order = self.settings.dispatch.order
@@ -98,10 +117,12 @@ class Dispatcher:
         self._announced_at = 0.0
         self._started = time.time()
         self._cursor = 0
-        self._prefetch = PREFETCH
+        self._prefetch = 0  # twice the outcomes of the last step
         self._loop_thread: threading.Thread | None = None
         self._last_poll = 0.0
-        self._last_node_refresh = 0.0
+        self._pushed = False
+        self._outage_since: float | None = None
+        self.membership = Membership(service, self._lease_status, self._wake_now)
         self.ready = threading.Event()
         service.add_listener(self._on_commit)
 
@@ -112,11 +133,25 @@ class Dispatcher:
             self._changed()
             self._wake_now()
 
+    def _on_notify(self, _seq: int | None, topic: str | None) -> None:
+        """Another process committed news for dispatchers (PostgreSQL's NOTIFY, on the
+        listening thread); None: some may have been missed."""
+        if topic in (None, TASKS):
+            self._pending_stale = True
+            self._check_cancels = True
+        if topic in (None, NODES):
+            self.membership.nodes_changed()
+        self._wake_now()
+
     def _changed(self) -> None:
         """The store changed under us: waiting tasks, cancels and nodes are read again."""
         self._pending_stale = True
         self._check_cancels = True
-        self._last_node_refresh = 0.0  # a node may have been added, changed or removed
+        self.membership.nodes_changed()  # a node may have been added, changed or removed
+
+    def _lease_status(self) -> str:
+        """What this dispatcher's row shows: running, or draining (stopping)."""
+        return DRAINING if self._stopping.is_set() else RUNNING
 
     def _on_done(self, outcome: Outcome) -> None:
         """A node's receiver thread: free the task's slot, refill it, hand the outcome to the
@@ -151,6 +186,17 @@ class Dispatcher:
             self._output_room.notify_all()
         return chunks
 
+    def _put_back_output(self, chunks: list[OutputChunk]) -> None:
+        """Output a step could not store (the store was away) goes first in the next."""
+        with self._output_room:
+            self._output[:0] = chunks
+            self._output_bytes += sum(len(c.data) for c in chunks)
+
+    def _stopping_now(self) -> None:
+        """A stop began: receivers waiting for room to queue output wait no more."""
+        with self._output_room:
+            self._output_room.notify_all()
+
     def _on_lost(self, address: str, task_ids: list[str], reason: str) -> None:
         self._lost.put((address, task_ids, reason))
         self._wake_now()
@@ -159,51 +205,47 @@ class Dispatcher:
         self._urgent.set()
         self._wake.set()
 
-    def stop(self) -> None:
-        """Take no new tasks; `run` returns running ones to waiting and returns."""
-        self._stopping.set()
-        with self._output_room:
-            self._output_room.notify_all()
-        self._wake_now()
-
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Dispatch until stopped (see `stop`). Raises ConfigError when the store refuses this
+        dispatcher (a SQLite store in use on another machine)."""
         self._loop_thread = threading.current_thread()
         try:
             self.service.blobs.remove_stale()
         except OSError as exc:
             log.warning("blob store %s: %s", self.service.blobs.root, exc)
-        recovered = self.service.recover_orphans()
-        if recovered:
-            log.info(
-                "%d task(s) left running by an earlier dispatcher are waiting again", len(recovered)
-            )
-        self._refresh_nodes(time.time())
-        first = self._announcement(time.time(), force=True)
-        assert first is not None  # forced
-        self.service.dispatcher_started(first)
-        self.ready.set()
-        poll = self.settings.dispatch.poll_interval
-        last_step = took = 0.0
+        self.membership.start()
+        self._pushed = self.service.watch(self._on_notify)
         try:
-            while not self._stopping.is_set():
-                self._wake.wait(poll)
-                self._gather(last_step, took)
-                self._wake.clear()
-                self._urgent.clear()
-                last_step = time.monotonic()
-                try:
-                    self._step()
-                except DirtError as exc:
-                    log.error("dispatch step failed: %s", exc)
-                except Exception:
-                    # One bad task, node or result must never stop the dispatcher.
-                    log.exception("dispatch step failed; carrying on")
-                    time.sleep(poll)
-                took = time.monotonic() - last_step
+            self._beat()
+            self._announce_start()
+            self.ready.set()
+            self._serve()
         finally:
             self._shutdown()
+
+    def _serve(self) -> None:
+        poll = self.settings.dispatch.poll_interval
+        last_step = took = 0.0
+        while not self._finished():
+            self._wake.wait(poll)
+            self._gather(last_step, took)
+            self._wake.clear()
+            self._urgent.clear()
+            last_step = time.monotonic()
+            try:
+                self._step()
+                self._store_back()
+            except StoreUnavailableError as exc:
+                self._store_away(exc)
+            except DirtError as exc:
+                log.error("dispatch step failed: %s", exc)
+            except Exception:
+                # One bad task, node or result must never stop the dispatcher.
+                log.exception("dispatch step failed; carrying on")
+                time.sleep(poll)
+            took = time.monotonic() - last_step
 
     def _gather(self, last_step: float, took: float) -> None:
         """Wait before the next step while outcomes gather (see BATCH); at once when idle or
@@ -223,49 +265,77 @@ class Dispatcher:
 
     def _step(self) -> None:
         now = time.time()
-        finished = self._collect_outcomes()
+        if self.membership.lease.taken_over.is_set():
+            self._rejoin()
+        finished = self._carried + self._collect_outcomes()
+        self._carried = []
         # After the outcomes: a task's output arrives before its outcome, so every byte of a
         # task stored as finished in this step is stored with it.
         output = self._take_output()
-        # Hold enough to refill every slot that frees before the next step, twice over.
-        self._prefetch = max(PREFETCH, 2 * len(finished))
-        self._handle_lost()
-        if self.nodes.handle_opened(now, self._stopping.is_set()):
+        starts: list[InFlight] = []
+        try:
+            # Hold enough to refill every slot that frees before the next step, twice over.
+            self._prefetch = 2 * len(finished)
+            self._handle_lost()
+            if self.nodes.handle_opened(now, self._stopping.is_set()):
+                self._pending_stale = True
+            self._poll(now)
+            if self.membership.due():
+                self._beat()
+            if self._stopping.is_set() and not self.membership.draining:
+                self.membership.drain()
+            if self._check_cancels:
+                self._send_cancels()
+            if self.nodes.handle_loads():
+                self._pending_stale = True
+            self.nodes.read_loads(now)
+            self.nodes.connect_due(now)
+            self._release_unusable()
+            self._fail_unrunnable()
+            self._start_reserved()
+            pairs = self._select()
+            starts = self._fold_starts(self._take_starts(), finished)
+            started, reserved = self.service.dispatch(
+                finished,
+                [f.start for f in starts],
+                [t.id for t in pairs],
+                output,
+                announce=self._announcement(now),
+            )
+        except StoreUnavailableError:
+            # Kept for the next step: a write that failed committed whole or not at all, and
+            # every one of them is conditional, so writing it again is safe either way.
+            self._carried = finished
+            self._put_back_output(output)
+            self.slots.unwritten(starts)
             self._pending_stale = True
-        if now - self._last_poll >= self.settings.dispatch.poll_interval:
-            self._last_poll = now
-            if self.service.changed_elsewhere():
-                self._changed()
-        if now - self._last_node_refresh >= NODE_REFRESH_S:
-            self._refresh_nodes(now)
-        if self._check_cancels:
-            self._check_cancels = False
-            self._send_cancels()
-        if self.nodes.handle_loads():
-            self._pending_stale = True
-        self.nodes.read_loads(now)
-        self.nodes.connect_due(now)
-        self._release_unusable()
-        self._fail_unrunnable()
-        self._start_reserved()
-        pairs = self._select()
-        starts = self._fold_starts(self._take_starts(), finished)
-        started, reserved = self.service.dispatch(
-            finished,
-            [f.start for f in starts],
-            [t.id for t in pairs],
-            output,
-            announce=self._announcement(now),
-        )
+            raise
         self._confirm_starts(starts, started)
         ours = set(reserved)
         self.slots.hold(t for t in pairs if t.id in ours)
+        if len(ours) < len(pairs):
+            self._pending_stale = True  # another master reserved some first
         if self._start_reserved():
             self._wake.set()  # their start is written at the next step, not after a poll
 
-    def _refresh_nodes(self, now: float) -> None:
-        self._last_node_refresh = now
-        self.nodes.refresh(self.slots.running)
+    def _poll(self, now: float) -> None:
+        """Read the change sequence, every poll_interval (rarely when notifications come)."""
+        every = self.settings.dispatch.poll_interval
+        if self._pushed and self.service.pushing():
+            every = SAFETY_POLL_S
+        if now - self._last_poll >= every:
+            self._last_poll = now
+            if self.service.changed_elsewhere():
+                self._changed()
+
+    def _beat(self) -> None:
+        """Take over dead dispatchers, claim or hand over nodes, drive this share of them."""
+        running = self.slots.running
+        share = self.membership.beat({a: running(a) for a in self.nodes.addresses()})
+        before = set(self.nodes.addresses())
+        self.nodes.refresh(share.driven, share.handing, running)
+        if set(self.nodes.addresses()) != before:
+            self._pending_stale = True
 
     def _collect_outcomes(self, keep_killed: bool = False) -> list[Finished]:
         """Verdicts on the outcomes that arrived; with `keep_killed`, tasks killed by a close
@@ -299,27 +369,33 @@ class Dispatcher:
             )
 
     def _handle_lost(self) -> None:
+        """Nodes whose connection went: their tasks leave flight here and now, and are
+        requeued in the store (kept until that write succeeds)."""
         while True:
             try:
                 address, task_ids, reason = self._lost.get_nowait()
             except queue.Empty:
-                return
+                break
             lost, unwritten = self.slots.lose_node(address, task_ids)
+            self._note_starts(unwritten)
+            log.warning(
+                "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(lost)
+            )
+            self.nodes.lost(address, reason, infra_failure=bool(lost), now=time.time())
+            self._lost_unwritten.append((address, reason, lost, unwritten))
+            self._pending_stale = True
+        while self._lost_unwritten:
+            address, reason, lost, unwritten = self._lost_unwritten[0]
             if unwritten:
                 # Sent, so perhaps run: their start is written, and they count as lost
                 # attempts like the rest (unless cancelled meanwhile: the store refuses those).
-                self._note_starts(unwritten)
                 started, _ = self.service.dispatch([], [f.start for f in unwritten], [])
                 refused = {f.task.id for f in unwritten} - set(started)
                 lost = [f for f in lost if f.task.id not in refused]
             items = [(f.task.id, f.attempt) for f in lost]
-            log.warning(
-                "Node %s lost: %s; %d task(s) go back to waiting", address, reason, len(items)
-            )
             if items:
                 self.service.requeue(items, f"node {address} lost: {reason}", node_lost=True)
-            self.nodes.lost(address, reason, infra_failure=bool(items), now=time.time())
-            self._pending_stale = True
+            self._lost_unwritten.pop(0)
 
     # ---- choosing and starting -----------------------------------------------------------
 
@@ -327,14 +403,17 @@ class Dispatcher:
         return self.nodes.views(self.slots.running, connecting_counts)
 
     def _select(self) -> list[Task]:
-        """Waiting tasks to reserve now: enough for every free slot plus the prefetch."""
-        if self._stopping.is_set():
+        """Waiting tasks to reserve now: enough for every free slot plus the prefetch, of those
+        the nodes this dispatcher drives can run."""
+        if self._stopping.is_set() or not self.membership.lease.valid():
             return []
         with self.lock:
             views = self._views()
             busy = self.slots.busy()
         capacity = sum(v.capacity for v in views if v.usable)
-        wanted = capacity + self._prefetch - busy
+        alone = self.membership.share.peers <= 1
+        prefetch = max(PREFETCH if alone else min(PREFETCH, capacity), self._prefetch)
+        wanted = capacity + prefetch - busy
         if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):
             window = max(WINDOW, wanted)
             self._pending = self.service.waiting_tasks(window, self.order)
@@ -359,6 +438,12 @@ class Dispatcher:
             time.time(),
             order=self.order,
         )
+
+    def _announce_start(self) -> None:
+        """Add this dispatcher's row of announcements (readers say why tasks wait from it)."""
+        first = self._announcement(time.time(), force=True)
+        assert first is not None  # forced
+        self.service.dispatcher_started(first)
 
     def _announcement(self, now: float, force: bool = False) -> DispatcherInfo | None:
         """What this dispatcher tells readers (see DispatcherInfo), or None when nothing is due.
@@ -397,15 +482,17 @@ class Dispatcher:
         Called from the loop, or from a node's receiver thread (then `only` names the node
         whose slot just freed). Returns how many tasks went.
         """
+        if not self.membership.lease.valid():
+            return 0  # another master may be taking our claims over: start nothing
         with self.lock:
             if not self.slots.has_held():
                 return 0
             if only is None:
                 views = self._views()
-            elif self.nodes.connection(only) is not None:
+            elif self.nodes.launchable(only):
                 views = [self.nodes.view(only, self.slots.running)]
             else:
-                return 0  # no longer driven, or its connection is going
+                return 0  # no longer driven, being handed over, or its connection is going
             sent = 0
             for view in fill_order(views, self._cursor):
                 task = self.slots.take(view)
@@ -460,18 +547,29 @@ class Dispatcher:
         self._wake.set()  # the loop fails it
 
     def _release_unusable(self) -> None:
-        """Reserved tasks that no usable node can run now go back to every master."""
+        """Reserved tasks that no usable node can run now (all of them once stopping) go back
+        to every master."""
         with self.lock:
-            usable = [v for v in self._views() if v.usable]
+            usable = [] if self._stopping.is_set() else [v for v in self._views() if v.usable]
             stuck = self.slots.unhold(lambda t: any(satisfies(t, v) for v in usable))
         if stuck:
-            self.service.release([t.id for t in stuck])
+            try:
+                self.service.release([t.id for t in stuck])
+            except StoreUnavailableError:
+                self.slots.hold(stuck)  # given back on a later step
+                raise
             self._pending_stale = True
 
     def _fail_unrunnable(self) -> None:
-        for task, reason in self.slots.take_unrunnable():
-            self.service.release([task.id])
-            self.service.fail_unrunnable(task.id, reason)
+        found = self.slots.take_unrunnable()
+        for index, (task, reason) in enumerate(found):
+            try:
+                self.service.release([task.id])
+                self.service.fail_unrunnable(task.id, reason)
+            except StoreUnavailableError:
+                for again in found[index:]:
+                    self.slots.unrunnable(*again)
+                raise
             log.error("Task %s failed: %s", task.id, reason)
 
     # ---- starts and cancels --------------------------------------------------------------
@@ -515,32 +613,9 @@ class Dispatcher:
 
     def _send_cancels(self) -> None:
         """Kill, on their nodes, the running tasks of ours that someone asked to cancel."""
-        for task_id, attempt in self.service.cancel_requested():
+        requested = self.service.cancel_requested()
+        self._check_cancels = False
+        for task_id, attempt in requested:
             flight = self.slots.flight(task_id)
             if flight is not None and flight.attempt == attempt:
                 self.nodes.cancel(flight.node, task_id)
-
-    # ---- stopping ------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        """Store what finished, return what still runs to waiting, close every gateway."""
-        try:
-            finished = self._collect_outcomes()
-            self.nodes.close_all()
-            # Closing kills what still runs; those tasks go back to waiting, while outcomes that
-            # arrived complete in the meantime are still worth storing.
-            finished += self._collect_outcomes(keep_killed=True)
-            # Starts not yet written are written too, so the requeue below finds them running.
-            starts = self._fold_starts(self._take_starts(), finished)
-            self.service.dispatch(finished, [f.start for f in starts], [], self._take_output())
-            self.service.release()
-            items = [(f.task.id, f.attempt) for f in self.slots.drain()]
-            if items:
-                self.service.requeue(items, "dispatcher stopped while it ran")
-                log.info("%d running task(s) returned to waiting", len(items))
-        finally:
-            self.nodes.close_all(forget=True)
-            try:
-                self.service.dispatcher_stopped()
-            except Exception:
-                log.exception("could not record that this dispatcher stopped")

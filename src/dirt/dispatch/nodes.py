@@ -1,11 +1,12 @@
 """The nodes a dispatcher drives: their connections, reconnection backoff, loads and health.
 
-`Nodes` is the one place that says which nodes this dispatcher drives (`refresh`, from the
-store) and holds each one's `NodeState`. Connections are opened on helper threads, so a slow or
-dead host never holds up the others, and loads are read over the open connections on helper
-threads too; both report back through queues the loop drains (`handle_opened`,
-`handle_loads`). Membership and each state's connection change only under `lock`, the one lock
-over the dispatcher's shared state, because receiver threads read them to refill slots.
+`Nodes` is the one place that says which nodes this dispatcher drives (`refresh`, with the
+nodes whose lease it holds: see dispatch.membership) and holds each one's `NodeState`.
+Connections are opened on helper threads, so a slow or dead host never holds up the others,
+and loads are read over the open connections on helper threads too; both report back through
+queues the loop drains (`handle_opened`, `handle_loads`). Membership and each state's
+connection change only under `lock`, the one lock over the dispatcher's shared state, because
+receiver threads read them to refill slots.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,12 @@ from dirt.dispatch import runner
 from dirt.dispatch.connection import NodeConnection, Outcome
 from dirt.dispatch.incoming import Limits, OnOutput
 from dirt.dispatch.select import NodeView
+from dirt.errors import StoreUnavailableError
 from dirt.models import Node, TaskState
 from dirt.service import Service
 
 log = logging.getLogger("dirt")
 
-NODE_REFRESH_S = 5.0
 LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
 LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
 MAX_PENALTY = 4  # a node's slots are halved per recent infrastructure failure, down to 1/16
@@ -53,6 +54,9 @@ class NodeState:
     load_at: float = 0.0
     load_reading: bool = False
     kills_sent: set[str] = field(default_factory=set)
+    # Being handed over to another dispatcher: no new task starts here; the lease goes once
+    # nothing of ours runs here.
+    handing: bool = False
 
     def accepting(self, balancer: str, margin: float) -> bool:
         """Balancer "load": False while the 1-minute load is above cpu_count minus margin."""
@@ -102,6 +106,10 @@ class Nodes:
         with self.lock:
             return self._states[address]
 
+    def addresses(self) -> list[str]:
+        with self.lock:
+            return list(self._states)
+
     def connection(self, address: str) -> NodeConnection | None:
         with self.lock:
             state = self._states.get(address)
@@ -125,15 +133,27 @@ class Nodes:
             )
 
     def views(self, running: Running, connecting_counts: bool = False) -> list[NodeView]:
+        """The nodes tasks may start on: every driven node but those being handed over."""
         with self.lock:
-            return [self.view(a, running, connecting_counts) for a in self._states]
+            return [
+                self.view(a, running, connecting_counts)
+                for a, state in self._states.items()
+                if not state.handing
+            ]
+
+    def launchable(self, address: str) -> bool:
+        """True when a task may start on `address`: driven, connected, not being handed over."""
+        with self.lock:
+            state = self._states.get(address)
+            return state is not None and state.connection is not None and not state.handing
 
     # ---- membership ------------------------------------------------------------------------
 
-    def refresh(self, running: Running) -> None:
-        """Drive the nodes the store lists now: new ones join, removed ones leave, and a
-        disabled node's connection closes once nothing runs there."""
-        known = {n.address: n for n in self.service.nodes()}
+    def refresh(self, driven: Sequence[Node], handing: Set[str], running: Running) -> None:
+        """Drive `driven` (the nodes whose lease this dispatcher holds): new ones join, others
+        leave, those in `handing` take no new tasks, and a disabled node's connection closes
+        once nothing runs there."""
+        known = {n.address: n for n in driven}
         closing = []
         with self.lock:
             for address in list(self._states):
@@ -145,6 +165,7 @@ class Nodes:
             for address, node in known.items():
                 state = self._states.setdefault(address, NodeState(node))
                 state.node = node
+                state.handing = address in handing
                 if not node.enabled and state.connection is not None and not running(address):
                     closing.append(state.connection)
                     state.connection = None
@@ -217,10 +238,10 @@ class Nodes:
                 log.warning(
                     "Node %s unreachable: %s; next try in %.1f s", address, error, state.backoff
                 )
-                self.service.node_health(address, online=False, error=error)
+                self._health(address, online=False, error=error)
             else:
                 log.info("Node %s connected", address)
-                self.service.node_health(address, online=True)
+                self._health(address, online=True)
 
     def lost(self, address: str, reason: str, infra_failure: bool, now: float) -> None:
         """The node's connection is gone: it is dropped, a reconnection scheduled with backoff,
@@ -236,7 +257,7 @@ class Nodes:
                 self._schedule_retry(state, now)
         if connection is not None:
             connection.close()
-        self.service.node_health(address, online=False, error=reason, infra_failure=infra_failure)
+        self._health(address, online=False, error=reason, infra_failure=infra_failure)
 
     def _schedule_retry(self, state: NodeState, now: float) -> None:
         cfg = self.settings.dispatch
@@ -257,6 +278,14 @@ class Nodes:
 
     # ---- health ----------------------------------------------------------------------------
 
+    def _health(self, address: str, **news: Any) -> None:
+        """Tell the store what we learned of a node. It is news for the pages only, so when the
+        store is away it is dropped (the next news brings the node's row up to date)."""
+        try:
+            self.service.node_health(address, **news)
+        except StoreUnavailableError:
+            log.debug("node %s: health not stored, the store is unreachable", address)
+
     def note_outcome(self, address: str, outcome: Outcome, state: TaskState) -> None:
         """Infrastructure failures (the task's process killed from outside, its fork server
         gone) cost the node a quota step; a success gives one back."""
@@ -270,7 +299,7 @@ class Nodes:
             if outcome.signal is None or outcome.killed or outcome.timed_out:
                 return
             node.penalty = min(MAX_PENALTY, node.penalty + 1)
-        self.service.node_health(address, online=True, infra_failure=True)
+        self._health(address, online=True, infra_failure=True)
 
     def cancel(self, address: str, task_id: str) -> None:
         """Kill a task on its node for a cancel request, once; a failed send loses the node."""
@@ -338,4 +367,4 @@ class Nodes:
                 changed |= state.accepting(cfg.balancer, cfg.load_margin) != was
                 online = state.online
             if online:
-                self.service.node_health(address, online=True, load=load)
+                self._health(address, online=True, load=load)

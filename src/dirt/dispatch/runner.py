@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import execnet
-from execnet import gateway_bootstrap, gateway_io
+from execnet import gateway_base, gateway_bootstrap, gateway_io
 from execnet.xspec import XSpec
 
 from dirt.blobs import BlobStore
@@ -180,8 +180,23 @@ def diagnose(address: str, options: NodeDefaults, timeout: float = 20) -> str | 
     return python_too_old(options.python, (int(match.group(1)), int(match.group(2))))
 
 
+class OwnSessionIO(gateway_io.Popen2IOMaster):
+    """A gateway's subprocess (the local node's Python, or ssh) in a session of its own.
+
+    A terminal's Ctrl-C signals its whole foreground process group: the node connections must
+    not die with it, since the dispatcher it stops still needs them to let running tasks finish
+    (see `Dispatcher.stop`).
+    """
+
+    def __init__(self, args: list[str], execmodel: Any) -> None:
+        pipe = subprocess.PIPE
+        self.popen = subprocess.Popen(args, stdout=pipe, stdin=pipe, start_new_session=True)
+        gateway_base.Popen2IO.__init__(self, self.popen.stdin, self.popen.stdout, execmodel)
+
+
 class ClosingGroup(execnet.Group):
-    """An execnet Group whose failed ssh gateways leave no open pipes or unreaped ssh.
+    """An execnet Group whose gateway subprocesses run in a session of their own (see
+    `OwnSessionIO`) and whose failed ssh gateways leave no open pipes or unreaped ssh.
 
     execnet's makegateway drops the ssh subprocess and its pipes when the login fails (and
     returns a dead gateway when the remote Python is missing); this closes them at once.
@@ -189,17 +204,21 @@ class ClosingGroup(execnet.Group):
 
     def makegateway(self, spec: Any = None) -> execnet.Gateway:
         spec = spec if isinstance(spec, XSpec) else XSpec(spec or self.defaultspec)
-        if not spec.ssh or spec.via:
+        if not (spec.ssh or spec.popen) or spec.via:
             return super().makegateway(spec)
         self.allocate_id(spec)
         if spec.execmodel is None:
             spec.execmodel = self.remote_execmodel.backend
-        io = gateway_io.create_io(spec, execmodel=self.execmodel)
+        args = gateway_io.ssh_args(spec) if spec.ssh else gateway_io.popen_args(spec)
+        io = OwnSessionIO(args, self.execmodel)
+        if spec.ssh:
+            io.remoteaddress = spec.ssh
         try:
             gw = gateway_bootstrap.bootstrap(io, spec)
             code = io.popen.poll()
             if code is not None:
-                raise execnet.HostNotFound(f"ssh exited with code {code}")
+                what = "ssh" if spec.ssh else "the node's Python"
+                raise execnet.HostNotFound(f"{what} exited with code {code}")
         except BaseException:
             _close_popen(io.popen)
             raise
@@ -242,13 +261,12 @@ def connect(
     timeout += max(0.0, options.connect_timeout - defaults.connect_timeout)
     parsed = parse_address(address)
     spec = spec_for(parsed, options)
-    group = None if parsed.is_local else ClosingGroup()
     connection = NodeConnection(
         spec,
         isolation,
         on_done,
         on_lost,
-        group=group,
+        group=ClosingGroup(),
         on_output=on_output,
         blobs=blobs,
         limits=limits,

@@ -63,10 +63,20 @@ class Slots:
         with self.lock:
             return self._running[address]
 
+    def running_total(self) -> int:
+        """Tasks running on every node."""
+        with self.lock:
+            return sum(self._running.values())
+
     def busy(self) -> int:
         """Tasks held or running: what the next reservation must not count again."""
         with self.lock:
             return len(self._held) + sum(self._running.values())
+
+    def idle(self) -> bool:
+        """Nothing held, nothing in flight: every task this dispatcher took is stored."""
+        with self.lock:
+            return not self._held and not self._inflight and not self._to_start
 
     def has_held(self) -> bool:
         with self.lock:
@@ -136,6 +146,13 @@ class Slots:
         with self.lock:
             starts, self._to_start = self._to_start, []
             return starts
+
+    def unwritten(self, starts: Iterable[InFlight]) -> None:
+        """`starts` (from take_starts) could not be written: they are written with the next
+        ones, those still in flight (a lost node's are requeued through `lose_node`)."""
+        with self.lock:
+            again = [f for f in starts if self._inflight.get(f.task.id) is f]
+            self._to_start = again + self._to_start
 
     def free_slot(self, flight: InFlight) -> None:
         """The one place a slot frees: once per flight, whichever of its ends comes first."""

@@ -1,7 +1,8 @@
-"""Node addresses: `local` or `[user@]host[:port]`."""
+"""Node addresses: `local` (or `local-N`) or `[user@]host[:port]`."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,14 @@ class NodeAddress:
 
     @property
     def is_local(self) -> bool:
-        return self.host in LOCAL_HOSTS and self.user is None and self.port is None
+        """A subprocess of the master, no SSH: `local`, `localhost`, or `local-N` (N a number:
+        more local nodes, for example one per dispatcher of a test or a benchmark)."""
+        local = self.host in LOCAL_HOSTS or _NUMBERED_LOCAL.fullmatch(self.host) is not None
+        return local and self.user is None and self.port is None
 
 
 LOCAL_HOSTS = frozenset({"local", "localhost"})
+_NUMBERED_LOCAL = re.compile(r"local-[0-9]+")
 
 
 def parse_address(text: Any) -> NodeAddress:

@@ -1,12 +1,13 @@
 """The use cases: the only writer of the store. Owns transactions, bumps the change sequence.
 
 `Service` is one object composed of a part per client, all over one write helper
-(`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Administration` (what users
-change: submissions, nodes, cancel and retry, tokens), `Intake` (records from change sources,
-each taken once), `Queries` (every read of the CLI and the web), `Queue` (the queue view and the
-dispatchers running) and `Outbox` (the notification rows, for the sender and `dirt notify`). The
-writing parts share `Notices`, which adds the notification rows a change makes to the change's
-own transaction.
+(`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Masters` (on top of it:
+leases, taking over dead masters, node leases), `Administration` (what users change:
+submissions, nodes, cancel and retry, tokens), `Intake` (records from change sources, each taken
+once), `Queries` (every read of the CLI and the web), `Queue` (the queue view and the
+dispatchers' announcements) and `Outbox` (the notification rows, for the sender and
+`dirt notify`). The writing parts share `Notices`, which adds the notification rows a change
+makes to the change's own transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 from dirt.models import Finished
 from dirt.service.administration import Administration
 from dirt.service.base import new_master_id
-from dirt.service.dispatching import Dispatching
 from dirt.service.intake import Intake, Taken
+from dirt.service.masters import Masters
 from dirt.service.outbox import Outbox
 from dirt.service.queries import AttachmentFile, OutputView, Queries, RecordDetail
 from dirt.service.queue import Queue, QueueEntry, QueueView
@@ -33,5 +34,5 @@ __all__ = [
 ]
 
 
-class Service(Dispatching, Administration, Intake, Queries, Queue, Outbox):
+class Service(Masters, Administration, Intake, Queries, Queue, Outbox):
     """Every write of records, tasks and nodes goes through here."""

@@ -19,7 +19,7 @@ from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Node, Task, TaskState, TokenScope
-from dirt.service.base import log
+from dirt.service.base import NODES, log
 from dirt.service.notices import Notices
 from dirt.service.queue import retry_finished
 
@@ -134,7 +134,7 @@ class Administration(Notices):
             nodes_db.upsert_node(conn, node, seq)
             return node, known is not None
 
-        node, known = self._write(work, "node add", address)
+        node, known = self._write(work, "node add", address, wake=NODES)
         log.info("Node %s %s (%d slots)", address, "refreshed" if known else "added", node.slots)
         return node
 
@@ -143,6 +143,7 @@ class Administration(Notices):
             lambda conn, seq: nodes_db.update_node(conn, address, seq, enabled=enabled),
             "node enable" if enabled else "node disable",
             address,
+            wake=NODES,
         ):
             raise _no_node(address)
         log.info("Node %s %s", address, "enabled" if enabled else "disabled")
@@ -159,7 +160,7 @@ class Administration(Notices):
                 )
             return nodes_db.delete_node(conn, address)
 
-        if not self._write(work, "node remove", address):
+        if not self._write(work, "node remove", address, wake=NODES):
             raise _no_node(address)
         log.info("Node %s removed", address)
 
@@ -237,13 +238,13 @@ class Administration(Notices):
                 raise StateError(f"a token named {name!r} exists; revoke it first")
             tokens_db.insert_token(conn, name, tokens_db.digest(token), time.time(), scope)
 
-        self._write(work, "token create", f"{name} (scope {scope.value})")
+        self._write(work, "token create", f"{name} (scope {scope.value})", wake=None)
         log.info("API token %s created (scope %s)", name, scope.value)
         return token
 
     def revoke_token(self, name: str) -> None:
         if not self._write(
-            lambda conn, seq: tokens_db.delete_token(conn, name), "token revoke", name
+            lambda conn, seq: tokens_db.delete_token(conn, name), "token revoke", name, wake=None
         ):
             raise NotFoundError(f"no token named {name!r}; see `dirt token list`")
         log.info("API token %s revoked", name)

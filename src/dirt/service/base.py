@@ -10,23 +10,33 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
 
 from dirt.blobs import BlobStore
 from dirt.config import Settings
 from dirt.db import audit as audit_db
 from dirt.db import migrate
+from dirt.db import notify as notify_db
 from dirt.db.engine import current_seq, make_engine, next_seq, read_transaction, write_transaction
+from dirt.errors import StoreUnavailableError
 from dirt.models import Actor
 from dirt.project import TaskModules
 
 log = logging.getLogger("dirt")
 
 T = TypeVar("T")
+
+# What a write tells other processes (see dirt.db.notify): tasks to run or cancel, or nodes
+# and dispatchers changed; None for writes no one waits for (a dispatcher's own progress).
+TASKS = notify_db.TASKS
+NODES = notify_db.NODES
+EVERYTHING = notify_db.EVERYTHING
 
 
 # Who the writes of the current request are made for: set by the web for each request (see
@@ -67,8 +77,39 @@ def _current_actor(action: str | None) -> Actor | None:
 
 
 def new_master_id() -> str:
-    """Names this dispatcher in the claims it makes: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Names this dispatcher in the claims it makes: host, pid and a random part (at most 64
+    characters, the width of a claim)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def machine_id() -> str | None:
+    """Where a pid names one process: this boot of this machine and this pid namespace (two
+    containers on one host share the boot, not the namespace). None where /proc cannot say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Store errors that say the store is away (not that a statement is wrong) become
+    StoreUnavailableError, which callers may wait out and retry."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StoreUnavailableError(f"the store is unreachable: {_first_line(exc)}") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailableError(f"the store is unreachable: {_first_line(exc)}") from exc
+        raise
+
+
+def _first_line(exc: sa_exc.DBAPIError) -> str:
+    text = str(exc.orig or exc).strip()
+    return text.splitlines()[0] if text else type(exc.orig or exc).__name__
 
 
 class ServiceBase:
@@ -84,8 +125,13 @@ class ServiceBase:
         self._listeners: list[Callable[[int], None]] = []
         self._seq_lock = threading.Lock()
         self._known_seq = 0
+        self._notify = notify_db.supported(self.engine)
+        self._watchers: list[notify_db.OnNotify] = []
+        self._listener: notify_db.Listener | None = None
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self.engine.dispose()
 
     def _write(
@@ -93,6 +139,9 @@ class ServiceBase:
         work: Callable[[Connection, int], T],
         action: str | None = None,
         target: str | Callable[[T], str] = "",
+        *,
+        wake: str | None = TASKS,
+        sequenced: bool = True,
     ) -> T:
         """Run `work(conn, seq)` in one write transaction and return what it returns.
 
@@ -105,22 +154,33 @@ class ServiceBase:
         A user's write names its `action` and `target` (text, or made from `work`'s result):
         it is audited in the same transaction, as made by the web request's actor or the local
         user. Any write made while serving a web request is audited, named or not.
+
+        `wake` tells every dispatcher and web server of the store at once (NOTIFY on PostgreSQL;
+        SQLite's readers poll the sequence): TASKS when there is work to do, NODES when nodes
+        or dispatchers changed, None for writes no one needs to hear of at once. A write that
+        is not `sequenced` (a lease renewal) stamps nothing, takes no sequence value (`seq` is
+        0) and wakes no one.
         """
         actor = _current_actor(action)
-        with write_transaction(self.engine) as conn:
-            seq = next_seq(conn)
+        with _reachable(), write_transaction(self.engine) as conn:
+            seq = next_seq(conn) if sequenced else 0
             result = work(conn, seq)
             if actor is not None:
                 what = target(result) if callable(target) else target
                 audit_db.insert_entry(
                     conn, time.time(), seq, actor, action or "write", what or (actor.request or "")
                 )
-        self._committed(seq)
+            if sequenced and wake is not None and self._notify:
+                notify_db.notify(conn, seq, wake)
+        if sequenced:
+            self._committed(seq)
         return result
 
-    def _read(self) -> AbstractContextManager[Connection]:
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
         """A consistent snapshot for reading several tables."""
-        return read_transaction(self.engine)
+        with _reachable(), read_transaction(self.engine) as conn:
+            yield conn
 
     # ---- change notification -----------------------------------------------------------------
 
@@ -136,6 +196,27 @@ class ServiceBase:
                 callback(seq)
             except Exception:
                 log.exception("change listener failed")
+
+    def watch(self, callback: notify_db.OnNotify) -> bool:
+        """Call `callback(seq, topic)` on a thread of the service when any process commits a
+        write that wakes (see `_write`), and `callback(None, None)` when notifications may
+        have been missed (after the store was unreachable). False when the store cannot push
+        (SQLite): then the caller polls `changed_elsewhere`."""
+        if not self._notify:
+            return False
+        self._watchers.append(callback)
+        if self._listener is None:
+            self._listener = notify_db.Listener(self.engine, self._notified)
+            self._listener.start()
+        return True
+
+    def pushing(self) -> bool:
+        """True while the store's notifications reach this process (see `watch`)."""
+        return self._listener is not None and self._listener.connected.is_set()
+
+    def _notified(self, seq: int | None, topic: str | None) -> None:
+        for callback in list(self._watchers):
+            callback(seq, topic)
 
     def current_seq(self) -> int:
         with self._read() as conn:

@@ -4,8 +4,6 @@ notes on nodes, and announce itself (heartbeat, order, its view of the nodes).""
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,7 +65,8 @@ class Dispatching(Notices):
                 queue_db.announce(conn, announce)
             return started, reserved
 
-        return self._write(work)
+        # Its own progress wakes no one: web pages poll for it, other dispatchers need not know.
+        return self._write(work, wake=None)
 
     def dispatcher_started(self, info: DispatcherInfo) -> None:
         """Announce this dispatcher (see db.schema.dispatchers); rows of dispatchers gone for
@@ -91,25 +90,39 @@ class Dispatching(Notices):
                     a.content = None
 
     def _store_finished(
-        self, conn: Connection, seq: int, finished: Sequence[Finished], *, lost: bool = False
+        self,
+        conn: Connection,
+        seq: int,
+        finished: Sequence[Finished],
+        master: str | None = None,
+        *,
+        lost: bool = False,
     ) -> list[Finished]:
         """Store finished runs with their attachments; returns those stored. A result for a
         task that moved on (requeued, cancelled, a stale attempt) is dropped.
 
         Every final state a dispatcher stores passes here, so whatever follows from one (a
-        notification row) is written here, in the same transaction. `lost`: these tasks fail
-        because their nodes were lost (a commit status says "error", not "failure").
+        notification row) is written here, in the same transaction. `master` is the claim the
+        runs were made under (this dispatcher's, unless it takes over a dead one's). `lost`:
+        these tasks fail because their nodes were lost (a commit status says "error", not
+        "failure").
         """
         if not finished:
             return []
-        written = set(dispatching_db.finish_tasks(conn, finished, self.master_id, seq))
+        master = master or self.master_id
+        written = set(dispatching_db.finish_tasks(conn, finished, master, seq))
         stored = [f for f in finished if f.task_id in written]
         attachments_db.insert_attachments(conn, [a for f in stored for a in f.attachments])
-        lines = []
-        for f in finished:
-            if f.task_id not in written:
+        refused = [f for f in finished if f.task_id not in written]
+        # A write repeated after the store went away mid-commit finds its runs stored already.
+        already = dispatching_db.already_finished(conn, refused, master) if refused else set()
+        for f in refused:
+            if f.task_id in already:
+                log.info("Task %s: result from %s was already stored", f.task_id, f.node)
+            else:
                 log.warning("Task %s: result from %s dropped, the task moved on", f.task_id, f.node)
-                continue
+        lines = []
+        for f in stored:
             lines.append(f"Task {f.task_id} pushed to db")
             lines += [f"Task {f.task_id}: file {a.filename} attached" for a in f.attachments]
         info_lines(log, lines)  # one record: two lines a task are the dispatcher's hot path
@@ -134,41 +147,52 @@ class Dispatching(Notices):
         When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
         Returns (requeued ids, failed ids).
         """
-
-        def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
-            now = time.time()
-            give_up: list[Finished] = []
-            again = list(items)
-            if node_lost:
-                again = []
-                for task_id, attempt in items:
-                    exhausted = self._attempts_exhausted(conn, task_id)
-                    if exhausted is None:
-                        again.append((task_id, attempt))
-                        continue
-                    give_up.append(
-                        Finished(
-                            task_id,
-                            attempt,
-                            exhausted.node or "",
-                            TaskState.FAILED,
-                            results=None,
-                            reason=f"{reason}; gave up after {attempt} attempt(s)",
-                            module_sha256=None,
-                            completed=now,
-                        )
-                    )
-            requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
-            self._notice_finished(conn, requeued)  # those cancelled while they ran
-            failed = self._store_finished(conn, seq, give_up, lost=True)
-            return requeued, [f.task_id for f in failed]
-
-        requeued, failed = self._write(work)
+        requeued, failed = self._write(
+            lambda conn, seq: self._requeue(conn, seq, items, reason, node_lost, self.master_id)
+        )
         for task_id in requeued:
             log.info("Task %s back to waiting: %s", task_id, reason)
         for task_id in failed:
             log.warning("Task %s failed: %s; no attempts left", task_id, reason)
         return requeued, failed
+
+    def _requeue(
+        self,
+        conn: Connection,
+        seq: int,
+        items: Sequence[tuple[str, int]],
+        reason: str,
+        node_lost: bool,
+        master: str | None,
+    ) -> tuple[list[str], list[str]]:
+        """Running (task id, attempt) pairs `master` holds back to waiting (any master's when
+        None); with `node_lost`, those out of attempts fail. Returns (requeued, failed) ids."""
+        now = time.time()
+        give_up: list[Finished] = []
+        again = list(items)
+        if node_lost:
+            again = []
+            for task_id, attempt in items:
+                exhausted = self._attempts_exhausted(conn, task_id)
+                if exhausted is None:
+                    again.append((task_id, attempt))
+                    continue
+                give_up.append(
+                    Finished(
+                        task_id,
+                        attempt,
+                        exhausted.node or "",
+                        TaskState.FAILED,
+                        results=None,
+                        reason=f"{reason}; gave up after {attempt} attempt(s)",
+                        module_sha256=None,
+                        completed=now,
+                    )
+                )
+        requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, master)
+        self._notice_finished(conn, requeued)  # those cancelled while they ran
+        failed = self._store_finished(conn, seq, give_up, master, lost=True) if master else []
+        return requeued, [f.task_id for f in failed]
 
     def _attempts_exhausted(self, conn: Connection, task_id: str) -> Task | None:
         """The task, when losing its node now uses up its last attempt; else None."""
@@ -189,7 +213,7 @@ class Dispatching(Notices):
                 self._notice_finished(conn, [task_id])
             return failed
 
-        return self._write(work)
+        return self._write(work, wake=None)
 
     def cancel_requested(self) -> list[tuple[str, int]]:
         """Running tasks of this dispatcher that someone asked to cancel: (id, attempt)."""
@@ -218,57 +242,6 @@ class Dispatching(Notices):
         self._write(
             lambda conn, seq: nodes_db.update_node(
                 conn, address, seq, infra_failure=infra_failure, **values
-            )
+            ),
+            wake=None,
         )
-
-    # ---- recovery ----------------------------------------------------------------------------
-
-    def recover_orphans(self) -> list[str]:
-        """Tasks a dead dispatcher on this host left running go back to waiting, and what it
-        had reserved goes back to every dispatcher. Returns the ids of the tasks requeued."""
-        with self._read() as conn:
-            claims = tasks_db.running_claims(conn)
-            reservers = tasks_db.reserving_masters(conn)
-        orphans = [(t, attempt) for t, attempt, owner in claims if self._master_gone(owner)]
-        gone = [m for m in reservers if self._master_gone(m)]
-        if not orphans and not gone:
-            return []
-
-        def work(conn: Connection, seq: int) -> list[str]:
-            for master in gone:
-                dispatching_db.release_reservations(conn, seq, master)
-            requeued = dispatching_db.requeue_tasks(conn, orphans, ORPHAN_REASON, time.time(), seq)
-            self._notice_finished(conn, requeued)  # those cancelled while they ran
-            return requeued
-
-        recovered = self._write(work)
-        for task_id in recovered:
-            log.warning(
-                "Task %s was left running by a dispatcher that died; back to waiting", task_id
-            )
-        return recovered
-
-    def _master_gone(self, owner: str | None) -> bool:
-        """True when `owner` (host:pid:token) is a dispatcher on this host that is not running.
-
-        A master on another host is presumed alive: only it can return its tasks.
-        """
-        if owner is None:
-            return True
-        owner_host, _, rest = owner.partition(":")
-        pid = rest.partition(":")[0]
-        if owner_host != socket.gethostname():
-            return False
-        return not pid_alive(pid) or (pid == str(os.getpid()) and owner != self.master_id)
-
-
-def pid_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,7 +19,7 @@ from dirt.db import sources as sources_db
 from dirt.db.engine import read_transaction, write_transaction
 from dirt.db.outbox import Notification
 from dirt.service.base import ServiceBase, log
-from dirt.service.dispatching import pid_alive
+from dirt.service.masters import pid_alive
 
 T = TypeVar("T")
 
@@ -61,7 +61,8 @@ class EngineOutbox:
 def _dead_here(owner: str) -> bool:
     """A sender named host:pid:token on this host whose process is gone."""
     host, _, rest = owner.partition(":")
-    return host == socket.gethostname() and not pid_alive(rest.partition(":")[0])
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and not (pid.isdigit() and pid_alive(int(pid)))
 
 
 class Outbox(ServiceBase):

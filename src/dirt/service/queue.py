@@ -144,7 +144,7 @@ class Queue(ServiceBase):
         order = live[0].order if live else self.settings.dispatch.order
         return QueueView(entries, records, waiting, running, order, live, no_dispatcher(known, now))
 
-    def dispatchers(self) -> list[DispatcherInfo]:
+    def dispatcher_announcements(self) -> list[DispatcherInfo]:
         """Every dispatcher that announced itself, latest seen first (running or not)."""
         with self._read() as conn:
             return queue_db.list_dispatchers(conn)

@@ -10,7 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from dirt import documents
 from dirt.models import TaskState
-from dirt.views import detail_view, node_view, nodes_view, queue_view, summary_view, task_view
+from dirt.views import (
+    detail_view,
+    dispatchers_view,
+    node_view,
+    nodes_view,
+    queue_view,
+    summary_view,
+    task_view,
+)
 from dirt.web.answers import cached_json
 from dirt.web.auth import require_read, require_write
 from dirt.web.common import json_answer, read_json, service_of
@@ -295,6 +303,16 @@ def get_queue(
     """The order in force, the dispatchers running, totals, and per record its `share`,
     `waiting` and `running` tasks and `gets` (its part of the tasks running now)."""
     return queue_view(service_of(request).queue(limit))
+
+
+@router.get(
+    "/dispatchers",
+    tags=["nodes"],
+    summary="The dispatchers (masters) on this store: leases, nodes driven, tasks running",
+    responses=ERRORS,
+)
+def list_dispatchers(request: Request) -> list[dict[str, Any]]:
+    return dispatchers_view(service_of(request).dispatchers())
 
 
 def _set_enabled(request: Request, address: str, enabled: bool) -> dict[str, Any]:

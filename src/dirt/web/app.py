@@ -26,6 +26,7 @@ from dirt.errors import (
     ProjectNotFoundError,
     RequirementError,
     StateError,
+    StoreUnavailableError,
     SubmissionError,
 )
 from dirt.service import Service
@@ -51,6 +52,7 @@ STATUS_OF: tuple[tuple[type[DirtError], int], ...] = (
     (NotFoundError, 404),
     (StateError, 409),  # e.g. retrying a task that is still running
     (NodeError, 502),  # a node that could not be reached
+    (StoreUnavailableError, 503),  # the store is restarting or unreachable: try again
     (ConfigError, 500),  # the server's own settings, not the request
     (ProjectNotFoundError, 500),
 )

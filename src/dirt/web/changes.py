@@ -1,7 +1,7 @@
 """The change feed over HTTP: the SSE stream of every open page and the long-polling feed.
 
-The hub (`dirt.web.hub`) knows the newest change and makes the stream's events once for every
-stream.
+The hub (`dirt.web.hub`) knows the newest change (at once through NOTIFY on PostgreSQL for
+writes that wake) and makes the stream's events once for every stream.
 """
 
 from __future__ import annotations

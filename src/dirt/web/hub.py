@@ -1,8 +1,10 @@
 """The change hub of a web process: the newest change it knows of, and the live feed's events.
 
 `seq` is the newest committed change sequence value known here. Writes made by this process
-reach it at once through `Service.add_listener`; writes of other processes (the dispatcher of
-`dirt serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds.
+reach it at once through `Service.add_listener`; on PostgreSQL, writes of other processes that
+wake (a submission, a cancel, a node change: see `Service._write`) reach it at once through
+NOTIFY (`Service.watch`); the rest (a dispatcher's progress, and everything on SQLite) are seen by
+polling the sequence every `poll_interval` seconds.
 
 The events of `/events` are made here, once for every open stream: at most every
 `event_interval` (a page refreshes at most four times a second anyway), one thread reads what
@@ -77,6 +79,7 @@ class ChangeHub:
         self._nudge = threading.Event()
         self._thread: threading.Thread | None = None
         service.add_listener(self._written_here)
+        service.watch(self._notified)
 
     @property
     def stopped(self) -> bool:
@@ -98,6 +101,13 @@ class ChangeHub:
         """A write of this process committed: known at once (the next read sees it), its event
         made without waiting for the poll."""
         self._advance(seq)
+        self._nudge.set()
+
+    def _notified(self, seq: int | None, _topic: str | None) -> None:
+        """NOTIFY from another process (on the service's listening thread); None: notices may
+        have been missed while the store was away, so the poll reads the sequence now."""
+        if seq is not None:
+            self._advance(seq)
         self._nudge.set()
 
     def seen(self, seq: int) -> None:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from dirt import documents
 from dirt.errors import InputError
 from dirt.models import TaskState
-from dirt.views import shown_node
+from dirt.views import short_master, shown_node
 from dirt.web.auth import COOKIE, require_read, require_write
 from dirt.web.common import service_of
 
@@ -169,10 +169,18 @@ def nodes_page(request: Request) -> Response:
     found = [shown_node(n, request.app.state.settings.nodes.show_environ) for n in service.nodes()]
     running = service.running_per_node()
     tasks = {n.address: service.running_on(n.address) for n in found if running.get(n.address)}
+    masters = service.dispatchers()
     return _render(
         request,
         "nodes.html",
-        {"nodes": found, "running": running, "tasks": tasks, "seq": seq},
+        {
+            "nodes": found,
+            "running": running,
+            "tasks": tasks,
+            "dispatchers": masters,
+            "drivers": {d.id: short_master(d.id) for d in masters},
+            "seq": seq,
+        },
     )
 
 
