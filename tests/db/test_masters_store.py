@@ -93,9 +93,9 @@ def test_a_master_takes_over_what_one_whose_lease_ran_out_held(
         1,
         ["n1"],
     )
-    task = store.task("t1")
-    assert task.state is TaskState.WAITING
-    assert (task.waiting_reason or "").startswith(ORPHAN_REASON)
+    assert store.task("t1").state is TaskState.WAITING
+    [attempt] = store.task_detail("t1")[2]
+    assert (attempt.reason or "").startswith(ORPHAN_REASON)
     assert outcomes(store, "t1") == [("n1", Outcome.LOST)]
     assert {t.id for t in store.waiting_tasks(10)} == {"t1", "t2"}
     assert store.node("n1").driver is None
