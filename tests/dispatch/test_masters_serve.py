@@ -133,6 +133,36 @@ def test_a_master_killed_with_9_is_taken_over_when_its_lease_runs_out(cluster: C
 
 
 @pytest.mark.postgres
+def test_a_master_killed_with_9_on_the_same_machine_is_taken_over_at_once(
+    cluster: Cluster,
+) -> None:
+    """Its pid is seen gone, so no lease to wait: the survivor drives its nodes at once, while
+    the dead master's node processes (in sessions of their own) may still be ending."""
+    pins = add_nodes(cluster.service, 4)
+    cluster.start("survivor")
+    victim = cluster.start("victim")
+    wait_for(lambda: shares(cluster.service) == [2, 2], timeout=30, what="two nodes each")
+    theirs = cluster.driven_by(victim)
+    ids = mark_tasks(cluster.service, "r", pins, 8, cluster.marks, seconds=0.5)
+    wait_for(
+        lambda: (
+            sum(
+                t.state is TaskState.RUNNING and t.node in theirs
+                for t in cluster.service.tasks(ids)
+            )
+            == 4
+        ),
+        what="the victim running a task in each of its slots",
+    )
+    victim.kill()
+    wait_for(lambda: shares(cluster.service) == [4], timeout=LEASE + 5, what="the takeover")
+    wait_finished(cluster.service, ids, timeout=90)
+    cluster.check_once(ids)
+    assert max(most_at_once(cluster.marks, pin) for pin in pins) <= 2
+    assert "is dead (its process (pid" in cluster.masters[0].output()
+
+
+@pytest.mark.postgres
 def test_a_restart_of_the_store_loses_nothing_and_kills_nothing(
     own_postgres: PostgresServer, project: Path
 ) -> None:

@@ -284,8 +284,6 @@ class Dispatcher(Lifecycle):
                 self._beat()
             if self._stopping.is_set() and not self.membership.draining:
                 self.membership.drain()
-            if self._check_cancels:
-                self._send_cancels()
             if self.nodes.handle_loads():
                 self._pending_stale = True
             self.nodes.read_loads(now)
@@ -317,6 +315,10 @@ class Dispatcher(Lifecycle):
             self._pending_stale = True  # another master reserved some first
         if self._start_reserved():
             self._wake.set()  # their start is written at the next step, not after a poll
+        # After the reservations: a submission's news (which may also be a cancel) starts its
+        # task one store round trip sooner.
+        if self._check_cancels:
+            self._send_cancels()
 
     def _poll(self, now: float) -> None:
         """Read the change sequence, every poll_interval (rarely when notifications come)."""
