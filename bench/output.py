@@ -21,6 +21,11 @@ Each round measures, one after the other:
   (one `dirt submit`): the seconds from their submission to all 20 stored as finished, and
   whether the big tasks were still running then.
 
+CPU seconds are read from /proc for the printing runs: the task's process (from the fork server,
+which reaps it), the agent and the master. The task's own CPU ratio (printing over /dev/null) is
+what the run time ratio would be with a core free for the agent, the three's together what it
+would be on one core; on a shared machine the measured ratio falls in between.
+
 Throughout, a thread samples the resident memory (VmRSS, every 20 ms, from /proc) of the master
 (`dirt serve`), the node agent (the gateway process `dirt serve` started) and its fork server;
 the peak printed is the larger of the samples and the kernel's own high-water mark (VmHWM).
@@ -58,6 +63,7 @@ MiB = 1 << 20
 SLOTS = 4
 QUICK_TASKS = 20
 LINES = (100, 1024)  # bytes per printed line, newline included: a log's, and long ones
+TICK = os.sysconf("SC_CLK_TCK")
 GOALS = {"attach": 0.5, "print": 1.5, "rss_mib": 256, "quick_s": 10.0}
 
 ATTACH = """\
@@ -97,6 +103,9 @@ class Round:
     attach_s: float = 0.0
     devnull_s: dict[int, float] = field(default_factory=dict)  # by line length
     print_s: dict[int, float] = field(default_factory=dict)
+    # CPU seconds of each printing run ("devnull/100", "print/100", ...) by role: the task's
+    # process ("task", reaped by the fork server), the agent, the master
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     first_output_s: float = 0.0  # printing task: start -> first bytes read over HTTP
     output_read: int = 0  # bytes the HTTP reader got
     quick_s: float = 0.0  # 20 trivial tasks: stored by `dirt submit` -> all finished
@@ -143,6 +152,25 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of `pid` itself, and of the children it reaped."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0, 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
+
+
+def cpu_by_role(roles: dict[str, int]) -> dict[str, float]:
+    """Master and agent: their own CPU; task: what the fork server's reaped children used."""
+    return {
+        "master": cpu_seconds(roles["master"])[0],
+        "agent": cpu_seconds(roles["agent"])[0],
+        "task": cpu_seconds(roles["fork"])[1],
+    }
 
 
 def node_processes(master: int) -> dict[str, int]:
@@ -357,13 +385,18 @@ def quick_during_big(dirt: Dirt, source: Path, size: int) -> tuple[float, float,
     return done - submitted, done - started, still
 
 
-def one_round(dirt: Dirt, source: Path, size: int, scratch: Path) -> Round:
+def one_round(dirt: Dirt, source: Path, size: int, scratch: Path, roles: dict[str, int]) -> Round:
     r = Round()
     r.raw_s = raw_copy(source, scratch / "raw-copy.bin")
     r.attach_s = dirt.timed("attach", {"path": str(source)})
     for line in LINES:
+        before = cpu_by_role(roles)
         r.devnull_s[line] = dirt.timed("prints", {"size": size, "line": line, "devnull": True})
+        middle = cpu_by_role(roles)
         r.print_s[line], r.first_output_s, r.output_read = printing(dirt, size, line)
+        after = cpu_by_role(roles)
+        r.cpu[f"devnull/{line}"] = {k: middle[k] - before[k] for k in before}
+        r.cpu[f"print/{line}"] = {k: after[k] - middle[k] for k in before}
     r.quick_s, r.quick_with_submit_s, r.still_running = quick_during_big(dirt, source, size)
     return r
 
@@ -384,6 +417,22 @@ def median(rounds: list[Round], key: Callable[[Round], float]) -> float:
     return statistics.median(key(r) for r in rounds)
 
 
+def cpu_columns(rounds: list[Round], run: str) -> str:
+    task, agent, master = (
+        statistics.median(r.cpu[run][role] for r in rounds) for role in ("task", "agent", "master")
+    )
+    return f"{task:>12.2f}{agent:>7.2f}{master:>7.2f}"
+
+
+def cpu_ratio(rounds: list[Round], line: int, roles: tuple[str, ...]) -> float:
+    """Median over the rounds of the printing run's CPU over the /dev/null run's (`roles`)."""
+    return statistics.median(
+        sum(r.cpu[f"print/{line}"][k] for k in roles)
+        / max(1e-9, sum(r.cpu[f"devnull/{line}"][k] for k in roles))
+        for r in rounds
+    )
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -402,7 +451,8 @@ def table(rounds: list[Round], peaks: Peaks, size: int, load: tuple[float, float
     lines = [
         f"{mib:g} MiB, local node ({SLOTS} slots, process isolation), `dirt serve` with web; "
         f"medians of {len(rounds)} rounds; load average {load[0]:.2f} -> {load[1]:.2f}",
-        f"{'':<44}{'seconds':>8}{'MiB/s':>8}{'ratio':>8}{'goal':>9}",
+        f"{'':<44}{'seconds':>8}{'MiB/s':>8}{'ratio':>8}{'goal':>9}{'':9}"
+        f"{'CPU s: task':>12}{'agent':>7}{'master':>7}",
         f"{'raw execnet copy, 1 MiB chunks':<44}{raw:>8.2f}{mib / raw:>8.0f}",
         f"{'dirt: attachment by path (task time)':<44}{attach:>8.2f}{mib / attach:>8.0f}"
         f"{attach_ratio:>7.2f}x{'>= 0.5x':>9}  {verdict(attach_ratio >= GOALS['attach'])}",
@@ -411,11 +461,15 @@ def table(rounds: list[Round], peaks: Peaks, size: int, load: tuple[float, float
         devnull = statistics.median(r.devnull_s[line] for r in rounds)
         printed = statistics.median(r.print_s[line] for r in rounds)
         ratio = statistics.median(r.print_s[line] / r.devnull_s[line] for r in rounds)
+        met = verdict(ratio <= GOALS["print"])
         lines += [
             f"{f'task writing it to /dev/null, {line} B lines':<44}{devnull:>8.2f}"
-            f"{mib / devnull:>8.0f}",
+            f"{mib / devnull:>8.0f}{'':34}{cpu_columns(rounds, f'devnull/{line}')}",
             f"{f'dirt: task printing it, {line} B lines':<44}{printed:>8.2f}{mib / printed:>8.0f}"
-            f"{ratio:>7.2f}x{'<= 1.5x':>9}  {verdict(ratio <= GOALS['print'])}",
+            f"{ratio:>7.2f}x{'<= 1.5x':>9}  {met:<7}{cpu_columns(rounds, f'print/{line}')}",
+            f"  by CPU: the task's own {cpu_ratio(rounds, line, ('task',)):.2f}x (the run time "
+            "ratio when the agent has a core of its own), all three "
+            f"{cpu_ratio(rounds, line, ('task', 'agent', 'master')):.2f}x (on one core)",
         ]
     lines += [
         f"  live output over HTTP: first bytes {median(rounds, lambda r: r.first_output_s):.2f} s"
@@ -455,8 +509,9 @@ def main() -> None:
         try:
             sampler.start()
             dirt.wait(dirt.submit(["trivial"]), timeout=120)  # node connected, fork server warm
+            wait_until(lambda: len(sampler.roles) == 3, "the agent and its fork server")
             for i in range(args.rounds):
-                rounds.append(one_round(dirt, source, size, root))
+                rounds.append(one_round(dirt, source, size, root, sampler.roles))
                 r = rounds[-1]
                 print(
                     f"round {i + 1}: raw {r.raw_s:.2f}s attach {r.attach_s:.2f}s "
