@@ -12,17 +12,19 @@ Each round measures, one after the other:
 - dirt, attachment by path: a task returns ``{"filename", "path"}`` for the same file; its time
   is the task's, started to completed as stored (fork, run, upload through the agent's fair
   queue, sha256 and fsync into the blob store, the store's write): the file's size over it.
-- a task writing SIZE to /dev/null, then the same task printing it (1 KiB lines, `print`),
-  its stdout and stderr going through the agent to the master ([dispatch] output_limit, 16 MiB
-  by default, keeps the head and the tail). Each time is the task's, started to completed. A
-  reader follows the printing task's output over HTTP (`GET /api/tasks/{id}/output?offset=N`),
-  as `dirt logs -f` or the record page would: when its first bytes came is printed.
+- a task `print`ing SIZE in lines of 100 bytes (a log's) and of 1 KiB, three ways: into
+  /dev/null (the goal's baseline); into a pipe (1 MiB, as dirt's) read by `cat > /dev/null`,
+  the least any capture through a pipe costs; and captured by dirt, its stdout and stderr going
+  through the agent to the master ([dispatch] output_limit, 16 MiB by default, keeps the head
+  and the tail). Each time is the task's, started to completed. A reader follows the captured
+  output over HTTP (`GET /api/tasks/{id}/output?offset=N`), as `dirt logs -f` or the record
+  page would: when its first bytes came is printed.
 - both big tasks at once, and once the upload and the printing are under way, 20 trivial tasks
   (one `dirt submit`): the seconds from their submission to all 20 stored as finished, and
   whether the big tasks were still running then.
 
-CPU seconds are read from /proc for the printing runs: the task's process (from the fork server,
-which reaps it), the agent and the master. The task's own CPU ratio (printing over /dev/null) is
+CPU seconds are read from /proc for the printing runs: the task's process with its children
+(from the fork server, which reaps it), the agent and the master. The task's own CPU ratio (printing over /dev/null) is
 what the run time ratio would be with a core free for the agent, the three's together what it
 would be on one core; on a shared machine the measured ratio falls in between.
 
@@ -71,17 +73,24 @@ def execute(path):
     return {"success": True, "attachments": [{"filename": "big.bin", "path": path}]}
 """
 PRINTS = """\
-import os, sys
+import fcntl, os, subprocess, sys
 
-def execute(size, line, devnull=False):
-    if devnull:
-        null = os.open(os.devnull, os.O_WRONLY)
+def execute(size, line, into=None):
+    null = os.open(os.devnull, os.O_WRONLY)
+    if into == "devnull":
         os.dup2(null, 1)
-        os.dup2(null, 2)
+    elif into == "cat":  # the least a capture through a pipe costs: a reader doing nothing else
+        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        fcntl.fcntl(cat.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ, as dirt's pipe
+        os.dup2(cat.stdin.fileno(), 1)
     text = "x" * (line - 1)
     for _ in range(size // line):
         print(text)
     sys.stdout.flush()
+    if into == "cat":
+        os.dup2(null, 1)
+        cat.stdin.close()
+        cat.wait()
     return {"success": True}
 """
 TRIVIAL = "def execute():\n    return {'success': True}\n"
@@ -102,9 +111,11 @@ class Round:
     raw_s: float = 0.0
     attach_s: float = 0.0
     devnull_s: dict[int, float] = field(default_factory=dict)  # by line length
+    cat_s: dict[int, float] = field(default_factory=dict)
     print_s: dict[int, float] = field(default_factory=dict)
-    # CPU seconds of each printing run ("devnull/100", "print/100", ...) by role: the task's
-    # process ("task", reaped by the fork server), the agent, the master
+    # CPU seconds of each printing run ("devnull/100", "cat/100", "print/100", ...) by role:
+    # the task's process and its children ("task", reaped by the fork server), the agent, the
+    # master
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     first_output_s: float = 0.0  # printing task: start -> first bytes read over HTTP
     output_read: int = 0  # bytes the HTTP reader got
@@ -171,6 +182,10 @@ def cpu_by_role(roles: dict[str, int]) -> dict[str, float]:
         "agent": cpu_seconds(roles["agent"])[0],
         "task": cpu_seconds(roles["fork"])[1],
     }
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {role: after[role] - before[role] for role in before}
 
 
 def node_processes(master: int) -> dict[str, int]:
@@ -390,13 +405,13 @@ def one_round(dirt: Dirt, source: Path, size: int, scratch: Path, roles: dict[st
     r.raw_s = raw_copy(source, scratch / "raw-copy.bin")
     r.attach_s = dirt.timed("attach", {"path": str(source)})
     for line in LINES:
+        for into, times in (("devnull", r.devnull_s), ("cat", r.cat_s)):
+            before = cpu_by_role(roles)
+            times[line] = dirt.timed("prints", {"size": size, "line": line, "into": into})
+            r.cpu[f"{into}/{line}"] = spent(before, cpu_by_role(roles))
         before = cpu_by_role(roles)
-        r.devnull_s[line] = dirt.timed("prints", {"size": size, "line": line, "devnull": True})
-        middle = cpu_by_role(roles)
         r.print_s[line], r.first_output_s, r.output_read = printing(dirt, size, line)
-        after = cpu_by_role(roles)
-        r.cpu[f"devnull/{line}"] = {k: middle[k] - before[k] for k in before}
-        r.cpu[f"print/{line}"] = {k: after[k] - middle[k] for k in before}
+        r.cpu[f"print/{line}"] = spent(before, cpu_by_role(roles))
     r.quick_s, r.quick_with_submit_s, r.still_running = quick_during_big(dirt, source, size)
     return r
 
@@ -461,10 +476,14 @@ def table(rounds: list[Round], peaks: Peaks, size: int, load: tuple[float, float
         devnull = statistics.median(r.devnull_s[line] for r in rounds)
         printed = statistics.median(r.print_s[line] for r in rounds)
         ratio = statistics.median(r.print_s[line] / r.devnull_s[line] for r in rounds)
+        cat = statistics.median(r.cat_s[line] for r in rounds)
+        cat_ratio = statistics.median(r.cat_s[line] / r.devnull_s[line] for r in rounds)
         met = verdict(ratio <= GOALS["print"])
         lines += [
             f"{f'task writing it to /dev/null, {line} B lines':<44}{devnull:>8.2f}"
             f"{mib / devnull:>8.0f}{'':34}{cpu_columns(rounds, f'devnull/{line}')}",
+            f"{'  the same into a pipe read by `cat`':<44}{cat:>8.2f}{mib / cat:>8.0f}"
+            f"{cat_ratio:>7.2f}x{'':18}{cpu_columns(rounds, f'cat/{line}')}",
             f"{f'dirt: task printing it, {line} B lines':<44}{printed:>8.2f}{mib / printed:>8.0f}"
             f"{ratio:>7.2f}x{'<= 1.5x':>9}  {met:<7}{cpu_columns(rounds, f'print/{line}')}",
             f"  by CPU: the task's own {cpu_ratio(rounds, line, ('task',)):.2f}x (the run time "
@@ -484,7 +503,7 @@ def table(rounds: list[Round], peaks: Peaks, size: int, load: tuple[float, float
         f"the upload in {uploading}, the printing ({LINES[0]} B lines) in {printing} of "
         f"{len(rounds)} rounds",
         "ratio: attachment, dirt's throughput over the raw copy's; printing, its time over "
-        "/dev/null's.",
+        "/dev/null's (`cat`: the least any capture through a pipe costs on this machine).",
     ]
     return "\n".join(lines)
 
@@ -516,7 +535,8 @@ def main() -> None:
                 print(
                     f"round {i + 1}: raw {r.raw_s:.2f}s attach {r.attach_s:.2f}s "
                     + "".join(
-                        f"devnull/{n} {r.devnull_s[n]:.2f}s print/{n} {r.print_s[n]:.2f}s "
+                        f"devnull/{n} {r.devnull_s[n]:.2f}s cat/{n} {r.cat_s[n]:.2f}s "
+                        f"print/{n} {r.print_s[n]:.2f}s "
                         for n in LINES
                     )
                     + f"quick {r.quick_s:.2f}s",
