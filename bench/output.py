@@ -24,9 +24,10 @@ Each round measures, one after the other:
   whether the big tasks were still running then.
 
 CPU seconds are read from /proc for the printing runs: the task's process with its children
-(from the fork server, which reaps it), the agent and the master. The task's own CPU ratio (printing over /dev/null) is
-what the run time ratio would be with a core free for the agent, the three's together what it
-would be on one core; on a shared machine the measured ratio falls in between.
+(from the fork server, which reaps it), the agent and the master. The task's own CPU ratio
+(printing over /dev/null) is what the run time ratio would be with a core free for the agent,
+the three's together what it would be on one core; on a shared machine the measured ratio
+falls in between.
 
 Throughout, a thread samples the resident memory (VmRSS, every 20 ms, from /proc) of the master
 (`dirt serve`), the node agent (the gateway process `dirt serve` started) and its fork server;
