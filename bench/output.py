@@ -57,6 +57,8 @@ import execnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dispatch import TICK, process_table  # bench/dispatch.py, next to this file
+
 from dirt.config import load_settings, parse_size
 from dirt.models import Task
 from dirt.service import Service
@@ -66,7 +68,6 @@ MiB = 1 << 20
 SLOTS = 4
 QUICK_TASKS = 20
 LINES = (100, 1024)  # bytes per printed line, newline included: a log's, and long ones
-TICK = os.sysconf("SC_CLK_TCK")
 GOALS = {"attach": 0.5, "print": 1.5, "rss_mib": 256, "quick_s": 10.0}
 
 ATTACH = """\
@@ -145,20 +146,6 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -168,11 +155,9 @@ def cmdline(pid: int) -> str:
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds of `pid` itself, and of the children it reaped."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = process_table()[1].get(pid)
+    if fields is None:
         return 0.0, 0.0
-    fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK
 
 
@@ -192,8 +177,9 @@ def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 def node_processes(master: int) -> dict[str, int]:
     """The agent (the gateway process the master started) and its fork server."""
     roles: dict[str, int] = {}
-    for child in children_of(master):
-        for grandchild in children_of(child):
+    children = process_table()[0]
+    for child in children.get(master, []):
+        for grandchild in children.get(child, []):
             if "dirt fork server" in cmdline(grandchild):
                 roles["agent"], roles["fork"] = child, grandchild
     return roles

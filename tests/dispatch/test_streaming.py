@@ -69,6 +69,18 @@ def blob_files(service: Service) -> list[Path]:
     return [p for p in service.blobs.root.rglob("*") if p.is_file()]
 
 
+def wait_half_way(service: Service, timeout: float) -> None:
+    """Wait until an upload has 1 MiB in the blob store's tmp/; no blob is visible yet."""
+    uploads = service.blobs.root / "tmp"
+
+    def half_way() -> bool:
+        parts = list(uploads.glob("*.part")) if uploads.exists() else []
+        return bool(parts) and parts[0].stat().st_size >= MiB
+
+    wait_for(half_way, timeout=timeout, what="the upload to be half way")
+    assert blob_files(service) == list(uploads.glob("*.part"))  # nothing visible yet
+
+
 @pytest.fixture(params=["process", "thread"])
 def isolation(request: pytest.FixtureRequest, settings_overrides: dict) -> str:
     settings_overrides["dispatch"]["isolation"] = request.param
@@ -323,14 +335,7 @@ def test_a_node_lost_mid_upload_leaves_no_partial_blob_and_the_retry_uploads_aga
         path=str(tmp_path / "data.bin"),
         marker=str(tmp_path / "first-attempt"),
     )
-    upload_dir = service.blobs.root / "tmp"
-
-    def partial_upload() -> bool:
-        parts = list(upload_dir.glob("*.part")) if upload_dir.exists() else []
-        return bool(parts) and parts[0].stat().st_size >= MiB
-
-    wait_for(partial_upload, timeout=30, what="the upload to be half way")
-    assert blob_files(service) == list(upload_dir.glob("*.part"))  # nothing visible yet
+    wait_half_way(service, timeout=30)
     connection = dispatcher.dispatcher.nodes["local"].connection
     assert connection is not None
     os.kill(connection.agent_info["pid"], signal.SIGKILL)

@@ -15,7 +15,12 @@ import pytest
 from dirt.models import TaskState
 from dirt.service import Service
 from tests.conftest import RunningDispatcher, wait_finished, wait_for
-from tests.dispatch.test_streaming import FIFO_THEN_FILE, blob_files, fifo  # noqa: F401
+from tests.dispatch.test_streaming import (  # noqa: F401  (fifo: a fixture)
+    FIFO_THEN_FILE,
+    blob_files,
+    fifo,
+    wait_half_way,
+)
 from tests.ssh.conftest import add_node
 from tests.ssh.sshd import Fleet
 
@@ -124,14 +129,7 @@ def test_a_host_killed_mid_upload_leaves_no_partial_blob_and_the_retry_uploads_a
                 },
             ).tasks
         ]
-        uploads = service.blobs.root / "tmp"
-
-        def half_way() -> bool:
-            parts = list(uploads.glob("*.part")) if uploads.exists() else []
-            return bool(parts) and parts[0].stat().st_size >= MiB
-
-        wait_for(half_way, timeout=60, what="the upload from node-a to be half way")
-        assert blob_files(service) == list(uploads.glob("*.part"))  # nothing visible yet
+        wait_half_way(service, timeout=60)
         fleet.servers[0].kill_all()  # node-a dies with its agent, in the middle of the upload
         add_node(service, "node-b", slots=1)
         (task,) = wait_finished(service, [task_id], timeout=60)
