@@ -146,8 +146,8 @@ def raw_execnet_fork(n: int) -> Run:
 # ---- dirt from its CLI ---------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds of `pid` itself, and of its descendants (with their reaped children)."""
+def process_table() -> tuple[dict[int, list[int]], dict[int, list[str]]]:
+    """Every process's children, and its /proc/PID/stat fields after the command's name."""
     children: dict[int, list[int]] = {}
     stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
@@ -160,6 +160,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         fields = text[text.rindex(")") + 2 :].split()
         stats[int(entry)] = fields
         children.setdefault(int(fields[1]), []).append(int(entry))
+    return children, stats
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of `pid` itself, and of its descendants (with their reaped children)."""
+    children, stats = process_table()
 
     def used(p: int, with_reaped: bool) -> float:
         f = stats.get(p)

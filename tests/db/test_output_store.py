@@ -15,7 +15,7 @@ from dirt.db.engine import make_engine, write_transaction
 from dirt.db.migrate import alembic_config
 from dirt.models import Attachment, OutputChunk, TaskState
 from dirt.service import Finished, Service
-from dirt.service.queries import TRUNCATED
+from dirt.service.queries import SKIPPED, TRUNCATED
 
 
 def started_task(store: Service) -> str:
@@ -40,12 +40,24 @@ def test_output_is_read_from_any_offset_while_the_task_runs(store: Service) -> N
     assert store.task_output(task_id, until=6).data == b"hello\n"
 
 
+def finish(store: Service, task_id: str) -> None:
+    done = Finished(
+        task_id, 1, "n1", TaskState.SUCCEEDED, {"success": True}, None, None, completed=time.time()
+    )
+    store.dispatch([done], [], [])
+
+
 def test_a_gap_reads_as_one_line_saying_how_many_bytes_are_missing(store: Service) -> None:
     task_id = started_task(store)
     store.dispatch([], [], [], chunks(task_id, (0, b"head\n"), (1005, b"tail\n")))
     view = store.task_output(task_id)
-    assert view.data == b"head\n" + TRUNCATED.format(n=1000).encode() + b"tail\n"
+    # While the task runs, the bytes may yet come (the node sends the rest of the tail at the
+    # end); once it has ended, they were not kept.
+    assert view.data == b"head\n" + SKIPPED.format(n=1000).encode() + b"tail\n"
     assert view.next_offset == 1010
+    finish(store, task_id)
+    view = store.task_output(task_id)
+    assert view.data == b"head\n" + TRUNCATED.format(n=1000).encode() + b"tail\n"
 
 
 def test_beyond_the_head_only_the_newest_tail_is_kept(store: Service) -> None:

@@ -69,6 +69,18 @@ def blob_files(service: Service) -> list[Path]:
     return [p for p in service.blobs.root.rglob("*") if p.is_file()]
 
 
+def wait_half_way(service: Service, timeout: float) -> None:
+    """Wait until an upload has 1 MiB in the blob store's tmp/; no blob is visible yet."""
+    uploads = service.blobs.root / "tmp"
+
+    def half_way() -> bool:
+        parts = list(uploads.glob("*.part")) if uploads.exists() else []
+        return bool(parts) and parts[0].stat().st_size >= MiB
+
+    wait_for(half_way, timeout=timeout, what="the upload to be half way")
+    assert blob_files(service) == list(uploads.glob("*.part"))  # nothing visible yet
+
+
 @pytest.fixture(params=["process", "thread"])
 def isolation(request: pytest.FixtureRequest, settings_overrides: dict) -> str:
     settings_overrides["dispatch"]["isolation"] = request.param
@@ -145,6 +157,50 @@ def test_output_over_the_limit_keeps_head_and_tail_with_a_line_saying_so(
     assert len(head) + len(tail) < 300 * 1024
     assert task.output.endswith("000199999\n")
     assert len(task.output) == 64 * 1024
+
+
+PRINTS_FAST = """\
+import time
+
+def execute(seconds, per_second):
+    line = 0
+    for _ in range(seconds * 10):
+        for _ in range(per_second // 1000):
+            print(f"{line:>99}")
+            line += 1
+        time.sleep(0.1)
+    return {"success": True, "lines": line}
+"""
+
+
+@pytest.fixture
+def output_limit_8mib(settings_overrides: dict) -> None:
+    settings_overrides["dispatch"]["output_limit"] = "8 MiB"
+
+
+def test_output_faster_than_the_live_view_is_stored_whole_at_both_ends(
+    output_limit_8mib: None,
+    isolation: str,
+    local_node: str,
+    dispatcher: RunningDispatcher,
+    service: Service,
+    add_task_module: Callable[[str, str], str],
+) -> None:
+    # 3 MiB a second beyond the head: while it runs, only the newest MiB a second goes; when
+    # it ends, the rest of the 4 MiB tail follows, so what is stored is exact at both ends.
+    add_task_module("fast", PRINTS_FAST)
+    (task_id,) = submit(service, "fast", seconds=4, per_second=3 << 20)
+    (task,) = wait_finished(service, [task_id], timeout=60)
+    assert task.state is TaskState.SUCCEEDED, task.reason
+    expected = "".join(f"{i:>99}\n" for i in range(task.results["lines"])).encode()
+    text = service.task_output(task_id, 0, max_bytes=64 * MiB).data
+    head, _marker, tail = text.partition(b"\n[... ")
+    dropped = int(tail.split(b" bytes truncated", 1)[0])
+    tail = tail.split(b"...]\n", 1)[1]
+    assert head == expected[: 4 * MiB]
+    assert tail == expected[-4 * MiB :]
+    assert dropped == len(expected) - 8 * MiB
+    assert task.output == expected[-64 * 1024 :].decode()
 
 
 # ---- attachments ----------------------------------------------------------------------------
@@ -279,14 +335,7 @@ def test_a_node_lost_mid_upload_leaves_no_partial_blob_and_the_retry_uploads_aga
         path=str(tmp_path / "data.bin"),
         marker=str(tmp_path / "first-attempt"),
     )
-    upload_dir = service.blobs.root / "tmp"
-
-    def partial_upload() -> bool:
-        parts = list(upload_dir.glob("*.part")) if upload_dir.exists() else []
-        return bool(parts) and parts[0].stat().st_size >= MiB
-
-    wait_for(partial_upload, timeout=30, what="the upload to be half way")
-    assert blob_files(service) == list(upload_dir.glob("*.part"))  # nothing visible yet
+    wait_half_way(service, timeout=30)
     connection = dispatcher.dispatcher.nodes["local"].connection
     assert connection is not None
     os.kill(connection.agent_info["pid"], signal.SIGKILL)

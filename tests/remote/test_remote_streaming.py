@@ -93,6 +93,20 @@ def test_output_reaches_the_master_while_the_task_runs(
     assert outcome.output == "line 0\nline 1\nline 2\nline 3\n"
 
 
+def test_output_never_flushed_still_reaches_the_master_while_the_task_runs(
+    make_node: Callable[..., Node], isolation: str
+) -> None:
+    node = make_node(isolation, streams=True)
+    source = PRINTS_SLOWLY.replace(", flush=True", "")
+    task_id = node.start(source, {"lines": 5, "pause": 0.5})
+    outcome = node.wait(task_id)
+    chunks = node.collector.output[task_id]
+    assert outcome.error is None
+    assert node.collector.output_of(task_id) == b"".join(f"line {i}\n".encode() for i in range(5))
+    assert chunks[0][1].startswith(b"line 0\n")
+    assert node.collector.done_at[task_id] - chunks[0][2] > 1.0
+
+
 def test_output_over_the_limit_keeps_head_and_tail_and_does_not_slow_the_task(
     make_node: Callable[..., Node], isolation: str
 ) -> None:

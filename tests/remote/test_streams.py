@@ -3,6 +3,7 @@ chunks, its attachments sized and checked, and the fair queue that interleaves t
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from dirt.remote.protocol import CHUNK_SIZE
 from dirt.remote.streams import (
     FLUSH_AFTER,
     INLINE_LIMIT,
+    LIVE_TAIL,
     TAIL_EVERY,
     AttachmentError,
     FairQueue,
@@ -90,6 +92,47 @@ def test_beyond_the_head_output_is_sent_every_second_not_as_it_comes() -> None:
     assert buffer.due_at() == pytest.approx(0.0 + TAIL_EVERY)
     (chunk,) = buffer.take(TAIL_EVERY)
     assert chunk[1].endswith(b"y" * 1000)
+
+
+def test_while_the_task_runs_at_most_a_chunk_of_the_newest_output_goes_each_second() -> None:
+    buffer = OutputBuffer(16 * MiB)
+    buffer.feed(b"h" * 8 * MiB, 0.0)  # the head, complete
+    assert joined(buffer.take(0.0)) == b"h" * 8 * MiB
+    for second in range(1, 4):  # 3 MiB a second beyond the head
+        buffer.feed(bytes([second]) * 3 * MiB, second - 0.5)
+        (chunk,) = buffer.take(second + 0.5)
+        offset, data = chunk
+        assert (offset, len(data)) == (8 * MiB + second * 3 * MiB - LIVE_TAIL, LIVE_TAIL)
+        assert data == bytes([second]) * LIVE_TAIL  # the newest
+        assert buffer.take(second + 0.6) == []  # nothing new: nothing goes
+
+
+def test_when_the_task_ends_what_the_tail_holds_and_did_not_go_follows_without_overlap() -> None:
+    limit = 8 * MiB
+    buffer = OutputBuffer(limit)
+    data = os.urandom(40 * MiB)
+    sent: list[tuple[int, bytes]] = []
+    now = 0.0
+    for i in range(0, len(data), 256 * 1024):  # 2.5 MiB a second
+        buffer.feed(data[i : i + 256 * 1024], now)
+        sent += buffer.take(now)
+        now += 0.1
+    chunks, last = buffer.final()
+    sent += chunks
+    if last:
+        sent.append((sent[-1][0] + len(sent[-1][1]), last))
+    assert joined([c for c in sent if c[0] < limit // 2]) == data[: limit // 2]
+    live = [c for c in sent[: -len(chunks) or None] if c[0] >= limit // 2]
+    assert live, "the newest output went while the task ran"
+    spans = sorted((o, o + len(d)) for o, d in sent)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "chunks overlap"
+    # The whole tail is there, pieced together from what went live and what followed.
+    tail_start = len(data) - limit // 2
+    kept = sorted((o, d) for o, d in sent if o + len(d) > tail_start)
+    assert kept[0][0] <= tail_start
+    assert all(o + len(d) == n for (o, d), (n, _) in itertools.pairwise(kept)), "a gap"
+    assert b"".join(d for _, d in kept)[tail_start - kept[0][0] :] == data[tail_start:]
+    assert sum(len(d) for _, d in sent) <= limit + len(live) * LIVE_TAIL
 
 
 def test_the_last_piece_rides_with_the_outcome_only_when_it_follows_without_a_gap() -> None:

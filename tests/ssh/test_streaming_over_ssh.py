@@ -1,10 +1,12 @@
 """Output and attachments from SSH nodes: output readable while the task runs, attachments by
 path and by contents downloaded with the task's own sha256, the same bytes from two hosts
-stored once."""
+stored once, a host killed in the middle of an upload."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +15,14 @@ import pytest
 from dirt.models import TaskState
 from dirt.service import Service
 from tests.conftest import RunningDispatcher, wait_finished, wait_for
+from tests.dispatch.test_streaming import (  # noqa: F401  (fifo: a fixture)
+    FIFO_THEN_FILE,
+    blob_files,
+    fifo,
+    wait_half_way,
+)
 from tests.ssh.conftest import add_node
+from tests.ssh.sshd import Fleet
 
 pytestmark = pytest.mark.ssh
 
@@ -93,3 +102,43 @@ def test_output_and_attachments_stream_from_ssh_nodes(
     stored = sorted(p.name for p in service.blobs.root.rglob("*") if p.is_file())
     assert stored.count(same) == 1  # from two hosts, stored once
     assert len(stored) == 3
+
+
+def test_a_host_killed_mid_upload_leaves_no_partial_blob_and_the_retry_uploads_again(
+    service: Service,
+    fleet: Fleet,
+    add_task_module: Callable[[str, str], str],
+    tmp_path: Path,
+    fifo: tuple[Path, threading.Event],  # noqa: F811
+) -> None:
+    add_task_module("t.upload", FIFO_THEN_FILE)
+    add_node(service, "node-a", slots=1)
+    data = os.urandom(3 * MiB)
+    (tmp_path / "data.bin").write_bytes(data)
+    dispatcher = RunningDispatcher(service)
+    try:
+        (task_id,) = [
+            t.id
+            for t in service.submit_tasks(
+                "r1",
+                ["t.upload"],
+                kwargs={
+                    "fifo": str(fifo[0]),
+                    "path": str(tmp_path / "data.bin"),
+                    "marker": str(tmp_path / "first-attempt"),
+                },
+            ).tasks
+        ]
+        wait_half_way(service, timeout=60)
+        fleet.servers[0].kill_all()  # node-a dies with its agent, in the middle of the upload
+        add_node(service, "node-b", slots=1)
+        (task,) = wait_finished(service, [task_id], timeout=60)
+    finally:
+        fifo[1].set()
+        dispatcher.stop()
+    assert task.state is TaskState.SUCCEEDED, task.reason
+    attempts = service.record_detail("r1").attempts[task_id]
+    assert [(a.node, a.outcome) for a in attempts] == [("node-a", "lost"), ("node-b", "succeeded")]
+    expected = hashlib.sha256(data).hexdigest()
+    assert downloaded_sha(service, task_id, "data.bin") == expected
+    assert [p.name for p in blob_files(service)] == [expected]  # no partial blob anywhere

@@ -41,8 +41,11 @@ class Limits:
 
 @dataclass
 class _Task:
-    tail: bytearray = field(default_factory=bytearray)
-    output_end: int = 0  # where the next piece of output goes
+    # (offset, bytes) of the output received within the last OUTPUT_TAIL bytes of it: the end
+    # of a task's tail may come before its start (a node sends the newest bytes while the task
+    # runs, and what lies before them when it ends)
+    tail: list[tuple[int, bytes]] = field(default_factory=list)
+    output_end: int = 0  # the end of the newest output received
     uploads: dict[int, BlobWriter] = field(default_factory=dict)
     attached: int = 0  # attachment bytes received
     error: str | None = None  # why the task's attachments cannot be stored
@@ -70,13 +73,12 @@ class Incoming:
     def _output(self, task_id: str, task: _Task, offset: int, data: bytes) -> None:
         if not data:
             return
-        if offset != task.output_end:
-            task.tail.clear()  # bytes were dropped in between (over the output limit)
-        task.output_end = offset + len(data)
-        tail = task.tail
-        tail += data[-OUTPUT_TAIL:]
-        if len(tail) > 2 * OUTPUT_TAIL:
-            del tail[:-OUTPUT_TAIL]
+        stop = offset + len(data)
+        task.output_end = max(task.output_end, stop)
+        kept = data[-OUTPUT_TAIL:]
+        floor = task.output_end - OUTPUT_TAIL
+        task.tail = [(o, d) for o, d in task.tail if o + len(d) > floor]
+        task.tail.append((stop - len(kept), kept))
         if self.on_output is not None:
             self.on_output(task_id, offset, data)
 
@@ -114,7 +116,7 @@ class Incoming:
         if isinstance(piece, str):
             piece = piece.encode("utf-8", "surrogateescape")
         self._output(task_id, task, task.output_end, piece)
-        tail = _decode_tail(bytes(task.tail[-OUTPUT_TAIL:]))
+        tail = _decode_tail(_newest(task.tail))
         wire = (*wire[:_OUTPUT], b"")
         if wire[1] is None and task.error is None:
             try:
@@ -178,6 +180,22 @@ class Incoming:
             if task is not None:
                 for writer in task.uploads.values():
                     writer.abort()
+
+
+def _newest(pieces: list[tuple[int, bytes]]) -> bytes:
+    """The last OUTPUT_TAIL bytes of the run of output that ends at the newest byte received
+    (pieces may overlap or leave gaps: what lies before a gap was dropped on the node)."""
+    run = bytearray()
+    position = -1
+    for offset, data in sorted(pieces):
+        if offset > position:
+            run = bytearray(data)  # a gap: bytes were dropped in between
+        elif offset + len(data) > position:
+            run += data[position - offset :]
+        else:
+            continue
+        position = offset + len(data)
+    return bytes(run[-OUTPUT_TAIL:])
 
 
 def _decode_tail(data: bytes) -> str:

@@ -18,8 +18,10 @@ master <-> agent, one execnet channel per node (execnet serialises; plain data o
 and the agent answers with:
     (READY, {"pid": int, "isolation": str, "python": str})    once, after the config
     (OUTPUT, task_id, offset, data)     bytes the task wrote to stdout or stderr, from `offset`
-                                        in its whole output (a jump means bytes dropped over
-                                        the output limit: see ``streams.OutputBuffer``)
+                                        in its whole output; chunks never overlap, but beyond
+                                        the head they may leave gaps (bytes dropped over the
+                                        output limit) and, when the task ends, fill in earlier
+                                        ones (see ``streams.OutputBuffer``)
     (BLOB, task_id, index, data)        the next chunk of attachment `index` of the results
     (DONE, task_id, outcome)            see ``outcome()``; after all the task's OUTPUT and BLOB
     (LOAD, [l1, l5, l15], running_count)

@@ -32,9 +32,11 @@ DEFAULT_ATTACHMENT_LIMIT = 4 << 30
 # Output of the head waits at most this long before it is sent (so a running task's output
 # reaches the master within about a second, as the output view promises).
 FLUSH_AFTER = 0.5
-# Beyond the head, only the newest output is kept, and it is sent this often: however fast a
-# task prints, what crosses the wire stays bounded, and the task is never slowed by it.
+# Beyond the head, only the newest output is kept (the tail); while the task runs, the newest of
+# it goes this often, at most LIVE_TAIL bytes each time: however fast a task prints, what crosses
+# the wire stays bounded (about a chunk a second), and the task is never slowed by it.
 TAIL_EVERY = 1.0
+LIVE_TAIL = CHUNK_SIZE
 # Attachment contents up to this size travel inside the results; bigger ones in chunks.
 INLINE_LIMIT = 256 * 1024
 
@@ -44,9 +46,12 @@ class OutputBuffer:
 
     The first half of the limit (the head) is sent as it comes, in chunks of at most
     ``CHUNK_SIZE``, at latest ``FLUSH_AFTER`` seconds after it was written. Beyond the head
-    only the newest half (the tail) is kept, and sent every ``TAIL_EVERY`` seconds: the bytes
-    dropped in between never leave the node. Each chunk carries its offset in the whole stream,
-    so the master sees where bytes were dropped. Feeding and taking are linear in the bytes.
+    only the newest half (the tail) is kept, in a ring. While the task runs, the newest bytes
+    not sent yet go every ``TAIL_EVERY`` seconds, at most ``LIVE_TAIL`` of them (a live view:
+    however fast a task prints, about a chunk a second crosses the wire); when it ends, what
+    the tail holds that did not go yet follows. The bytes dropped from the ring never leave the
+    node. Each chunk carries its offset in the whole stream, so the master sees where bytes
+    were dropped; chunks never overlap. Feeding and taking are linear in the bytes.
     """
 
     __slots__ = (
@@ -54,6 +59,8 @@ class OutputBuffer:
         "head_q",
         "head_since",
         "head_size",
+        "live",
+        "live_end",
         "sent",
         "tail",
         "tail_q",
@@ -70,17 +77,22 @@ class OutputBuffer:
         self.head_q: deque[bytes] = deque()  # pending, all before `head`
         self.head_size = 0
         self.head_since = 0.0
-        self.tail_q: deque[bytes] = deque()  # pending, all from `head` on, ending at `total`
+        # The ring: the newest bytes from `head` on (about `tail` of them), ending at `total`.
+        self.tail_q: deque[bytes] = deque()
         self.tail_size = 0
-        self.tail_since = 0.0
+        self.tail_since = 0.0  # when the oldest byte not yet sent live came
+        # (start, stop) of what went live from the ring, oldest first, while in the ring
+        self.live: deque[tuple[int, int]] = deque()
+        self.live_end = 0
 
     def feed(self, data: bytes, now: float) -> None:
         """Take bytes the task wrote."""
         size = len(data)
         if not size:
             return
-        room = self.head - self.total
-        self.total += size
+        before = self.total
+        room = self.head - before
+        self.total = before + size
         if room > 0:
             part = data if size <= room else data[:room]
             if not self.head_q:
@@ -90,7 +102,8 @@ class OutputBuffer:
             if size <= room:
                 return
             data = data[room:]
-        if not self.tail_q:
+            before = self.head
+        if before <= self._live_from():  # nothing was waiting to go live
             self.tail_since = now
         self.tail_q.append(data)
         self.tail_size += len(data)
@@ -98,9 +111,13 @@ class OutputBuffer:
         while self.tail_size - len(queue[0]) >= self.tail:
             self.tail_size -= len(queue.popleft())
 
+    def _live_from(self) -> int:
+        return max(self.head, self.live_end)
+
     @property
     def pending(self) -> int:
-        return self.head_size + self.tail_size
+        """Bytes waiting for their time to go."""
+        return self.head_size + min(self.tail_size, max(0, self.total - self._live_from()))
 
     def due_at(self) -> float | None:
         """When `take` next has something to send (monotonic time), or None."""
@@ -109,7 +126,7 @@ class OutputBuffer:
         times = []
         if self.head_q:
             times.append(self.head_since + FLUSH_AFTER)
-        if self.tail_q:
+        if self.total > self._live_from():
             times.append(self.tail_since + TAIL_EVERY)
         return min(times) if times else None
 
@@ -119,22 +136,63 @@ class OutputBuffer:
         if self.head_q:
             # Once the head is complete (or old enough) it goes whole; before, only whole
             # chunks go and a last partial one waits for its time.
-            whole = final or bool(self.tail_q) or now >= self.head_since + FLUSH_AFTER
+            whole = final or self.total > self.head or now >= self.head_since + FLUSH_AFTER
             if whole or self.head_size >= CHUNK_SIZE:
                 start = min(self.total, self.head) - self.head_size
                 self.head_size -= self._cut(self.head_q, start, chunks, whole)
                 self.head_since = now
-        if self.tail_q and not self.head_q and (final or now >= self.tail_since + TAIL_EVERY):
-            excess = self.tail_size - self.tail
-            if excess > 0:  # the ring drops whole pieces; what is sent is the tail exactly
-                self.tail_q[0] = self.tail_q[0][excess:]
-                self.tail_size -= excess
-            self._cut(self.tail_q, self.total - self.tail_size, chunks, True)
+        if self.head_q or not self.tail_q:
+            pass  # the ring's bytes follow the whole head
+        elif final:
+            for first, stop in self._unsent():
+                self._cut(deque([self._ring(first, stop)]), first, chunks, True)
+            self.tail_q.clear()
             self.tail_size = 0
+            self.live.clear()
+            self.live_end = self.total
+        elif self.total > self._live_from() and now >= self.tail_since + TAIL_EVERY:
+            first = max(self._live_from(), self.total - LIVE_TAIL, self.total - self.tail_size)
+            self._cut(deque([self._ring(first, self.total)]), first, chunks, True)
+            if self.live and self.live[-1][1] == first:
+                self.live[-1] = (self.live[-1][0], self.total)
+            else:
+                self.live.append((first, self.total))
+            self.live_end = self.total
+            ring_start = self.total - self.tail_size
+            while self.live and self.live[0][1] <= ring_start:
+                self.live.popleft()
         if chunks:
             last_offset, last = chunks[-1]
             self.sent = last_offset + len(last)
         return chunks
+
+    def _unsent(self) -> list[tuple[int, int]]:
+        """The ranges of the tail (the last `tail` bytes beyond the head) not sent live."""
+        position = self.total - min(self.tail_size, self.tail)
+        ranges = []
+        for first, stop in self.live:
+            if stop <= position:
+                continue
+            if first > position:
+                ranges.append((position, first))
+            position = stop
+        if position < self.total:
+            ranges.append((position, self.total))
+        return ranges
+
+    def _ring(self, first: int, stop: int) -> bytes:
+        """Bytes `first` to `stop` of the stream, which the ring holds."""
+        parts = []
+        end = self.total
+        for piece in reversed(self.tail_q):
+            start = end - len(piece)
+            if start < stop:
+                parts.append(piece[max(0, first - start) : stop - start])
+            if start <= first:
+                break
+            end = start
+        parts.reverse()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def final(self) -> tuple[list[tuple[int, bytes]], bytes]:
         """Everything still pending, as (chunks, last piece): the last piece rides in the DONE

@@ -35,11 +35,12 @@ class TaskOutput:
     """One task thread's output on its way to the sink. Its lock also keeps the task's chunks
     and its outcome in order, whichever thread sends them."""
 
-    __slots__ = ("buffer", "closed", "lock", "stage", "task_id")
+    __slots__ = ("buffer", "closed", "limit", "lock", "stage", "task_id")
 
     def __init__(self, task_id: str, limit: int) -> None:
         self.task_id = task_id
-        self.buffer = OutputBuffer(limit)
+        self.limit = limit
+        self.buffer: OutputBuffer | None = None  # made at the first write: most tasks print little
         self.stage = bytearray()
         self.lock = threading.Lock()
         self.closed = False
@@ -47,8 +48,12 @@ class TaskOutput:
     def send(self, sink: Sink, final: bool = False) -> bytes:
         """Pass on what is due (all, when `final`: then returns the last piece). Lock held."""
         if self.stage:
+            if self.buffer is None:
+                self.buffer = OutputBuffer(self.limit)
             self.buffer.feed(bytes(self.stage), time.monotonic())
             self.stage.clear()
+        if self.buffer is None:
+            return b""
         last = b""
         if final:
             chunks, last = self.buffer.final()

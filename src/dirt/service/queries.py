@@ -40,6 +40,9 @@ from dirt.service.queue import explain_waiting
 OUTPUT_READ = 1 << 20  # bytes of output one read returns (about: whole stored chunks)
 # Stands for output not kept between a task's head and its tail.
 TRUNCATED = "\n[... {n} bytes truncated (over [dispatch] output_limit) ...]\n"
+# Stands for output not stored (yet) while a task runs: beyond its head, a node sends about a
+# chunk a second of the newest output, and the rest of the tail when the task ends.
+SKIPPED = "\n[... {n} bytes not shown while the task runs ...]\n"
 
 
 @dataclass
@@ -207,23 +210,25 @@ class Queries(ServiceBase):
     ) -> OutputView:
         """What a task wrote to stdout and stderr, from byte `offset` of its output: of its
         latest attempt, or of `attempt`. Where output over [dispatch] output_limit was not
-        kept, a TRUNCATED line says how many bytes are missing. Readable while the task runs
-        (about a second behind it) and after; ask again from `next_offset` while `more`.
-        Nothing from `until` on is returned."""
+        kept, a TRUNCATED line says how many bytes are missing (a SKIPPED line while the task
+        runs: what it prints faster than the live view is stored, up to the limit, when it
+        ends). Readable while the task runs (about a second behind it) and after; ask again
+        from `next_offset` while `more`. Nothing from `until` on is returned."""
         with self._read() as conn:
             task = _get_task(conn, task_id)
             number = task.attempts if attempt is None else attempt
             if not 0 <= number <= task.attempts:
                 raise NotFoundError(f"task {task_id!r} has no attempt {number}")
             stored = output_db.read_output(conn, task_id, number, max(0, offset), max_bytes, until)
+        still_running = number == task.attempts and not task.state.finished
+        gap = SKIPPED if still_running else TRUNCATED
         parts = []
         position = max(0, offset)
         for start, data in stored.pieces:
             if start > position:
-                parts.append(TRUNCATED.format(n=start - position).encode())
+                parts.append(gap.format(n=start - position).encode())
             parts.append(data)
             position = start + len(data)
-        still_running = number == task.attempts and not task.state.finished
         return OutputView(
             b"".join(parts),
             stored.next_offset,

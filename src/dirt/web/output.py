@@ -37,7 +37,9 @@ OUTPUT_ERRORS: dict[int | str, dict[str, Any]] = {
             "description": "The output stored from `offset` on (text/plain). `X-Next-Offset`: "
             "ask from there next; `X-More-Data`: `true` while the task may write more; "
             "`X-Attempt`: the attempt the output is of. Output over `[dispatch] output_limit` "
-            "is not kept: a line `[... N bytes truncated ...]` stands in for it."
+            "is not kept: a line `[... N bytes truncated ...]` stands in for it (while the task "
+            "runs, `[... N bytes not shown while the task runs ...]` stands for what it printed "
+            "faster than about 1 MiB a second beyond its head: stored when it ends)."
         },
     },
 )
