@@ -203,7 +203,9 @@ class OutputBuffer:
         if not chunks:
             return chunks, b""
         offset, data = chunks[-1]
-        previous = chunks[-2][0] + len(chunks[-2][1]) if len(chunks) > 1 else before
+        # The master puts the piece after the newest byte it got, which may be a live chunk
+        # sent before the gaps these chunks fill in.
+        previous = max(before, chunks[-2][0] + len(chunks[-2][1]) if len(chunks) > 1 else 0)
         if offset != previous:
             return chunks, b""
         chunks.pop()
