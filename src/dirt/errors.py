@@ -45,3 +45,7 @@ class NodeError(DirtError):
 
 class StateError(DirtError):
     """An operation does not apply to an object in its current state."""
+
+
+class UnauthorizedError(DirtError):
+    """A credential is unknown, revoked or expired (an agent's job token)."""

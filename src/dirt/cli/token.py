@@ -11,7 +11,8 @@ from dirt.models import TokenScope
 
 @click.group()
 def token() -> None:
-    """API tokens for HTTP: scope api reads and writes, scope read only reads."""
+    """API tokens for HTTP: scope api reads and writes, scope read only reads, scope agent
+    only runs pull-mode agents."""
 
 
 @token.command("create")
@@ -21,7 +22,8 @@ def token() -> None:
     type=click.Choice([s.value for s in TokenScope]),
     default=TokenScope.API.value,
     show_default=True,
-    help="api: read and write (submit, cancel, retry, nodes); read: read only.",
+    help="api: read and write (submit, cancel, retry, nodes); read: read only; agent: only "
+    "register pull-mode agents and run their jobs.",
 )
 @click.pass_obj
 def token_create(obj: Context, name: str, scope: str) -> None:

@@ -114,7 +114,7 @@ class Incoming:
         if isinstance(piece, str):
             piece = piece.encode("utf-8", "surrogateescape")
         self._output(task_id, task, task.output_end, piece)
-        tail = _decode_tail(bytes(task.tail[-OUTPUT_TAIL:]))
+        tail = decode_tail(bytes(task.tail[-OUTPUT_TAIL:]))
         wire = (*wire[:_OUTPUT], b"")
         if wire[1] is None and task.error is None:
             try:
@@ -180,7 +180,7 @@ class Incoming:
                     writer.abort()
 
 
-def _decode_tail(data: bytes) -> str:
+def decode_tail(data: bytes) -> str:
     """Text of the last bytes of an output, which may begin inside a UTF-8 sequence."""
     start = 0
     while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:

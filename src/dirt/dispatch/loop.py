@@ -333,6 +333,8 @@ class Dispatcher:
         with self.lock:
             views = self._views()
             busy = self.slots.busy()
+        if not views:
+            return []  # no node to drive (agents fetch their own work): nothing to read
         capacity = sum(v.capacity for v in views if v.usable)
         wanted = capacity + self._prefetch - busy
         if self._pending_stale or (len(self._pending) < wanted and not self._window_complete):

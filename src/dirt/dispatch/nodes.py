@@ -22,7 +22,7 @@ from dirt.dispatch import runner
 from dirt.dispatch.connection import NodeConnection, Outcome
 from dirt.dispatch.incoming import Limits, OnOutput
 from dirt.dispatch.select import NodeView
-from dirt.models import Node, TaskState
+from dirt.models import Node, NodeKind, TaskState
 from dirt.service import Service
 
 log = logging.getLogger("dirt")
@@ -132,8 +132,9 @@ class Nodes:
 
     def refresh(self, running: Running) -> None:
         """Drive the nodes the store lists now: new ones join, removed ones leave, and a
-        disabled node's connection closes once nothing runs there."""
-        known = {n.address: n for n in self.service.nodes()}
+        disabled node's connection closes once nothing runs there. An agent node is never
+        driven: it fetches its own work over HTTP (dirt.web.agent_api)."""
+        known = {n.address: n for n in self.service.nodes() if n.kind is not NodeKind.AGENT}
         closing = []
         with self.lock:
             for address in list(self._states):

@@ -1,11 +1,12 @@
 """The use cases: the only writer of the store. Owns transactions, bumps the change sequence.
 
 `Service` is one object composed of a part per client, all over one write helper
-(`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Administration` (what users
-change: submissions, nodes, cancel and retry, tokens), `Intake` (records from change sources,
-each taken once), `Queries` (every read of the CLI and the web), `Queue` (the queue view and the
-dispatchers running) and `Outbox` (the notification rows, for the sender and `dirt notify`). The
-writing parts share `Notices`, which adds the notification rows a change makes to the change's
+(`ServiceBase._write`): `Dispatching` (what the dispatcher asks), `Agents` and `AgentReports`
+(what pull-mode agents ask, over HTTP), `Administration` (what users change: submissions,
+nodes, cancel and retry, tokens), `Intake` (records from change sources, each taken once),
+`Queries` (every read of the CLI and the web), `Queue` (the queue view and the dispatchers
+running) and `Outbox` (the notification rows, for the sender and `dirt notify`). The writing
+parts share `Notices`, which adds the notification rows a change makes to the change's
 own transaction.
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 from dirt.models import Finished
 from dirt.service.administration import Administration
+from dirt.service.agent_reports import AgentReports
+from dirt.service.agents import JobOffer, Sweep
 from dirt.service.base import new_master_id
-from dirt.service.dispatching import Dispatching
 from dirt.service.intake import Intake, Taken
 from dirt.service.outbox import Outbox
 from dirt.service.queries import AttachmentFile, OutputView, Queries, RecordDetail
@@ -23,15 +25,17 @@ from dirt.service.queue import Queue, QueueEntry, QueueView
 __all__ = [
     "AttachmentFile",
     "Finished",
+    "JobOffer",
     "OutputView",
     "QueueEntry",
     "QueueView",
     "RecordDetail",
     "Service",
+    "Sweep",
     "Taken",
     "new_master_id",
 ]
 
 
-class Service(Dispatching, Administration, Intake, Queries, Queue, Outbox):
+class Service(AgentReports, Administration, Intake, Queries, Queue, Outbox):
     """Every write of records, tasks and nodes goes through here."""

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -84,6 +84,13 @@ class ServiceBase:
         self._listeners: list[Callable[[int], None]] = []
         self._seq_lock = threading.Lock()
         self._known_seq = 0
+        # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in
+        # growing steps (its busy handler) before it looks again: the threads of one process
+        # (a web process serving many agents) queue here instead, and each gets the lock as
+        # soon as the one before commits.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -107,7 +114,7 @@ class ServiceBase:
         user. Any write made while serving a web request is audited, named or not.
         """
         actor = _current_actor(action)
-        with write_transaction(self.engine) as conn:
+        with self._write_lock, write_transaction(self.engine) as conn:
             seq = next_seq(conn)
             result = work(conn, seq)
             if actor is not None:

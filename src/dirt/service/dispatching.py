@@ -18,6 +18,7 @@ from dirt.db import nodes as nodes_db
 from dirt.db import output as output_db
 from dirt.db import queue as queue_db
 from dirt.db import tasks as tasks_db
+from dirt.db.agents import CLAIM_PREFIX as AGENT_CLAIM
 from dirt.db.dispatching import Start
 from dirt.logs import info_lines
 from dirt.models import DispatcherInfo, Finished, OutputChunk, Task, TaskState
@@ -91,18 +92,25 @@ class Dispatching(Notices):
                     a.content = None
 
     def _store_finished(
-        self, conn: Connection, seq: int, finished: Sequence[Finished], *, lost: bool = False
+        self,
+        conn: Connection,
+        seq: int,
+        finished: Sequence[Finished],
+        *,
+        lost: bool = False,
+        claimer: str | None = None,
     ) -> list[Finished]:
         """Store finished runs with their attachments; returns those stored. A result for a
         task that moved on (requeued, cancelled, a stale attempt) is dropped.
 
         Every final state a dispatcher stores passes here, so whatever follows from one (a
         notification row) is written here, in the same transaction. `lost`: these tasks fail
-        because their nodes were lost (a commit status says "error", not "failure").
+        because their nodes were lost (a commit status says "error", not "failure"). `claimer`:
+        who holds the tasks when not this master (a pull-mode agent's claim).
         """
         if not finished:
             return []
-        written = set(dispatching_db.finish_tasks(conn, finished, self.master_id, seq))
+        written = set(dispatching_db.finish_tasks(conn, finished, claimer or self.master_id, seq))
         stored = [f for f in finished if f.task_id in written]
         attachments_db.insert_attachments(conn, [a for f in stored for a in f.attachments])
         lines = []
@@ -127,13 +135,20 @@ class Dispatching(Notices):
         )
 
     def requeue(
-        self, items: Sequence[tuple[str, int]], reason: str, *, node_lost: bool = False
+        self,
+        items: Sequence[tuple[str, int]],
+        reason: str,
+        *,
+        node_lost: bool = False,
+        claimer: str | None = None,
     ) -> tuple[list[str], list[str]]:
         """Running (task id, attempt) pairs back to waiting.
 
         When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
+        `claimer`: who holds the tasks when not this master (a pull-mode agent's claim).
         Returns (requeued ids, failed ids).
         """
+        holder = claimer or self.master_id
 
         def work(conn: Connection, seq: int) -> tuple[list[str], list[str]]:
             now = time.time()
@@ -158,9 +173,9 @@ class Dispatching(Notices):
                             completed=now,
                         )
                     )
-            requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, self.master_id)
+            requeued = dispatching_db.requeue_tasks(conn, again, reason, now, seq, holder)
             self._notice_finished(conn, requeued)  # those cancelled while they ran
-            failed = self._store_finished(conn, seq, give_up, lost=True)
+            failed = self._store_finished(conn, seq, give_up, lost=True, claimer=holder)
             return requeued, [f.task_id for f in failed]
 
         requeued, failed = self._write(work)
@@ -255,6 +270,8 @@ class Dispatching(Notices):
         """
         if owner is None:
             return True
+        if owner.startswith(AGENT_CLAIM):
+            return False  # a pull-mode agent's claim: its lease decides (dirt.service.agents)
         owner_host, _, rest = owner.partition(":")
         pid = rest.partition(":")[0]
         if owner_host != socket.gethostname():

@@ -2,7 +2,9 @@
 
 `seq` is the newest committed change sequence value known here. Writes made by this process
 reach it at once through `Service.add_listener`; writes of other processes (the dispatcher of
-`dirt serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds.
+`dirt serve`, `dirt submit`) are seen by polling the sequence every `poll_interval` seconds, or
+every `EAGER_POLL` seconds while someone waits `eagerly` (an idle pull-mode agent picks up a
+task submitted elsewhere within tens of milliseconds).
 
 The events of `/events` are made here, once for every open stream: at most every
 `event_interval` (a page refreshes at most four times a second anyway), one thread reads what
@@ -23,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ log = logging.getLogger("dirt.web")
 
 SSE_MAX_CHANGES = 500
 EVENT_RING = 256
+EAGER_POLL = 0.01  # seconds between polls of the sequence while an agent waits for work
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class ChangeHub:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._stopping = threading.Event()
         self._nudge = threading.Event()
+        self._eager = 0  # waiters that want writes of other processes seen at once
         self._thread: threading.Thread | None = None
         service.add_listener(self._written_here)
 
@@ -113,10 +117,22 @@ class ChangeHub:
             self.seq = seq
         self._wake_all()
 
+    @contextlib.contextmanager
+    def eagerly(self) -> Iterator[None]:
+        """While inside, the sequence is polled every EAGER_POLL seconds (one indexed read)."""
+        with self._lock:
+            self._eager += 1
+        self._nudge.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._eager -= 1
+
     def _poll(self) -> None:
         next_event = 0.0
         while not self._stopping.is_set():
-            self._nudge.wait(self.poll_interval)
+            self._nudge.wait(EAGER_POLL if self._eager else self.poll_interval)
             self._nudge.clear()
             if self._stopping.is_set():
                 return
