@@ -211,13 +211,17 @@ class Master:
         backoff = Backoff()
         while True:
             try:
-                return self.send(method, path, body, headers, timeout)
+                answer = self.send(method, path, body, headers, timeout)
             except Unreachable as exc:
                 if self.stopping.is_set():
                     raise
                 if not backoff.delay:
                     log.warning("master unreachable (%s); trying again", exc)
                 backoff.wait(self.stopping)
+                continue
+            if backoff.delay:
+                log.info("master reachable again")
+            return answer
 
 
 def _error(answer: Any, payload: bytes) -> str:
