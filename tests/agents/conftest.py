@@ -8,6 +8,7 @@ Without namespaces (not root, no iproute2) the agents run on loopback and the su
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -42,6 +43,7 @@ def execute(seconds=0.0, fail=False):
 """
 
 _seen: dict[str, str] = {}
+_namespaces = itertools.count(1)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -113,19 +115,22 @@ def agent_file(master: Master, tmp_path: Path) -> Path:
 
 
 class Network:
-    """Where agents run: in a namespace behind an outbound relay, or on loopback."""
+    """Where agents run: in a namespace behind an outbound relay to the master's `port`, or on
+    loopback. `scheme`: how the master speaks."""
 
-    def __init__(self, master: Master, isolated: bool) -> None:
-        self.master = master
+    def __init__(self, port: int, isolated: bool, scheme: str = "http") -> None:
+        self.port = port
+        self.scheme = scheme
         self.outbound: Any = None
         if isolated:
             from tests.agents.outbound import Outbound
 
-            self.outbound = Outbound(1, ("127.0.0.1", master.port))
+            self.outbound = Outbound(next(_namespaces), ("127.0.0.1", port))
 
     @property
     def url(self) -> str:
-        return self.outbound.url if self.outbound else self.master.url
+        port = self.outbound.port if self.outbound else self.port
+        return f"{self.scheme}://127.0.0.1:{port}/"
 
     def command(self, *args: str) -> list[str]:
         return self.outbound.command(*args) if self.outbound else list(args)
@@ -135,14 +140,19 @@ class Network:
             self.outbound.close()
 
 
-@pytest.fixture
-def network(master: Master) -> Iterator[Network]:
+def isolated() -> bool:
+    """Whether agents get a namespace of their own here (noted for the summary)."""
     possible, why = namespaces_possible()
     if possible:
         _seen["isolated"] = "yes"
     else:
         _seen["loopback"] = why
-    made = Network(master, possible)
+    return possible
+
+
+@pytest.fixture
+def network(master: Master) -> Iterator[Network]:
+    made = Network(master.port, isolated())
     yield made
     made.close()
 
@@ -185,8 +195,9 @@ StartAgent = Callable[..., Agent]
 def start_agent(
     agent_file: Path, network: Network, agent_token: str, service: Service
 ) -> Iterator[StartAgent]:
-    """Factory: start_agent(name, slots=1, *extra, env={}, token=None, wait=True) -> Agent,
-    running; with `wait`, once the master knows it. Every agent is killed at teardown."""
+    """Factory: start_agent(name, slots=1, *extra, env={}, token=None, url=None, wait=True,
+    via=None) -> Agent, running; with `wait`, once the master knows it; `via`: another
+    Network (to another master). Every agent is killed at teardown."""
     need(os.path.exists(PYTHON), PYTHON)
     started: list[Agent] = []
 
@@ -198,10 +209,12 @@ def start_agent(
         token: str | None = None,
         url: str | None = None,
         wait: bool = True,
+        via: Network | None = None,
     ) -> Agent:
         variables = [f"{k}={v}" for k, v in {"AGENT_LABEL": name, **(env or {})}.items()]
-        command = network.command(
-            "env", "-i", *variables, PYTHON, str(agent_file), url or network.url,
+        net = via or network
+        command = net.command(
+            "env", "-i", *variables, PYTHON, str(agent_file), url or net.url,
             "--token", token or agent_token, "--name", name, "--slots", str(slots), *extra,
         )  # fmt: skip
         log = agent_file.parent / f"{name}.log"

@@ -32,10 +32,13 @@ def token_create(obj: Context, name: str, scope: str) -> None:
 
     made = obj.service.create_token(name, token_scope(scope))
     click.echo(made)
+    use = (
+        "Give it to agents: `python3 agent.py URL --token TOKEN` (agent.py from URL/agent.py)."
+        if scope == "agent"
+        else "Send it as 'Authorization: Bearer TOKEN'."
+    )
     err.print(
-        f"token {escape(name)} (scope {scope}) made; it is shown only now. "
-        "Send it as 'Authorization: Bearer TOKEN'.",
-        highlight=False,
+        f"token {escape(name)} (scope {scope}) made; it is shown only now. {use}", highlight=False
     )
 
 
