@@ -31,7 +31,7 @@ def test_an_agent_and_a_dispatcher_never_hold_the_same_task(store: Service) -> N
     _, reserved = store.dispatch([], [], ids[:1])  # a dispatcher holds the first
     assert reserved == ids[:1]
     offer = store.claim_job("a1", token)
-    assert offer is not None and offer.task.id == ids[1]
+    assert offer is not None and offer.task.id in ids[1:]
     assert store.dispatch([], [], [offer.task.id]) == ([], [])  # the agent's: not reservable
 
 
@@ -126,3 +126,15 @@ def test_a_revoked_agent_token_voids_its_jobs(store: Service) -> None:
         store.job_heartbeat(offer.job_id, offer.token)
     with pytest.raises(UnauthorizedError, match="revoked"):
         store.claim_job("a1", token)
+
+
+def test_a_task_an_agent_can_run_waits_for_its_slot_not_for_a_dispatcher(store: Service) -> None:
+    token = agents(store, "a1", slots=1)
+    ids = [t.id for t in store.submit_tasks("r1", ["examples.simple"] * 2).tasks]
+    assert store.claim_job("a1", token) is not None
+    waiting = next(t for t in store.tasks(ids) if t.state is TaskState.WAITING)
+    reason = store.task_detail(waiting.id)[0].waiting_reason
+    assert reason == "queued: next in line; its matching node a1 is busy: 1/1 slots"
+    store.expire_agent_leases(time.time() + store.lease + 1)  # gone quiet: offline
+    reason = store.task_detail(waiting.id)[0].waiting_reason
+    assert reason is not None and reason.startswith("no dispatcher is running")

@@ -187,6 +187,16 @@ def open_jobs(conn: Connection, node: str) -> int:
     return int(next(iter(_OPEN_JOBS.fetch(conn, {"b_node": node})[0].values())))
 
 
+def jobs_per_node(conn: Connection) -> dict[str, int]:
+    """Open jobs of every agent node that holds any."""
+    query = (
+        select(agent_jobs.c.node, func.count())
+        .where(agent_jobs.c.closed.is_(None))
+        .group_by(agent_jobs.c.node)
+    )
+    return {node: count for node, count in conn.execute(query)}
+
+
 def renew_lease(conn: Connection, job_id: int, until: float) -> bool:
     """Push an open job's lease to `until`; False when the job is closed."""
     return _RENEW.change(conn, {"b_id": job_id, "b_until": until}) == 1
