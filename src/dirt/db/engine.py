@@ -171,6 +171,8 @@ class Prepared:
         """Execute once per row; returns the number of rows changed in all."""
         if not rows:
             return 0
+        if len(rows) == 1:
+            return self.change(conn, rows[0])
         sql, order, defaults = self._compile(conn)
         params: list[Any] = []
         for row in rows:

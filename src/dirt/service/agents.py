@@ -180,7 +180,7 @@ class Agents(Dispatching):
                 continue
             offer = self._claim(conn, seq, node, task, module, agent_digest, now)
             if offer is not None:
-                log.info("%s -> %s (agent)", task.id, node.address)
+                log.info("%s -> %s", task.id, node.address)
                 return offer
         return None
 

@@ -171,10 +171,7 @@ async def request_job(request: Request) -> Response:
     """Body: `{"node": NAME, "wait": SECONDS}` (at most 60; held at most 30). The job: `id`,
     `task_id`, `attempt`, `name`, `sha256`, `source` (the module's bytes, base64), `kwargs`,
     `timeout`, `token` (the job token: send it as `Job-Token`), `lease`, `heartbeat`."""
-    agent_token = access(request).bearer(request)
-    if agent_token is None:
-        await _agent(request)  # 401 with the why
-    assert agent_token is not None
+    _, agent_token = await _agent(request)
     wanted = agent_documents.work_request(await read_json(request))
     service = service_of(request)
     hub: ChangeHub = request.app.state.hub

@@ -79,6 +79,7 @@ class ChangeHub:
         self._stopping = threading.Event()
         self._nudge = threading.Event()
         self._eager = 0  # waiters that want writes of other processes seen at once
+        self._next_event = 0.0  # monotonic time before which no event is made
         self._thread: threading.Thread | None = None
         service.add_listener(self._written_here)
 
@@ -100,9 +101,11 @@ class ChangeHub:
 
     def _written_here(self, seq: int) -> None:
         """A write of this process committed: known at once (the next read sees it), its event
-        made without waiting for the poll."""
+        made as soon as one is due (not one wake-up of the poll per write: a busy agent writes
+        once per task)."""
         self._advance(seq)
-        self._nudge.set()
+        if time.monotonic() >= self._next_event:
+            self._nudge.set()
 
     def seen(self, seq: int) -> None:
         """A reader saw the store at `seq`: known here from now on."""
@@ -130,9 +133,11 @@ class ChangeHub:
                 self._eager -= 1
 
     def _poll(self) -> None:
-        next_event = 0.0
         while not self._stopping.is_set():
-            self._nudge.wait(EAGER_POLL if self._eager else self.poll_interval)
+            wait = EAGER_POLL if self._eager else self.poll_interval
+            if self.event_seq < self.seq:  # an event to make: wake when it is due
+                wait = min(wait, max(0.0, self._next_event - time.monotonic()))
+            self._nudge.wait(wait)
             self._nudge.clear()
             if self._stopping.is_set():
                 return
@@ -141,9 +146,9 @@ class ChangeHub:
                 now = time.monotonic()
                 # Writes in a burst make one event per interval, not one per write: a page
                 # refreshes at most that often anyway.
-                if self.event_seq < self.seq and now >= next_event:
+                if self.event_seq < self.seq and now >= self._next_event:
                     self._make_events()
-                    next_event = now + self.event_interval
+                    self._next_event = now + self.event_interval
             except Exception as exc:  # the store may be busy or gone for a moment
                 log.debug("change poll failed: %s", exc)
 
