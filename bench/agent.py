@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dispatch import DIRT, TRIVIAL_MODULE, Run, cpu_seconds, dirt_cli
+from bench.dispatch import DIRT, TRIVIAL_MODULE, Run, cpu_seconds, dirt_cli, until_done
 from dirt.config import load_settings
 from dirt.service import Service
 
@@ -135,18 +135,12 @@ def agent_round(root: Path, n: int, slots: int, pickups: int) -> AgentRound:
             capture_output=True,
         )
         assert submit.returncode == 0, submit.stderr
-        first: tuple[int, float, float] | None = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            counts = service.record_summary("bench").counts
-            finished = n - counts["waiting"] - counts["running"]
-            if first is None and finished:
-                first = (finished, sum(cpu_seconds(serve.pid)), sum(cpu_seconds(agent.pid)))
-            if finished == n:
-                break
-            time.sleep(0.005)
-        else:
-            raise RuntimeError("the agent did not finish in time")
+        first = until_done(
+            service,
+            n,
+            "the agent",
+            lambda: (sum(cpu_seconds(serve.pid)), sum(cpu_seconds(agent.pid))),
+        )
         done = time.time()
         master, node = sum(cpu_seconds(serve.pid)), sum(cpu_seconds(agent.pid))
         tasks = service.record_detail("bench").tasks
@@ -158,7 +152,6 @@ def agent_round(root: Path, n: int, slots: int, pickups: int) -> AgentRound:
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
         service.close()
-    assert first is not None
     counted = n - first[0]
     first_start = min(t.started for t in tasks if t.started is not None)
     run = Run(

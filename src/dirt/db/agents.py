@@ -32,9 +32,8 @@ from sqlalchemy import (
 )
 
 from dirt.db.engine import Prepared
-from dirt.db.records import epoch_seconds
 from dirt.db.schema import agent_jobs, api_tokens, nodes, tasks
-from dirt.db.tasks import waiting_query
+from dirt.db.tasks import task_from_fields, waiting_query
 from dirt.models import AgentJob, Node, NodeKind, Task, TaskState, TokenScope
 
 CLAIM_PREFIX = "agent:"
@@ -279,26 +278,12 @@ def seen(conn: Connection, address: str, now: float, seq: int) -> None:
 
 def waiting(conn: Connection, limit: int, order: str) -> list[Task]:
     """Waiting tasks no one holds, in `order` (db.tasks.waiting_tasks, compiled once)."""
-    found = []
-    for fields in _WAITING[order].fetch(conn, {"b_limit": limit}):
-        found.append(
-            Task(
-                id=fields["id"],
-                record_id=fields["record_id"],
-                name=fields["name"],
-                kwargs=_json(fields["kwargs"]),
-                requires=_json(fields["requires"]) or [],
-                platform=fields["platform"],
-                priority=fields["priority"],
-                timeout=fields["timeout"],
-                max_attempts=fields["max_attempts"],
-                created=epoch_seconds(fields["created"]),
-                attempts=fields["attempts"],
-                turn=fields["turn"],
-                record_created=fields["record_created"],
-            )
+    return [
+        task_from_fields(
+            {**fields, "kwargs": _json(fields["kwargs"]), "requires": _json(fields["requires"])}
         )
-    return found
+        for fields in _WAITING[order].fetch(conn, {"b_limit": limit})
+    ]
 
 
 def _json(value: Any) -> Any:

@@ -192,9 +192,12 @@ async def request_job(request: Request) -> Response:
 
 
 @router.put(
-    "/api/agent/jobs/{job_id}", summary="A job's heartbeat or result", responses=AGENT_ERRORS
+    "/api/agent/jobs/{job_id}",
+    summary="A job's heartbeat or result",
+    response_class=Response,
+    responses=AGENT_ERRORS,
 )
-async def report(request: Request, job_id: int) -> dict[str, Any]:
+async def report(request: Request, job_id: int) -> Response:
     """Body: `{"state": "running"}` (a heartbeat: answered with `cancel`, true when the agent
     must kill the task), `{"state": "finished", "outcome": {...}}` (answered with the task's
     state; with `"next": true`, also with `next`: the agent's next job, or null), or
