@@ -61,7 +61,7 @@ def test_a_revoked_token_stops_its_agents(service: Service, start_agent: StartAg
     wait_for(lambda: service.node("revoked").online, what="polling")
     service.revoke_token("agents")
     assert agent.wait(timeout=10) == 1
-    assert "the agent token was revoked" in agent.log
+    assert "the master refused this agent" in agent.log and "revoked" in agent.log
 
 
 def test_a_cancel_reaches_the_agent_through_the_heartbeat(
@@ -108,10 +108,21 @@ def test_an_agent_told_to_stop_gives_its_tasks_back(
 ) -> None:
     agent = start_agent("leaving")
     [task_id] = submit(service, {"seconds": 30})
-    wait_for(lambda: running_on(service, task_id, "leaving"), what="the task running")
+    agent.wait_log(f"task {task_id} \\(agent.sleepy\\)")  # running there, not just claimed
     agent.signal(signal.SIGTERM)
     assert agent.wait(timeout=10) == 0
     task, _, attempts = service.task_detail(task_id)
-    assert task.state is TaskState.WAITING  # at once, not after a lease
+    assert task.state is TaskState.WAITING, agent.log  # at once, not after a lease
     assert attempts[-1].outcome is Outcome.LOST
     assert attempts[-1].reason == "agent leaving stopped while it ran: the agent was stopped"
+
+
+def test_a_busy_agent_stays_online(service: Service, start_agent: StartAgent) -> None:
+    start_agent("busy")
+    [task_id] = submit(service, {"seconds": 2 * LEASE})
+    wait_for(lambda: running_on(service, task_id, "busy"), what="the task running")
+    deadline = time.monotonic() + 1.5 * LEASE
+    while time.monotonic() < deadline:  # it does not poll: its heartbeats show it alive
+        assert service.node("busy").online
+        time.sleep(0.1)
+    assert wait_finished(service, [task_id])[0].state is TaskState.SUCCEEDED

@@ -135,6 +135,18 @@ _SEEN = Prepared(
     .where(nodes.c.address == bindparam("b_address"))
     .values(online=True, last_seen=bindparam("b_now"), last_error=None, seq=bindparam("b_seq"))
 )
+_SEEN_IF_DUE = Prepared(
+    update(nodes)
+    .where(
+        nodes.c.address == bindparam("b_address"),
+        or_(
+            nodes.c.online.is_(False),
+            nodes.c.last_seen.is_(None),
+            nodes.c.last_seen < bindparam("b_before"),
+        ),
+    )
+    .values(online=True, last_seen=bindparam("b_now"), last_error=None, seq=bindparam("b_seq"))
+)
 _WAITING = {
     order: Prepared(waiting_query(0, order).limit(bindparam("b_limit")))
     for order in ("fifo", "fair")
@@ -276,6 +288,13 @@ def seen(conn: Connection, address: str, now: float, seq: int) -> None:
     _SEEN.change(conn, {"b_address": address, "b_now": now, "b_seq": seq})
 
 
+def seen_if_due(conn: Connection, address: str, now: float, before: float, seq: int) -> None:
+    """The agent is at work: online, seen now, unless it was seen after `before` (a busy agent
+    does not poll, its heartbeats and results show it alive; one write a while, not each)."""
+    row = {"b_address": address, "b_now": now, "b_before": before, "b_seq": seq}
+    _SEEN_IF_DUE.change(conn, row)
+
+
 def waiting(conn: Connection, limit: int, order: str) -> list[Task]:
     """Waiting tasks no one holds, in `order` (db.tasks.waiting_tasks, compiled once)."""
     return [
@@ -284,6 +303,11 @@ def waiting(conn: Connection, limit: int, order: str) -> list[Task]:
         )
         for fields in _WAITING[order].fetch(conn, {"b_limit": limit})
     ]
+
+
+def any_waiting(conn: Connection) -> bool:
+    """Whether any task waits that no one holds."""
+    return bool(_WAITING["fifo"].fetch(conn, {"b_limit": 1}))
 
 
 def _json(value: Any) -> Any:

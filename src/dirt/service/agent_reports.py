@@ -53,6 +53,7 @@ class AgentReports(Agents):
             job = self._open_job(conn, job_id, token)
             if not agents_db.renew_lease(conn, job.id, now + self.lease):
                 raise StateError(_closed(job))
+            agents_db.seen_if_due(conn, job.node, now, now - self.seen_every, seq)
             return job.cancel_requested
 
         return self._write(work)
@@ -127,6 +128,8 @@ class AgentReports(Agents):
             node = agents_db.agent_node(conn, job.node)
             if node is None:
                 return finished.state, None
+            if not node.online or (node.last_seen or 0) < now - self.seen_every:
+                agents_db.seen(conn, node.address, now, seq)
             if infra or (finished.state is TaskState.SUCCEEDED and node.penalty):
                 agents_db.score(conn, job.node, seq, failure=infra)
                 node.penalty += 1 if infra else -1

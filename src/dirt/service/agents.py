@@ -65,6 +65,11 @@ class Agents(Dispatching):
     def lease(self) -> float:
         return self.settings.agents.lease
 
+    @property
+    def seen_every(self) -> float:
+        """How often an agent's activity is noted on its node (it shows online by it)."""
+        return min(5.0, self.lease / 4)
+
     # ---- registering -------------------------------------------------------------------------
 
     def register_agent(self, registration: Registration) -> Node:
@@ -115,6 +120,11 @@ class Agents(Dispatching):
         """
         return self._claim_next(name, digest(agent_token), now)
 
+    def any_claimable(self) -> bool:
+        """Whether any task waits that no one holds (one indexed read)."""
+        with self._read() as conn:
+            return agents_db.any_waiting(conn)
+
     def _claim_next(
         self, name: str, agent_digest: str, now: float | None = None
     ) -> JobOffer | None:
@@ -126,7 +136,7 @@ class Agents(Dispatching):
                     "create NAME --scope agent`"
                 )
             node = self._agent_node(conn, name)
-            seen_due = not node.online or (node.last_seen or 0) < now - min(5.0, self.lease / 4)
+            seen_due = not node.online or (node.last_seen or 0) < now - self.seen_every
             candidates = self._candidates(conn, node)
         if not candidates:
             if seen_due:

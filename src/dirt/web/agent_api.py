@@ -175,20 +175,47 @@ async def request_job(request: Request) -> Response:
     wanted = agent_documents.work_request(await read_json(request))
     service = service_of(request)
     hub: ChangeHub = request.app.state.hub
+    claimable: Claimable = request.app.state.claimable
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wanted.wait, HOLD)
+    # While it waits the agent must still show online: a claim (which notes the poll) at least
+    # every quarter lease, whatever happens meanwhile.
+    every = service.lease / 4
+    tried = -every
     with hub.eagerly():
         while True:
             seq = hub.seq
             if await request.is_disconnected():
                 return Response(status_code=204)
-            offer = await run_in_threadpool(service.claim_job, wanted.node, agent_token)
-            if offer is not None:
-                return _json(_offer(offer, service), 201)
+            if loop.time() - tried >= every or await claimable(seq):
+                tried = loop.time()
+                offer = await run_in_threadpool(service.claim_job, wanted.node, agent_token)
+                if offer is not None:
+                    return _json(_offer(offer, service), 201)
             remaining = deadline - loop.time()
             if remaining <= 0 or hub.stopped:
                 return Response(status_code=204)
-            await hub.wait_beyond(seq, remaining)
+            await hub.wait_beyond(seq, min(remaining, every))
+
+
+class Claimable:
+    """Whether any task waits that no one holds: asked once per change of the store, however
+    many agents wait in this process (a write wakes them all; without work for them, they
+    go back to waiting on one shared read instead of a claim each)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.seq = -1
+        self.found = True
+        self.lock = asyncio.Lock()
+
+    async def __call__(self, seq: int) -> bool:
+        if seq != self.seq:
+            async with self.lock:
+                if seq != self.seq:
+                    self.found = await run_in_threadpool(self.service.any_claimable)
+                    self.seq = seq
+        return self.found
 
 
 @router.put(
