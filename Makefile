@@ -41,6 +41,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/ssh.py
 	$(BIN)/python bench/fair.py
+	$(BIN)/python bench/agent.py
 
 clean:
 	rm -rf $(VENV) dirt-demo artifacts .pytest_cache .ruff_cache

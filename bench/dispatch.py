@@ -207,6 +207,25 @@ def make_project(root: Path, isolation: str, n: int, slots: int) -> Path:
     return project
 
 
+def until_done(
+    service: Service, n: int, what: str, cpu: Callable[[], tuple[float, float]]
+) -> tuple[int, float, float]:
+    """Wait until the n tasks of record `bench` are finished (read every 5 ms); returns how
+    many were finished when the first was seen, and `cpu()` then (the flat-out part starts)."""
+    first: tuple[int, float, float] | None = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        counts = service.record_summary("bench").counts
+        finished = n - counts["waiting"] - counts["running"]
+        if first is None and finished:
+            first = (finished, *cpu())
+        if finished == n:
+            assert first is not None
+            return first
+        time.sleep(0.005)
+    raise RuntimeError(f"{what} did not finish in time")
+
+
 def dirt_cli(root: Path, isolation: str, n: int, slots: int) -> Run:
     project = make_project(root, isolation, n, slots)
     service = Service(load_settings(project, environ={}))
@@ -225,18 +244,7 @@ def dirt_cli(root: Path, isolation: str, n: int, slots: int) -> Run:
             stderr=subprocess.DEVNULL,
         )
         try:
-            first: tuple[int, float, float] | None = None
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                counts = service.record_summary("bench").counts
-                finished = n - counts["waiting"] - counts["running"]
-                if first is None and finished:
-                    first = (finished, *cpu_seconds(serve.pid))
-                if finished == n:
-                    break
-                time.sleep(0.005)
-            else:
-                raise RuntimeError(f"dirt ({isolation}) did not finish in time")
+            first = until_done(service, n, f"dirt ({isolation})", lambda: cpu_seconds(serve.pid))
             done = time.time()
             master, node = cpu_seconds(serve.pid)
         finally:
@@ -247,7 +255,6 @@ def dirt_cli(root: Path, isolation: str, n: int, slots: int) -> Run:
         service.close()
     assert all(t.state.value == "succeeded" for t in tasks), "a benchmark task failed"
     first_start = min(t.started for t in tasks)
-    assert first is not None
     counted = n - first[0]
     return Run(
         rate=n / (done - first_start),

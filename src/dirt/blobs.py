@@ -17,6 +17,7 @@ Blobs are never changed once written, and not deleted by dirt: the database rows
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -30,6 +31,14 @@ HEX = frozenset("0123456789abcdef")
 
 class BlobError(OSError):
     """The blob store cannot be read or written (its folder, the disk)."""
+
+
+class UploadGap(ValueError):
+    """A chunk of a resumable upload starts past its end: `size` is where the next must start."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the upload holds {size} bytes; send from byte {size}")
+        self.size = size
 
 
 def valid_sha256(sha: str) -> bool:
@@ -73,6 +82,82 @@ class BlobStore:
         except BaseException:
             writer.abort()
             raise
+
+    # ---- resumable uploads: one file in tmp/ written by many requests -------------------------
+
+    def _upload_path(self, name: str) -> Path:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"not an upload name: {name!r}")
+        return self.root / "tmp" / f"{name}.upload"
+
+    def append(self, name: str, offset: int, data: bytes) -> int:
+        """Write `data` at `offset` of the resumable upload `name`; returns its size after.
+
+        Bytes it holds already (a chunk sent again after a lost answer) are not written twice;
+        a chunk starting past its end raises UploadGap. Appends to one upload may come from
+        several processes (web workers): each holds the file's lock while it writes.
+        """
+        path = self._upload_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise BlobError(f"cannot write to the blob store {self.root}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if offset > size:
+                raise UploadGap(size)
+            view = memoryview(data)[size - offset :] if offset < size else memoryview(data)
+            position = max(size, offset)
+            while view:
+                written = os.pwrite(fd, view, position)
+                view, position = view[written:], position + written
+            return max(size, offset + len(data))
+        except OSError as exc:
+            raise BlobError(f"cannot write to the blob store {self.root}: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    def upload_size(self, name: str) -> int:
+        try:
+            return self._upload_path(name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def adopt(self, name: str) -> tuple[str, int]:
+        """Make the resumable upload `name` a blob, moved into place (an empty blob when
+        nothing was sent); returns (sha256, size)."""
+        path = self._upload_path(name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with path.open("rb") as upload:
+                while chunk := upload.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+                os.fsync(upload.fileno())
+        except FileNotFoundError:
+            return self.put(b"")
+        except OSError as exc:
+            raise BlobError(f"cannot read the upload {path}: {exc}") from exc
+        sha = digest.hexdigest()
+        target = self.path(sha)
+        try:
+            if target.is_file():
+                path.unlink()  # the same content is stored already
+                return sha, size
+            os.chmod(path, 0o644)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(path, target)
+            _sync_folder(target.parent)
+        except OSError as exc:
+            raise BlobError(f"cannot write to the blob store {self.root}: {exc}") from exc
+        return sha, size
+
+    def discard(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._upload_path(name).unlink()
 
     def remove_stale(self, older_than: float = STALE_AFTER) -> int:
         """Remove uploads in tmp/ nobody has written to for `older_than` seconds (left by a

@@ -132,6 +132,14 @@ class AuthSettings:
     read: str = "auto"
 
 
+@dataclass
+class AgentSettings:
+    # Seconds a pull-mode agent's job lives without a heartbeat: then its attempt is lost, the
+    # task waits again (under max_attempts), and a late result from it is refused. An agent
+    # node is offline once it has not polled for as long.
+    lease: float = 30.0
+
+
 SECTIONS: dict[str, type] = {
     "project": ProjectSettings,
     "dispatch": DispatchSettings,
@@ -140,6 +148,7 @@ SECTIONS: dict[str, type] = {
     "log": LogSettings,
     "web": WebSettings,
     "auth": AuthSettings,
+    "agents": AgentSettings,
     # [ci], [hooks] and [notify] (with its channel tables) are checked by dirt.ci_config.
     **ci_config.SECTIONS,
 }
@@ -162,6 +171,7 @@ MINIMUM: dict[tuple[str, str], int | float] = {
     ("dispatch", "output_limit"): 128 * 1024,
     ("dispatch", "lease"): 1.0,
     ("dispatch", "stop_grace"): 0.0,
+    ("agents", "lease"): 0.5,
 }
 
 # Sizes in bytes: an integer, or a string with a unit ("16 MiB", "4GiB", "500 kB").
@@ -210,6 +220,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     web: WebSettings = field(default_factory=WebSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
     ci: CiSettings = field(default_factory=CiSettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)

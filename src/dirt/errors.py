@@ -55,3 +55,7 @@ class StoreUnavailableError(DirtError):
 
 class TakenOverError(DirtError):
     """This dispatcher's lease ran out and another master took over what it held."""
+
+
+class UnauthorizedError(DirtError):
+    """A credential is unknown, revoked or expired (an agent's job token)."""

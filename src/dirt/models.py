@@ -41,10 +41,25 @@ class TokenScope(StrEnum):
 
     READ = "read"  # read everything a page or the API shows, where reads need a token
     API = "api"  # read, and write: submit, cancel, retry, change nodes
+    AGENT = "agent"  # register pull-mode agents and run their jobs; nothing else
 
     @property
     def may_write(self) -> bool:
         return self is TokenScope.API
+
+    @property
+    def may_read(self) -> bool:
+        """An agent's token reads nothing: it may only take jobs and report on them."""
+        return self is not TokenScope.AGENT
+
+
+class NodeKind(StrEnum):
+    """How the master reaches a node: over SSH (or a local process) through the dispatcher, or
+    not at all: an agent node fetches its work over HTTP (dirt.web.agent_api)."""
+
+    SSH = "ssh"
+    LOCAL = "local"
+    AGENT = "agent"
 
 
 @dataclass(frozen=True)
@@ -211,10 +226,21 @@ class Node:
     seq: int = 0
     driver: str | None = None  # the dispatcher that drives the node (its lease), if any
     driver_since: float | None = None
+    kind: NodeKind = NodeKind.SSH
+    # An agent node's recent infrastructure failures (lost leases, tasks killed from outside):
+    # each halves the slots it may fill. Kept in the store: an agent's requests may reach any
+    # web process. (The dispatcher keeps its nodes' in memory.)
+    penalty: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Slots filled at once: halved per recent infrastructure failure, at least 1."""
+        return max(1, self.slots >> max(0, self.penalty))
 
     def to_doc(self) -> dict[str, Any]:
         return {
             "address": self.address,
+            "kind": self.kind.value,
             "enabled": self.enabled,
             "online": self.online,
             "slots": self.slots,
@@ -282,6 +308,33 @@ class Attachment:
     content: bytes | None = None
     created: float = 0.0
     sha256: str | None = None
+
+
+@dataclass
+class AgentJob:
+    """One attempt of a task handed to a pull-mode agent: who holds it (`claim`, the task's
+    claimed_by), until when its lease runs (`lease_until`, renewed by the agent's heartbeats),
+    when the master gives up on it whatever the agent says (`deadline`: the task's timeout
+    plus a lease), and how it ended (`closed`, `end`)."""
+
+    id: int
+    task_id: str
+    attempt: int
+    node: str
+    claim: str
+    started: float
+    lease_until: float
+    deadline: float | None = None
+    timeout: float | None = None
+    module_sha256: str = ""
+    closed: float | None = None
+    end: str | None = None  # how it closed: see dirt.db.agents.ENDS
+    agent_digest: str = ""  # sha256 of the agent token that took it
+    token_valid: bool = True
+    # Of its task, when read with it (dirt.db.agents.job_by_token):
+    task_name: str = ""
+    task_state: TaskState | None = None
+    cancel_requested: bool = False  # the agent token that claimed it still exists
 
 
 @dataclass

@@ -13,23 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need, run_dirt
+from tests.conftest import run_dirt
 from tests.web.conftest import start_dirt, stop_dirt
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """(cert.pem, key.pem): self-signed for localhost and 127.0.0.1, valid for a day."""
-    need(shutil.which("openssl") is not None, "openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def fetch(url: str, cafile: Path | None, **kwargs: object) -> tuple[int, bytes, dict[str, str]]:

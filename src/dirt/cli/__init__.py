@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from dirt import __version__
+from dirt.cli.agent import agent
 from dirt.cli.audit import audit
 from dirt.cli.base import Context, DirtGroup
 from dirt.cli.control import cancel, retry
@@ -49,6 +50,7 @@ COMMANDS = (
     serve,
     web,
     dispatchers,
+    agent,
     token,
     status,
     queue,

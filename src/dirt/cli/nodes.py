@@ -141,10 +141,14 @@ def nodes_list(obj: Context, as_json: bool) -> None:
         click.echo(json.dumps(nodes_view(found, running, show), indent=2))
         return
     if not found:
-        out.print("no nodes; add one with `dirt nodes add local` or `dirt nodes add HOST`")
+        out.print(
+            "no nodes; add one with `dirt nodes add local` or `dirt nodes add HOST`, or start an "
+            "agent: `python3 agent.py URL --token TOKEN` (URL/agent.py)"
+        )
         return
     table = Table(
         "node",
+        "kind",
         "enabled",
         "online",
         "slots",
@@ -158,6 +162,7 @@ def nodes_list(obj: Context, as_json: bool) -> None:
         info = n.sys_info
         table.add_row(
             escape(n.address),
+            n.kind.value,
             "yes" if n.enabled else "[yellow]no (disabled)[/]",
             "yes" if n.online else "[red]no (offline)[/]",
             f"{running.get(n.address, 0)}/{n.slots}",

@@ -11,7 +11,8 @@ from dirt.models import TokenScope
 
 @click.group()
 def token() -> None:
-    """API tokens for HTTP: scope api reads and writes, scope read only reads."""
+    """API tokens for HTTP: scope api reads and writes, scope read only reads, scope agent
+    only runs pull-mode agents."""
 
 
 @token.command("create")
@@ -21,7 +22,8 @@ def token() -> None:
     type=click.Choice([s.value for s in TokenScope]),
     default=TokenScope.API.value,
     show_default=True,
-    help="api: read and write (submit, cancel, retry, nodes); read: read only.",
+    help="api: read and write (submit, cancel, retry, nodes); read: read only; agent: only "
+    "register pull-mode agents and run their jobs.",
 )
 @click.pass_obj
 def token_create(obj: Context, name: str, scope: str) -> None:
@@ -30,10 +32,13 @@ def token_create(obj: Context, name: str, scope: str) -> None:
 
     made = obj.service.create_token(name, token_scope(scope))
     click.echo(made)
+    use = (
+        "Give it to agents: `python3 agent.py URL --token TOKEN` (agent.py from URL/agent.py)."
+        if scope == "agent"
+        else "Send it as 'Authorization: Bearer TOKEN'."
+    )
     err.print(
-        f"token {escape(name)} (scope {scope}) made; it is shown only now. "
-        "Send it as 'Authorization: Bearer TOKEN'.",
-        highlight=False,
+        f"token {escape(name)} (scope {scope}) made; it is shown only now. {use}", highlight=False
     )
 
 

@@ -100,7 +100,7 @@ _CURRENT_SEQ = select(schema.sequence.c.value).where(schema.sequence.c.id == 1)
 
 def next_seq(conn: Connection) -> int:
     """The next value of the change sequence; holds the sequence row until commit."""
-    return int(conn.execute(_NEXT_SEQ).one()[0])
+    return int(_NEXT_SEQ_PREPARED.fetch(conn, {})[0]["value"])
 
 
 def current_seq(conn: Connection) -> int:
@@ -131,10 +131,48 @@ class Prepared:
             self._compiled[name] = found
         return found
 
+    def fetch(self, conn: Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run once on the driver's own cursor (inside `conn`'s transaction, past SQLAlchemy's
+        per-statement machinery: one request of a pull-mode agent runs a dozen of these); the
+        rows returned, by column name, as the driver gives them (a JSON column comes as text,
+        a boolean on SQLite as 0 or 1)."""
+        cursor = self._execute(conn, row)
+        try:
+            if cursor.description is None:
+                return []
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def change(self, conn: Connection, row: dict[str, Any]) -> int:
+        """Run a write once on the driver's own cursor (as `fetch`); the rows it changed."""
+        cursor = self._execute(conn, row)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def _execute(self, conn: Connection, row: dict[str, Any]) -> Any:
+        sql, order, defaults = self._compile(conn)
+        values = {**defaults, **row}
+        for key in self.json_params:
+            if values[key] is not None:
+                values[key] = json.dumps(values[key])
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql, tuple(values[k] for k in order) if order is not None else values)
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor
+
     def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         """Execute once per row; returns the number of rows changed in all."""
         if not rows:
             return 0
+        if len(rows) == 1:
+            return self.change(conn, rows[0])
         sql, order, defaults = self._compile(conn)
         params: list[Any] = []
         for row in rows:
@@ -144,3 +182,7 @@ class Prepared:
                     values[key] = json.dumps(values[key])
             params.append(tuple(values[k] for k in order) if order is not None else values)
         return conn.exec_driver_sql(sql, params if len(params) > 1 else params[0]).rowcount
+
+
+# Every write takes the next value: compiled once (see Prepared).
+_NEXT_SEQ_PREPARED = Prepared(_NEXT_SEQ)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from dirt.db.schema import nodes
-from dirt.models import Node
+from dirt.models import Node, NodeKind
 
 
 def node_from_row(row: Any) -> Node:
@@ -27,6 +27,8 @@ def node_from_row(row: Any) -> Node:
         seq=row.seq,
         driver=row.driver,
         driver_since=row.driver_since,
+        kind=NodeKind(row.kind),
+        penalty=row.penalty,
     )
 
 
@@ -42,6 +44,7 @@ def list_nodes(conn: Connection) -> list[Node]:
 def upsert_node(conn: Connection, node: Node, seq: int) -> None:
     """Add a node, or refresh a known one's sys_info and slots (keeping `enabled`)."""
     values = {
+        "kind": node.kind.value,
         "online": node.online,
         "slots": node.slots,
         "slots_override": node.slots_override,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 
+from dirt.db.engine import Prepared
 from dirt.db.schema import output_chunks
 from dirt.models import OutputChunk
 
@@ -105,3 +106,41 @@ def read_output(
     finally:
         result.close()
     return Slice(pieces, position if pieces else min(offset, end), end)
+
+
+def has_chunk(conn: Connection, task_id: str, attempt: int, start: int, stop: int) -> bool:
+    """Whether this very chunk is stored (a sender that did not hear the answer sends again)."""
+    query = select(output_chunks.c.id).where(
+        output_chunks.c.task_id == task_id,
+        output_chunks.c.attempt == attempt,
+        output_chunks.c.stop == stop,
+        output_chunks.c.start == start,
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
+_TAIL = Prepared(
+    select(output_chunks.c.start, output_chunks.c.data)
+    .where(
+        output_chunks.c.task_id == bindparam("b_task"),
+        output_chunks.c.attempt == bindparam("b_attempt"),
+    )
+    .order_by(output_chunks.c.stop.desc())
+)
+
+
+def output_tail(conn: Connection, task_id: str, attempt: int, size: int) -> bytes:
+    """The last `size` bytes stored of an attempt's output (after a gap, only what follows it)."""
+    pieces: list[bytes] = []
+    held = 0
+    expected: int | None = None
+    for row in _TAIL.fetch(conn, {"b_task": task_id, "b_attempt": attempt}):
+        start, data = row["start"], bytes(row["data"])
+        if expected is not None and start + len(data) != expected:
+            break  # bytes dropped over the output limit: the tail starts after them
+        pieces.append(data)
+        held += len(data)
+        expected = start
+        if held >= size:
+            break
+    return b"".join(reversed(pieces))[-size:] if pieces else b""

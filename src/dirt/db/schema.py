@@ -122,7 +122,40 @@ nodes = Table(
     # dispatcher's own lease is (see `dispatchers`); null when no dispatcher drives it.
     Column("driver", String(64), nullable=True),
     Column("driver_since", Float, nullable=True),
+    # dirt.models.NodeKind (migration 0700_agents): "agent" nodes are never connected to, they
+    # fetch their work over HTTP; `penalty` is such a node's flaky-host score.
+    Column("kind", String(16), nullable=False, server_default="ssh"),
+    Column("penalty", Integer, nullable=False, server_default="0"),
     Index("ix_nodes_seq", "seq"),
+)
+
+# ---- pull-mode agents (migration 0700_agents) -----------------------------------------------
+
+# One row per attempt handed to an agent: the task's claim (its claimed_by while it runs), the
+# sha256 of its job token (the token itself is never stored) and of the agent token that took
+# it (revoking that token voids its jobs), its lease (renewed by heartbeats; once it runs out,
+# any web process closes the job as lost, in one conditional UPDATE), and how it ended.
+agent_jobs = Table(
+    "agent_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(200), ForeignKey("tasks.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("node", String(300), nullable=False),
+    Column("claim", String(64), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("agent_token_sha256", String(64), nullable=False),
+    Column("started", Float, nullable=False),
+    Column("lease_until", Float, nullable=False),
+    Column("deadline", Float, nullable=True),
+    Column("timeout", Float, nullable=True),
+    Column("module_sha256", String(64), nullable=False),
+    Column("closed", Float, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    UniqueConstraint("token_sha256", name="uq_agent_jobs_token"),
+    UniqueConstraint("task_id", "attempt", name="uq_agent_jobs_task_attempt"),
+    Index("ix_agent_jobs_open", "closed", "lease_until"),
+    Index("ix_agent_jobs_node", "node", "closed"),
 )
 
 attachments = Table(

@@ -42,7 +42,11 @@ BACK_TO_WAITING: dict[str, Any] = {
 def task_from_row(row: Any) -> Task:
     """A Task from a full row or from a row of DISPATCH_COLUMNS."""
     # A plain dict: RowMapping.get() raises and catches internally for every absent key.
-    fields = dict(row._mapping)
+    return task_from_fields(dict(row._mapping))
+
+
+def task_from_fields(fields: dict[str, Any]) -> Task:
+    """A Task from its columns by name (JSON ones decoded)."""
     return Task(
         id=fields["id"],
         record_id=fields["record_id"],

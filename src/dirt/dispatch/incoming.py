@@ -116,7 +116,7 @@ class Incoming:
         if isinstance(piece, str):
             piece = piece.encode("utf-8", "surrogateescape")
         self._output(task_id, task, task.output_end, piece)
-        tail = _decode_tail(_newest(task.tail))
+        tail = decode_tail(_newest(task.tail))
         wire = (*wire[:_OUTPUT], b"")
         if wire[1] is None and task.error is None:
             try:
@@ -198,7 +198,7 @@ def _newest(pieces: list[tuple[int, bytes]]) -> bytes:
     return bytes(run[-OUTPUT_TAIL:])
 
 
-def _decode_tail(data: bytes) -> str:
+def decode_tail(data: bytes) -> str:
     """Text of the last bytes of an output, which may begin inside a UTF-8 sequence."""
     start = 0
     while start < min(3, len(data)) and 0x80 <= data[start] < 0xC0:

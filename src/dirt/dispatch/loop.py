@@ -412,6 +412,8 @@ class Dispatcher(Lifecycle):
         with self.lock:
             views = self._views()
             busy = self.slots.busy()
+        if not views:
+            return []  # no node to drive (agents fetch their own work): nothing to read
         capacity = sum(v.capacity for v in views if v.usable)
         alone = self.membership.share.peers <= 1
         prefetch = max(PREFETCH if alone else min(PREFETCH, capacity), self._prefetch)

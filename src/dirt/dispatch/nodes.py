@@ -24,7 +24,7 @@ from dirt.dispatch.connection import NodeConnection, Outcome
 from dirt.dispatch.incoming import Limits, OnOutput
 from dirt.dispatch.select import NodeView
 from dirt.errors import StoreUnavailableError
-from dirt.models import Node, TaskState
+from dirt.models import Node, NodeKind, TaskState
 from dirt.service import Service
 
 log = logging.getLogger("dirt")
@@ -152,8 +152,9 @@ class Nodes:
     def refresh(self, driven: Sequence[Node], handing: Set[str], running: Running) -> None:
         """Drive `driven` (the nodes whose lease this dispatcher holds): new ones join, others
         leave, those in `handing` take no new tasks, and a disabled node's connection closes
-        once nothing runs there."""
-        known = {n.address: n for n in driven}
+        once nothing runs there. An agent node is never driven: it fetches its own work over
+        HTTP (dirt.web.agent_api)."""
+        known = {n.address: n for n in driven if n.kind is not NodeKind.AGENT}
         closing = []
         with self.lock:
             for address in list(self._states):

@@ -15,11 +15,11 @@ only on the task's requirement group (`Situation.of_group`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dirt.dispatch.select import NodeView, node_reason, satisfies, unmet_reason
-from dirt.models import DispatcherInfo, Node, Task
+from dirt.models import DispatcherInfo, Node, NodeKind, Task
 
 # A dispatcher writes its heartbeat at least every HEARTBEAT_S; one not seen for STALE_AFTER_S
 # is not running (it died, or its host or the store is unreachable from it).
@@ -59,12 +59,31 @@ class Situation:
         return group[what]
 
 
-def node_views(nodes: Sequence[Node], dispatchers: Sequence[DispatcherInfo]) -> list[NodeView]:
+def node_views(
+    nodes: Sequence[Node],
+    dispatchers: Sequence[DispatcherInfo],
+    agent_jobs: Mapping[str, int] | None = None,
+) -> list[NodeView]:
     """The store's nodes as the live dispatchers see them (connection, load, slots in use); a
-    node no live dispatcher has reported on yet counts as the store last saw it."""
+    node no live dispatcher has reported on yet counts as the store last saw it. An agent node
+    is as the store has it, with `agent_jobs[name]` running."""
     runtime = {a: n for d in reversed(dispatchers) for a, n in d.nodes.items()}
     views = []
     for node in nodes:
+        if node.kind is NodeKind.AGENT:
+            views.append(
+                NodeView(
+                    node.address,
+                    node.sys_info,
+                    node.slots,
+                    running=(agent_jobs or {}).get(node.address, 0),
+                    online=node.online,
+                    enabled=node.enabled,
+                    penalty=node.penalty,
+                    pulls=True,
+                )
+            )
+            continue
         seen = runtime.get(node.address)
         views.append(
             NodeView(
@@ -107,7 +126,14 @@ def no_dispatcher(dispatchers: Sequence[DispatcherInfo], now: float) -> str | No
 
 
 def _dispatcher(task: Task, s: Situation) -> str | None:
-    return None if s.live else no_dispatcher(s.dispatchers, s.now)
+    if s.live or s.of_group(task, "agent", lambda: _agent_can(task, s)):
+        return None
+    return no_dispatcher(s.dispatchers, s.now)
+
+
+def _agent_can(task: Task, s: Situation) -> str | None:
+    """ "yes" when an online pull-mode agent can run `task`: it needs no dispatcher."""
+    return "yes" if any(n.pulls and n.usable and satisfies(task, n) for n in s.nodes) else None
 
 
 def _nodes(task: Task, s: Situation) -> str | None:

@@ -23,6 +23,7 @@ class NodeView:
     enabled: bool = True
     accepting: bool = True  # False when the load balancer says the node is too busy
     penalty: int = 0  # infrastructure failures lately: such a node gets fewer tasks
+    pulls: bool = False  # a pull-mode agent: it fetches its own work, no dispatcher drives it
 
     @property
     def capacity(self) -> int:

@@ -3,7 +3,9 @@
 A shipped program runs on a node under ``__name__ == "__channelexec__"`` after
 ``gateway.remote_exec(source(name))``, or as ``__main__`` (the fork server). Each is the text of
 its parts, one after the other, as one module: ``agent`` (runs tasks), ``forkserver`` (started by
-the agent for process isolation), ``sysinfo`` (describes the node). ``protocol.py`` comes first
+the agent for process isolation), ``sysinfo`` (describes the node), and ``http_agent``: the
+pull-mode agent, the same parts plus an HTTP main, served to hosts as one file (``GET
+/agent.py``) and run as ``__main__``. ``protocol.py`` comes first
 in the two that speak it. A part imports what it needs from the parts before it with
 ``from dirt.remote.PART import NAME, ...`` (which is how mypy, ruff and the master see it); those
 imports are dropped from the shipped text, and ``from __future__ import annotations`` is hoisted
@@ -22,6 +24,17 @@ PARTS = {
     "agent": ("protocol", "tasking", "streams", "process_runner", "thread_runner", "agent"),
     "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
+    # The pull-mode agent, served as one file at GET /agent.py (dirt.web.agent_api).
+    "http_agent": (
+        "protocol",
+        "tasking",
+        "streams",
+        "process_runner",
+        "thread_runner",
+        "agent",
+        "sysinfo",
+        "http_agent",
+    ),
 }
 SHIPPED = tuple(PARTS)
 

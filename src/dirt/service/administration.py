@@ -18,7 +18,7 @@ from dirt.db import records as records_db
 from dirt.db import tasks as tasks_db
 from dirt.db import tokens as tokens_db
 from dirt.errors import NotFoundError, StateError
-from dirt.models import Node, Task, TaskState, TokenScope
+from dirt.models import Node, NodeKind, Task, TaskState, TokenScope
 from dirt.service.base import NODES, log
 from dirt.service.notices import Notices
 from dirt.service.queue import retry_finished
@@ -116,6 +116,11 @@ class Administration(Notices):
 
         def work(conn: Connection, seq: int) -> tuple[Node, bool]:
             known = nodes_db.get_node(conn, address)
+            if known is not None and known.kind is NodeKind.AGENT:
+                raise StateError(
+                    f"node {address!r} is an agent: it registers itself when its agent starts "
+                    "(`python3 agent.py URL --token TOKEN --name NAME`)"
+                )
             override = slots if slots is not None else (known.slots_override if known else None)
             options = {**(known.ssh if known else {}), **(ssh or {})}
             node = Node(
@@ -130,6 +135,7 @@ class Administration(Notices):
                 last_error=None,
                 load=sys_info.get("load"),
                 ssh={k: v for k, v in options.items() if v not in (None, "")},
+                kind=NodeKind.LOCAL if address == "local" else NodeKind.SSH,
             )
             nodes_db.upsert_node(conn, node, seq)
             return node, known is not None

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
@@ -128,6 +128,13 @@ class ServiceBase:
         self._notify = notify_db.supported(self.engine)
         self._watchers: list[notify_db.OnNotify] = []
         self._listener: notify_db.Listener | None = None
+        # SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in
+        # growing steps (its busy handler) before it looks again: the threads of one process
+        # (a web process serving many agents) queue here instead, and each gets the lock as
+        # soon as the one before commits.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     def close(self) -> None:
         if self._listener is not None:
@@ -162,7 +169,7 @@ class ServiceBase:
         0) and wakes no one.
         """
         actor = _current_actor(action)
-        with _reachable(), write_transaction(self.engine) as conn:
+        with self._write_lock, _reachable(), write_transaction(self.engine) as conn:
             seq = next_seq(conn) if sequenced else 0
             result = work(conn, seq)
             if actor is not None:

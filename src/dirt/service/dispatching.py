@@ -140,15 +140,23 @@ class Dispatching(Notices):
         )
 
     def requeue(
-        self, items: Sequence[tuple[str, int]], reason: str, *, node_lost: bool = False
+        self,
+        items: Sequence[tuple[str, int]],
+        reason: str,
+        *,
+        node_lost: bool = False,
+        claimer: str | None = None,
     ) -> tuple[list[str], list[str]]:
         """Running (task id, attempt) pairs back to waiting.
 
         When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
+        `claimer`: who holds the tasks when not this master (a pull-mode agent's claim).
         Returns (requeued ids, failed ids).
         """
         requeued, failed = self._write(
-            lambda conn, seq: self._requeue(conn, seq, items, reason, node_lost, self.master_id)
+            lambda conn, seq: self._requeue(
+                conn, seq, items, reason, node_lost, claimer or self.master_id
+            )
         )
         for task_id in requeued:
             log.info("Task %s back to waiting: %s", task_id, reason)

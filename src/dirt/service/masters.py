@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from dirt.db import dispatching as dispatching_db
+from dirt.db import agents as agents_db
 from dirt.db import masters as masters_db
 from dirt.db import nodes as nodes_db
 from dirt.errors import ConfigError
@@ -136,6 +137,8 @@ class Masters(Dispatching):
                 taken.append(done)
         rows = {d.id for d in survey.dispatchers} | {self.master_id}
         for owner in sorted(survey.claim_owners - rows):
+            if owner.startswith(agents_db.CLAIM_PREFIX):
+                continue  # a pull-mode agent's claim: its own lease decides (service.agents)
             gone = _rowless_gone(owner)
             if gone is None and settled:
                 gone = "it holds claims but has no lease (it was taken over, or predates leases)"

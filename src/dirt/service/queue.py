@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from dirt.db import agents as agents_db
 from dirt.db import control as control_db
 from dirt.db import nodes as nodes_db
 from dirt.db import queue as queue_db
@@ -93,7 +94,7 @@ def situation(conn: Connection, default_order: str) -> tuple[Situation, str]:
             above[p] = queue_db.waiting_above(conn, p, AHEAD_CAP)
         return fronts[p].get(task.id), above[p]
 
-    views = node_views(nodes_db.list_nodes(conn), live)
+    views = node_views(nodes_db.list_nodes(conn), live, agents_db.jobs_per_node(conn))
     return Situation(now, dispatchers, views, ahead), order
 
 

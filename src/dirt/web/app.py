@@ -28,9 +28,11 @@ from dirt.errors import (
     StateError,
     StoreUnavailableError,
     SubmissionError,
+    UnauthorizedError,
 )
 from dirt.service import Service
-from dirt.web import api, changes, couch, couchdb, docs, hooks, output, pages
+from dirt.web import agent_api, api, changes, couch, couchdb, docs, hooks, output, pages
+from dirt.web.agent_api import Claimable, LeaseSweeper
 from dirt.web.answers import AnswerCache, KeptAnswers
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
@@ -49,6 +51,7 @@ STATUS_OF: tuple[tuple[type[DirtError], int], ...] = (
     (SubmissionError, 422),  # rejected whole, every problem listed
     (RequirementError, 422),
     (InputError, 400),  # a malformed cursor, node address or token name
+    (UnauthorizedError, 401),  # an agent's job token unknown, revoked or expired
     (NotFoundError, 404),
     (StateError, 409),  # e.g. retrying a task that is still running
     (NodeError, 502),  # a node that could not be reached
@@ -112,9 +115,12 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
         # connections open for (more would only queue there, or open and close connections).
         anyio.to_thread.current_default_thread_limiter().total_tokens = WEB_THREADS
         hub.start()
+        sweeper = LeaseSweeper(service)
+        sweeper.start()
         try:
             yield
         finally:
+            sweeper.stop()
             hub.stop()
             if owns_service:
                 service.close()
@@ -135,6 +141,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.settings = settings
     app.state.hub = hub
     app.state.answers = AnswerCache()
+    app.state.claimable = Claimable(service)
     app.state.access = Access(
         service,
         bind_host or settings.web.host,
@@ -143,6 +150,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     )
     app.state.templates = make_templates()
 
+    app.include_router(agent_api.router)  # first: a busy agent asks once per task
     app.include_router(api.router)
     app.include_router(output.router)
     app.include_router(changes.router)

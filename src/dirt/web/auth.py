@@ -21,6 +21,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from dirt.db.tokens import TokenInfo, digest
+from dirt.models import TokenScope
 from dirt.service import Service
 
 COOKIE = "dirt_token"
@@ -75,6 +76,11 @@ def read_mode(setting: str, bind_host: str, behind_proxy: bool) -> ReadMode:
     if is_loopback(bind_host):
         return ReadMode(True, f"{where}, loopback only")
     return ReadMode(False, f'{where}, beyond loopback; [auth] read = "open" opens them')
+
+
+def reader_token(found: TokenInfo | None) -> TokenInfo | None:
+    """`found` when it may read the store (scope read or api); an agent's token is None."""
+    return found if found is not None and found.scope.may_read else None
 
 
 class TokenCache:
@@ -134,21 +140,31 @@ class Access:
         cookie = request.cookies.get(COOKIE)
         return (cookie, False) if cookie else (None, False)
 
+    def bearer(self, request: Request) -> str | None:
+        """The token of the request's `Authorization: Bearer` header, if any."""
+        token, from_header = self._token(request)
+        return token if from_header else None
+
     def _remember(self, request: Request, found: TokenInfo | None) -> TokenInfo | None:
         request.state.dirt_identity = found
         return found
 
     def identity(self, request: Request) -> TokenInfo | None:
-        """The request's valid token (name and scope), or None; looked up once per request."""
+        """The request's valid token of scope read or api, or None; looked up once per
+        request."""
         if hasattr(request.state, "dirt_identity"):
             known: TokenInfo | None = request.state.dirt_identity
             return known
+        return self._remember(request, reader_token(self.any_token(request)))
+
+    def any_token(self, request: Request) -> TokenInfo | None:
+        """The request's valid token of any scope (an agent's too), or None."""
         token, _ = self._token(request)
         if not token:
-            return self._remember(request, None)
+            return None
         seq = self._current_seq()
         hit, found = self.tokens.cached(token, seq)
-        return self._remember(request, found if hit else self.tokens.lookup(token, seq))
+        return found if hit else self.tokens.lookup(token, seq)
 
     async def resolve(self, request: Request) -> TokenInfo | None:
         """`identity`, without blocking the event loop on the store."""
@@ -162,7 +178,15 @@ class Access:
         hit, found = self.tokens.cached(token, seq)
         if not hit:
             found = await run_in_threadpool(self.tokens.lookup, token, seq)
-        return self._remember(request, found)
+        return self._remember(request, reader_token(found))
+
+    def agent_identity(self, request: Request) -> TokenInfo | None:
+        """The request's bearer token when it is a valid token of scope agent, else None."""
+        token, from_header = self._token(request)
+        if not token or not from_header:
+            return None  # never a cookie: a browser does not run agents
+        found = self.any_token(request)
+        return found if found is not None and found.scope is TokenScope.AGENT else None
 
     def trusted_local(self, request: Request) -> bool:
         client = request.client.host if request.client else None

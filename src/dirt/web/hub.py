@@ -4,7 +4,9 @@
 reach it at once through `Service.add_listener`; on PostgreSQL, writes of other processes that
 wake (a submission, a cancel, a node change: see `Service._write`) reach it at once through
 NOTIFY (`Service.watch`); the rest (a dispatcher's progress, and everything on SQLite) are seen by
-polling the sequence every `poll_interval` seconds.
+polling the sequence every `poll_interval` seconds, or every `EAGER_POLL` seconds while someone
+waits `eagerly` (an idle pull-mode agent picks up a task submitted elsewhere within tens of
+milliseconds).
 
 The events of `/events` are made here, once for every open stream: at most every
 `event_interval` (a page refreshes at most four times a second anyway), one thread reads what
@@ -25,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ log = logging.getLogger("dirt.web")
 
 SSE_MAX_CHANGES = 500
 EVENT_RING = 256
+EAGER_POLL = 0.01  # seconds between polls of the sequence while an agent waits for work
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class ChangeHub:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._stopping = threading.Event()
         self._nudge = threading.Event()
+        self._eager = 0  # waiters that want writes of other processes seen at once
+        self._next_event = 0.0  # monotonic time before which no event is made
         self._thread: threading.Thread | None = None
         service.add_listener(self._written_here)
         service.watch(self._notified)
@@ -99,9 +104,11 @@ class ChangeHub:
 
     def _written_here(self, seq: int) -> None:
         """A write of this process committed: known at once (the next read sees it), its event
-        made without waiting for the poll."""
+        made as soon as one is due (not one wake-up of the poll per write: a busy agent writes
+        once per task)."""
         self._advance(seq)
-        self._nudge.set()
+        if time.monotonic() >= self._next_event:
+            self._nudge.set()
 
     def _notified(self, seq: int | None, _topic: str | None) -> None:
         """NOTIFY from another process (on the service's listening thread); None: notices may
@@ -123,10 +130,24 @@ class ChangeHub:
             self.seq = seq
         self._wake_all()
 
+    @contextlib.contextmanager
+    def eagerly(self) -> Iterator[None]:
+        """While inside, the sequence is polled every EAGER_POLL seconds (one indexed read)."""
+        with self._lock:
+            self._eager += 1
+        self._nudge.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._eager -= 1
+
     def _poll(self) -> None:
-        next_event = 0.0
         while not self._stopping.is_set():
-            self._nudge.wait(self.poll_interval)
+            wait = EAGER_POLL if self._eager else self.poll_interval
+            if self.event_seq < self.seq:  # an event to make: wake when it is due
+                wait = min(wait, max(0.0, self._next_event - time.monotonic()))
+            self._nudge.wait(wait)
             self._nudge.clear()
             if self._stopping.is_set():
                 return
@@ -135,9 +156,9 @@ class ChangeHub:
                 now = time.monotonic()
                 # Writes in a burst make one event per interval, not one per write: a page
                 # refreshes at most that often anyway.
-                if self.event_seq < self.seq and now >= next_event:
+                if self.event_seq < self.seq and now >= self._next_event:
                     self._make_events()
-                    next_event = now + self.event_interval
+                    self._next_event = now + self.event_interval
             except Exception as exc:  # the store may be busy or gone for a moment
                 log.debug("change poll failed: %s", exc)
 

@@ -19,7 +19,7 @@ from fastapi import Request
 
 from dirt.couch.errors import CouchError
 from dirt.db.tokens import TokenInfo
-from dirt.web.auth import access
+from dirt.web.auth import access, reader_token
 
 SESSION_COOKIE = "AuthSession"
 BAD_LOGIN = "Name or password is incorrect."
@@ -39,7 +39,8 @@ def basic_credentials(request: Request) -> tuple[str, str] | None:
 
 
 def _token(request: Request, token: str) -> TokenInfo | None:
-    return access(request).service.find_token(token) if token else None
+    """The token when it may read (an agent's token logs in nowhere but the agent API)."""
+    return reader_token(access(request).service.find_token(token)) if token else None
 
 
 def login(request: Request, name: str, password: str) -> TokenInfo | None:
