@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from dirt.db import dispatching as dispatching_db
 from dirt.db import agents as agents_db
+from dirt.db import dispatching as dispatching_db
 from dirt.db import masters as masters_db
 from dirt.db import nodes as nodes_db
 from dirt.errors import ConfigError
