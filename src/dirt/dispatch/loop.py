@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from dirt.config import Settings
+from dirt.dispatch.batch_driver import BatchDriver
 from dirt.dispatch.connection import Outcome
 from dirt.dispatch.nodes import NODE_REFRESH_S, Nodes
 from dirt.dispatch.order import heads
@@ -104,6 +105,8 @@ class Dispatcher:
         self._last_node_refresh = 0.0
         self.ready = threading.Event()
         service.add_listener(self._on_commit)
+        # Batch nodes (slurm:PARTITION) are driven apart: a thread per node (batch_driver).
+        self.batch = BatchDriver(service)
 
     # ---- signals from other threads ------------------------------------------------------
 
@@ -180,6 +183,7 @@ class Dispatcher:
                 "%d task(s) left running by an earlier dispatcher are waiting again", len(recovered)
             )
         self._refresh_nodes(time.time())
+        self.batch.start()
         first = self._announcement(time.time(), force=True)
         assert first is not None  # forced
         self.service.dispatcher_started(first)
@@ -203,6 +207,7 @@ class Dispatcher:
                     time.sleep(poll)
                 took = time.monotonic() - last_step
         finally:
+            self.batch.stop()
             self._shutdown()
 
     def _gather(self, last_step: float, took: float) -> None:

@@ -31,6 +31,8 @@ NODE_REFRESH_S = 5.0
 LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
 LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
 MAX_PENALTY = 4  # a node's slots are halved per recent infrastructure failure, down to 1/16
+# Nodes this module never connects to: agents fetch their own work, batch nodes have a driver.
+UNDRIVEN = frozenset({NodeKind.AGENT, NodeKind.SLURM})
 
 OnDone = Callable[[Outcome], None]
 OnLost = Callable[[str, list[str], str], None]  # address, task ids in flight there, reason
@@ -133,8 +135,9 @@ class Nodes:
     def refresh(self, running: Running) -> None:
         """Drive the nodes the store lists now: new ones join, removed ones leave, and a
         disabled node's connection closes once nothing runs there. An agent node is never
-        driven: it fetches its own work over HTTP (dirt.web.agent_api)."""
-        known = {n.address: n for n in self.service.nodes() if n.kind is not NodeKind.AGENT}
+        driven: it fetches its own work over HTTP (dirt.web.agent_api); a batch node is driven by
+        dirt.dispatch.batch_driver."""
+        known = {n.address: n for n in self.service.nodes() if n.kind not in UNDRIVEN}
         closing = []
         with self.lock:
             for address in list(self._states):
