@@ -91,3 +91,69 @@ def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None
         assert job.compute_host, "the compute host is kept with the attempt"
         assert wait_ended(master.runner, job.job_id).state == "COMPLETED"
     wait_for(lambda: not master.service.open_batch_jobs(), what="jobs closed by the poll")
+
+
+def running_job(master: Master, task_id: str) -> str:
+    """The Slurm job id of `task_id` once its agent runs it."""
+
+    def started() -> str:
+        (task,) = master.service.tasks([task_id])
+        return master.job(task_id) if task.state is TaskState.RUNNING else ""
+
+    return wait_for(started, 60, what=f"task {task_id} running in Slurm")
+
+
+def test_a_cancel_reaches_slurm_at_once(master: Master) -> None:
+    master.start()
+    task_id = master.submit(kwargs={"seconds": 60})
+    job_id = running_job(master, task_id)
+    master.service.cancel_task(task_id)
+    status = wait_ended(master.runner, job_id, timeout=15)
+    assert status.state == "CANCELLED"
+    (task,) = wait_finished(master.service, [task_id], timeout=30)
+    assert task.state is TaskState.CANCELLED
+
+
+def test_a_job_scancelled_from_outside_is_a_lost_attempt_and_reruns(master: Master) -> None:
+    master.start()
+    task_id = master.submit(kwargs={"seconds": 30})
+    first = running_job(master, task_id)
+    slurm.cancel(first, runner=master.runner)  # an admin's scancel, say
+    second = wait_for(
+        lambda: (job := master.job(task_id)) != first and job, 60, what="a second job"
+    )
+    said = f"Slurm job {first} ended without a result: CANCELLED"
+
+    def first_attempt() -> object:
+        attempt = master.service.record_detail("r1").attempts[task_id][0]
+        return attempt if said in (attempt.reason or "") else None
+
+    attempt = wait_for(first_attempt, 10, what="Slurm's word on the first attempt")
+    assert attempt.outcome == "lost"
+    assert second != first
+    slurm.cancel(second, runner=master.runner)  # no need to wait for it
+
+
+def test_a_restarted_master_re_adopts_its_running_jobs(master: Master) -> None:
+    first = master.start()
+    task_id = master.submit(kwargs={"seconds": 60})
+    job_id = running_job(master, task_id)
+    first.stop()  # the job goes on in Slurm
+    assert slurm.poll([job_id], master.runner)[job_id].state == "RUNNING"
+    master.start()
+    master.service.cancel_task(task_id)  # only a driver that knows the job can scancel it
+    assert wait_ended(master.runner, job_id, timeout=15).state == "CANCELLED"
+    (task,) = wait_finished(master.service, [task_id], timeout=30)
+    assert task.state is TaskState.CANCELLED
+    assert task.attempts == 1
+
+
+def test_requires_the_partition_cannot_meet_leaves_the_task_waiting(master: Master) -> None:
+    master.start()
+    task_id = master.submit(requires=["gpu in features"])
+    master.submit(kwargs={"seconds": 0})  # the node does take what it can run
+    wait_for(lambda: master.service.record_detail("r1").tasks[1].state.finished, 60)
+    (task,) = master.service.record_detail("r1").tasks[:1]
+    assert task.id == task_id and task.state is TaskState.WAITING
+    assert "gpu" in (task.waiting_reason or ""), task.waiting_reason
+    assert not master.job(task_id)

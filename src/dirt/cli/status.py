@@ -81,9 +81,13 @@ def print_record(detail: Detail) -> None:
     table.add_column("reason")
     for t in detail.tasks:
         duration = f"{t.duration:.2f} s" if t.duration is not None else "-"
+        job = detail.batch.get(t.id)
+        node = job.describe() if job is not None and job.attempt == t.attempts else t.node
+        if job is not None and t.state is TaskState.WAITING and job.closed is None:
+            node = job.describe()  # queued in Slurm: the job to come
         table.add_row(
             f"{escape(t.name)}\n[dim]{escape(t.id)}[/]",
-            escape(t.node or "-"),
+            escape(node or "-"),
             styled_state(t.state),
             duration,
             str(t.attempts),

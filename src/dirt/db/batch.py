@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, insert, or_, select, update
 
 from dirt.batch.jobs import BatchJob, BatchNode, Phase
-from dirt.db.schema import agent_jobs, batch_jobs, batch_nodes, tasks
+from dirt.db.schema import agent_jobs, attempts, batch_jobs, batch_nodes, tasks
 from dirt.models import TaskState
 
 _OPEN = batch_jobs.c.closed.is_(None)
@@ -232,3 +232,19 @@ def jobs_of(conn: Connection, task_ids: Sequence[str]) -> list[BatchJob]:
         .order_by(batch_jobs.c.task_id, batch_jobs.c.attempt)
     )
     return [_job(row) for row in conn.execute(query)]
+
+
+def explain_lost_attempt(conn: Connection, task_id: str, attempt: int, why: str) -> bool:
+    """Put `why` (what Slurm says of the job) before a lost attempt's reason."""
+    row = conn.execute(
+        select(attempts.c.id, attempts.c.reason).where(
+            attempts.c.task_id == task_id,
+            attempts.c.number == attempt,
+            attempts.c.outcome == "lost",
+        )
+    ).first()
+    if row is None or (row.reason or "").startswith(why):
+        return False
+    reason = f"{why}; {row.reason}" if row.reason else why
+    conn.execute(update(attempts).where(attempts.c.id == row.id).values(reason=reason))
+    return True

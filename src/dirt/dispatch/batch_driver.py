@@ -270,7 +270,7 @@ class NodeDriver:
     def _ended(self, job: BatchJob, status: JobStatus) -> None:
         over = self.service.batch_job_over(job)
         if over is not None:
-            self.service.close_batch_job(job, f"{over}; Slurm: {status.describe()}")
+            self.service.batch_job_ended(job, over, status.describe())
             self._ended_once.discard(job.id)
             return
         if job.id not in self._ended_once:

@@ -28,7 +28,6 @@ from dirt.batch.jobs import (
     BatchNode,
     Phase,
     job_name,
-    queued_reason,
 )
 from dirt.db import agents as agents_db
 from dirt.db import batch as batch_db
@@ -202,6 +201,20 @@ class Batch(AgentReports):
                 job.compute_host = found.compute_host or job.compute_host
             return batch_db.agent_job_end(conn, job.agent_job_id)
 
+    def batch_job_ended(self, job: BatchJob, end: str, slurm_said: str) -> None:
+        """The job ended after its agent job closed (`end`: reported, abandoned, lost, ...):
+        closed; an attempt its agent gave back (Slurm stopped it: scancel, a time limit,
+        preemption) is lost with Slurm's words first."""
+        now = time.time()
+
+        def work(conn: Connection, seq: int) -> None:
+            batch_db.close_job(conn, job.id, now, f"{end}; Slurm: {slurm_said}")
+            if end != agents_db.REPORTED:
+                why = f"Slurm job {job.job_id} ended without a result: {slurm_said}"
+                batch_db.explain_lost_attempt(conn, job.task_id, job.attempt, why)
+
+        self._write(work)
+
     def close_batch_job(self, job: BatchJob, outcome: str) -> bool:
         now = time.time()
         return self._write(lambda conn, seq: batch_db.close_job(conn, job.id, now, outcome))
@@ -314,15 +327,3 @@ class Batch(AgentReports):
         """Each task's latest batch job (for `dirt status` and the record page)."""
         with self._read() as conn:
             return batch_db.latest_jobs(conn, task_ids)
-
-
-def explain_queued(conn: Connection, tasks: Sequence[Task]) -> None:
-    """Waiting tasks whose batch job Slurm queues wait for Slurm: say so, with the job id."""
-    waiting = [t for t in tasks if t.state is TaskState.WAITING]
-    if not waiting:
-        return
-    jobs = batch_db.latest_jobs(conn, [t.id for t in waiting])
-    for task in waiting:
-        job = jobs.get(task.id)
-        if job is not None and job.closed is None and job.attempt == task.attempts + 1:
-            task.waiting_reason = queued_reason(job)
