@@ -3,6 +3,7 @@ Slurm jobs that run the served agent.py once, report over HTTP, and are tracked 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +158,19 @@ def test_requires_the_partition_cannot_meet_leaves_the_task_waiting(master: Mast
     assert task.id == task_id and task.state is TaskState.WAITING
     assert "gpu" in (task.waiting_reason or ""), task.waiting_reason
     assert not master.job(task_id)
+
+
+def test_a_job_slurm_queues_shows_its_task_waiting_with_slurms_reason(master: Master) -> None:
+    cpus = int(master.service.node("slurm:debug").sys_info["cpus_total"])
+    master.start()
+    task_ids = [master.submit(kwargs={"seconds": 60}) for _ in range(cpus + 1)]
+
+    def queued() -> str:
+        for task in master.service.record_detail("r1").tasks:
+            reason = task.waiting_reason or ""
+            if task.id in task_ids and "(PENDING: " in reason:
+                return reason
+        return ""
+
+    reason = wait_for(queued, 30, what="a task queued in Slurm, with Slurm's reason")
+    assert re.fullmatch(r"queued in Slurm as job \d+ \(PENDING: (Resources|Priority)\)", reason)
