@@ -222,7 +222,7 @@ class NodeDriver:
                 "[web] base_url is not set: a batch job's agent needs the master's address"
             )
         script = render_job_script(
-            ["python3", "-", base_url, "--once", "--quiet"],
+            ["python3", "-", base_url, "--once", "--slots", "1"],
             task_id=job.task_id,
             attempt=job.attempt,
             environment={"DIRT_AGENT_TOKEN": submission.token},
