@@ -60,6 +60,7 @@ class NodeKind(StrEnum):
     SSH = "ssh"
     LOCAL = "local"
     AGENT = "agent"
+    SLURM = "slurm"  # a batch system's partition: each task runs as one job (dirt.batch)
 
 
 @dataclass(frozen=True)

@@ -165,13 +165,22 @@ def summary_view(summary: RecordSummary) -> dict[str, Any]:
 def detail_view(detail: Detail, *, for_status: bool = False) -> dict[str, Any]:
     """`{"record", "tasks"}`: a record and every task with its attachments and attempts."""
     one = status_task_view if for_status else task_view
-    return {
-        "record": record_view(detail.record),
-        "tasks": [
-            one(t, detail.attachments.get(t.id, []), detail.attempts.get(t.id, []))
-            for t in detail.tasks
-        ],
-    }
+    views = []
+    jobs = getattr(detail, "batch", {})
+    for t in detail.tasks:
+        view = one(t, detail.attachments.get(t.id, []), detail.attempts.get(t.id, []))
+        job = jobs.get(t.id)
+        if job is not None:
+            view["batch_job"] = {
+                "node": job.node,
+                "attempt": job.attempt,
+                "job_id": job.job_id,
+                "compute_host": job.compute_host,
+                "state": job.slurm_state,
+                "outcome": job.outcome,
+            }
+        views.append(view)
+    return {"record": record_view(detail.record), "tasks": views}
 
 
 def shown_node(node: Node, show_environ: Sequence[str]) -> Node:

@@ -65,6 +65,32 @@ def add_nodes(
         sys.exit(1)
 
 
+def add_batch_nodes(
+    obj: Context, addresses: list[str], max_jobs: int | None, sbatch_args: str, workdir: str | None
+) -> None:
+    """Check each batch node against its cluster and store it; exit 1 when any failed."""
+    from dirt.batch.nodes import describe_batch_node
+
+    failures = 0
+    for address in addresses:
+        try:
+            settings, info = describe_batch_node(
+                address, obj.settings, max_jobs=max_jobs, sbatch_args=sbatch_args, workdir=workdir
+            )
+            node = obj.service.save_batch_node(settings, info)
+        except DirtError as exc:
+            failures += 1
+            err.print(f"[red]✗[/] {escape(address)}: {escape(str(exc))}")
+            continue
+        out.print(
+            f"[green]✓[/] {escape(node.address)}: Slurm partition {escape(settings.partition)}, "
+            f"{info.get('node_count')} node(s), {info.get('cpus_total')} CPUs, "
+            f"up to {node.slots} job(s) at once"
+        )
+    if failures:
+        sys.exit(1)
+
+
 @click.group()
 def nodes() -> None:
     """Execution nodes: add, list, enable, disable, remove."""
@@ -88,6 +114,22 @@ def nodes() -> None:
     default=None,
     help="Refuse hosts whose key is not in known_hosts (default: accept new keys once).",
 )
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(1),
+    help="Batch nodes (slurm:PARTITION): jobs queued or running in Slurm at once (default 100).",
+)
+@click.option(
+    "--sbatch-args",
+    default="",
+    help='Batch nodes: more sbatch options for every job, e.g. "--account=phys --mem=4G".',
+)
+@click.option(
+    "--workdir",
+    default=None,
+    help="Batch nodes: folder for the jobs' output files, shared with the compute hosts "
+    "(default ~/.dirt/slurm, on the login host when there is one).",
+)
 @click.pass_obj
 def nodes_add(
     obj: Context,
@@ -99,6 +141,9 @@ def nodes_add(
     ssh_config: str | None,
     python: str | None,
     strict_host_keys: bool | None,
+    max_jobs: int | None,
+    sbatch_args: str,
+    workdir: str | None,
 ) -> None:
     """Probe HOST... ([user@]host[:port], an ssh_config alias, or local) and add or refresh
     them, in parallel. The SSH options given are stored with each node and used whenever the
@@ -108,7 +153,23 @@ def nodes_add(
     \b
     dirt nodes add build1 build2.example.org --user ci --identity ~/.ssh/ci_ed25519
     dirt nodes add root@10.0.0.7:2222 --python /opt/python3.12/bin/python3
+
+    A batch node runs each task as one job of a batch system (docs/batch.md):
+
+    \b
+    dirt nodes add slurm:debug --max-jobs 50 --sbatch-args "--account=phys --mem=4G"
+    dirt nodes add slurm:gpu@login.cluster.example.org
     """
+    from dirt.documents.addresses import is_batch_address
+
+    batch = [h for h in hosts if is_batch_address(h)]
+    if batch:
+        add_batch_nodes(obj, batch, max_jobs, sbatch_args, workdir)
+        hosts = tuple(h for h in hosts if h not in batch)
+        if not hosts:
+            return
+    elif max_jobs is not None or sbatch_args or workdir:
+        raise click.UsageError("--max-jobs, --sbatch-args and --workdir are for batch nodes")
     ssh = {
         "user": user,
         "port": port,

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from dirt.cli.base import Context, out, styled_state, when
 from dirt.models import Attempt, RecordSummary, Task, TaskState
-from dirt.views import Detail, detail_view, summary_view
+from dirt.service import RecordDetail
+from dirt.views import detail_view, summary_view
 
 # An attempt that ended because its node was lost (the task went back to waiting).
 LOST = "lost"
@@ -69,7 +70,7 @@ def _last_line(text: str | None) -> str:
     return escape(lines[-1]) if lines else ""
 
 
-def print_record(detail: Detail) -> None:
+def print_record(detail: RecordDetail) -> None:
     record = detail.record
     out.print(f"[bold]{escape(record.id)}[/]  {escape(record.description)}")
     for key, value in record.extra.items():
@@ -81,9 +82,13 @@ def print_record(detail: Detail) -> None:
     table.add_column("reason")
     for t in detail.tasks:
         duration = f"{t.duration:.2f} s" if t.duration is not None else "-"
+        job = detail.batch.get(t.id)
+        node = job.describe() if job is not None and job.attempt == t.attempts else t.node
+        if job is not None and t.state is TaskState.WAITING and job.closed is None:
+            node = job.describe()  # queued in Slurm: the job to come
         table.add_row(
             f"{escape(t.name)}\n[dim]{escape(t.id)}[/]",
-            escape(t.node or "-"),
+            escape(node or "-"),
             styled_state(t.state),
             duration,
             str(t.attempts),

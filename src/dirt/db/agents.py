@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from dirt.db.engine import Prepared
-from dirt.db.schema import agent_jobs, api_tokens, nodes, tasks
+from dirt.db.schema import agent_jobs, api_tokens, batch_jobs, nodes, tasks
 from dirt.db.tasks import task_from_fields, waiting_query
 from dirt.models import AgentJob, Node, NodeKind, Task, TaskState, TokenScope
 
@@ -47,9 +47,13 @@ TIMED_OUT = "timed_out"
 ENDS = (REPORTED, LOST, ABANDONED, TIMED_OUT)
 
 _AGENT = nodes.c.kind == NodeKind.AGENT.value
-_TOKEN_VALID = exists().where(
-    api_tokens.c.token_sha256 == agent_jobs.c.agent_token_sha256,
-    api_tokens.c.scope == TokenScope.AGENT.value,
+_TOKEN_VALID = or_(
+    exists().where(
+        api_tokens.c.token_sha256 == agent_jobs.c.agent_token_sha256,
+        api_tokens.c.scope == TokenScope.AGENT.value,
+    ),
+    # A batch job's agent took its job with the batch job's one-use token (dirt.service.batch).
+    exists().where(batch_jobs.c.token_sha256 == agent_jobs.c.agent_token_sha256),
 )
 _JOB_COLUMNS = (
     agent_jobs.c.id,

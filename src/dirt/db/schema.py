@@ -158,6 +158,52 @@ agent_jobs = Table(
     Index("ix_agent_jobs_node", "node", "closed"),
 )
 
+# ---- batch systems as nodes (migration 0800_batch) -------------------------------------------
+
+# A batch node's settings (its `nodes` row has kind "slurm"; slots = max_jobs): the partition,
+# the login host the commands run on over SSH (None: here), sbatch's extra options as parsed
+# words, and the folder jobs write their output to (shared with the compute hosts).
+batch_nodes = Table(
+    "batch_nodes",
+    metadata,
+    Column("address", String(300), primary_key=True),
+    Column("system", String(16), nullable=False),
+    Column("partition", String(200), nullable=False),
+    Column("login_host", String(300), nullable=True),
+    Column("submit_args", JSON, nullable=False),
+    Column("max_jobs", Integer, nullable=False),
+    Column("workdir", Text, nullable=False),
+)
+
+# One row per attempt run as a batch job: the task's claim (its claimed_by from submission to
+# the job's end: reserved, so still waiting, while Slurm queues it; running once its agent
+# starts), the sha256 of its one-use job token, the Slurm job's name and id, its phase
+# (dirt.batch.jobs.Phase), Slurm's last word on it ("PENDING: Priority"), the compute host, the
+# agent job its agent opened, and how it ended (`closed`, `outcome`).
+batch_jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(200), ForeignKey("tasks.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("node", String(300), nullable=False),
+    Column("claim", String(64), nullable=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("job_name", String(200), nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("slurm_state", Text, nullable=True),
+    Column("compute_host", String(300), nullable=True),
+    Column("agent_job_id", Integer, nullable=True),
+    Column("submitted", Float, nullable=False),
+    Column("started", Float, nullable=True),
+    Column("closed", Float, nullable=True),
+    Column("outcome", Text, nullable=True),
+    UniqueConstraint("token_sha256", name="uq_batch_jobs_token"),
+    UniqueConstraint("task_id", "attempt", name="uq_batch_jobs_task_attempt"),
+    Index("ix_batch_jobs_node", "node", "closed"),
+)
+
 attachments = Table(
     "attachments",
     metadata,

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from dirt.config import Settings
+from dirt.dispatch.batch_driver import BatchDriver
 from dirt.dispatch.connection import Outcome
 from dirt.dispatch.lifecycle import Lifecycle
 from dirt.dispatch.membership import Membership
@@ -125,6 +126,8 @@ class Dispatcher(Lifecycle):
         self.membership = Membership(service, self._lease_status, self._wake_now)
         self.ready = threading.Event()
         service.add_listener(self._on_commit)
+        # Batch nodes (slurm:PARTITION) are driven apart: a thread per node (batch_driver).
+        self.batch = BatchDriver(service)
 
     # ---- signals from other threads ------------------------------------------------------
 
@@ -217,12 +220,14 @@ class Dispatcher(Lifecycle):
             log.warning("blob store %s: %s", self.service.blobs.root, exc)
         self.membership.start()
         self._pushed = self.service.watch(self._on_notify)
+        self.batch.start()
         try:
             self._beat()
             self._announce_start()
             self.ready.set()
             self._serve()
         finally:
+            self.batch.stop()
             self._shutdown()
 
     def _serve(self) -> None:

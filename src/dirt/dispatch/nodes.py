@@ -32,6 +32,8 @@ log = logging.getLogger("dirt")
 LOAD_REFRESH_S = 5.0  # balancer "load": how often each node's load is read (not per task)
 LOAD_DISPLAY_S = 30.0  # balancer "slots": the load is read only for `dirt nodes list`
 MAX_PENALTY = 4  # a node's slots are halved per recent infrastructure failure, down to 1/16
+# Nodes this module never connects to: agents fetch their own work, batch nodes have a driver.
+UNDRIVEN = frozenset({NodeKind.AGENT, NodeKind.SLURM})
 
 OnDone = Callable[[Outcome], None]
 OnLost = Callable[[str, list[str], str], None]  # address, task ids in flight there, reason
@@ -153,8 +155,8 @@ class Nodes:
         """Drive `driven` (the nodes whose lease this dispatcher holds): new ones join, others
         leave, those in `handing` take no new tasks, and a disabled node's connection closes
         once nothing runs there. An agent node is never driven: it fetches its own work over
-        HTTP (dirt.web.agent_api)."""
-        known = {n.address: n for n in driven if n.kind is not NodeKind.AGENT}
+        HTTP (dirt.web.agent_api); a batch node is driven by dirt.dispatch.batch_driver."""
+        known = {n.address: n for n in driven if n.kind not in UNDRIVEN}
         closing = []
         with self.lock:
             for address in list(self._states):

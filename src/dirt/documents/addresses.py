@@ -1,4 +1,5 @@
-"""Node addresses: `local` (or `local-N`) or `[user@]host[:port]`."""
+"""Node addresses: `local` (or `local-N`), `[user@]host[:port]`, or a batch node
+`slurm:PARTITION[@LOGIN_HOST]`."""
 
 from __future__ import annotations
 
@@ -56,3 +57,57 @@ def parse_address(text: Any) -> NodeAddress:
     if problems:
         raise InputError("; ".join(problems))
     return NodeAddress(text=text, host=host, user=user or None, port=port)
+
+
+BATCH_SYSTEMS = ("slurm",)  # `htcondor:POOL` is designed in docs/batch.md, not built
+_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True)
+class BatchAddress:
+    """A batch node: `slurm:PARTITION` (Slurm's commands run here) or
+    `slurm:PARTITION@LOGIN_HOST` (they run on the login host over SSH, `[user@]host[:port]`)."""
+
+    text: str
+    system: str
+    partition: str
+    login: NodeAddress | None = None
+
+
+def is_batch_address(text: Any) -> bool:
+    """Whether `text` names a batch node (`slurm:...`, `htcondor:...`), valid or not."""
+    if not isinstance(text, str):
+        return False
+    system, colon, _ = text.strip().partition(":")
+    return bool(colon) and system in (*BATCH_SYSTEMS, "htcondor")
+
+
+def parse_batch_address(text: Any) -> BatchAddress:
+    """Parse `slurm:PARTITION[@LOGIN_HOST]`, or raise InputError saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"batch node address {text!r} is empty")
+    text = text.strip()
+    system, _, rest = text.partition(":")
+    if system == "htcondor":
+        raise InputError(
+            f"{text!r}: HTCondor nodes are designed (docs/batch.md) but not built yet; "
+            "this dirt drives Slurm: slurm:PARTITION[@LOGIN_HOST]"
+        )
+    if system not in BATCH_SYSTEMS:
+        raise InputError(f"{text!r}: a batch node address is slurm:PARTITION[@LOGIN_HOST]")
+    partition, at, login_text = rest.partition("@")
+    problems = []
+    if not _PARTITION.fullmatch(partition):
+        problems.append(
+            f"{text!r}: {partition!r} is not a partition name (letters, digits, ._-; "
+            "see `sinfo -s`)"
+        )
+    login = None
+    if at:
+        try:
+            login = parse_address(login_text)
+        except InputError as exc:
+            problems.append(f"{text!r}: login host: {exc}")
+    if problems:
+        raise InputError("; ".join(problems))
+    return BatchAddress(text=text, system=system, partition=partition, login=login)

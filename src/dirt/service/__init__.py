@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dirt.models import Finished
 from dirt.service.administration import Administration
-from dirt.service.agent_reports import AgentReports
 from dirt.service.agents import JobOffer, Sweep
 from dirt.service.base import new_master_id
+from dirt.service.batch import Batch
 from dirt.service.intake import Intake, Taken
 from dirt.service.masters import Masters
 from dirt.service.outbox import Outbox
@@ -38,5 +38,5 @@ __all__ = [
 ]
 
 
-class Service(AgentReports, Masters, Administration, Intake, Queries, Queue, Outbox):
+class Service(Batch, Masters, Administration, Intake, Queries, Queue, Outbox):
     """Every write of records, tasks and nodes goes through here."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 
+from dirt.batch.jobs import BatchJob
 from dirt.db import attachments as attachments_db
 from dirt.db import audit as audit_db
+from dirt.db import batch as batch_db
 from dirt.db import browse as browse_db
 from dirt.db import changes as changes_db
 from dirt.db import nodes as nodes_db
@@ -35,6 +37,7 @@ from dirt.models import (
     TaskState,
 )
 from dirt.service.base import ServiceBase
+from dirt.service.batch_reasons import explain_queued
 from dirt.service.queue import explain_waiting
 
 OUTPUT_READ = 1 << 20  # bytes of output one read returns (about: whole stored chunks)
@@ -51,6 +54,8 @@ class RecordDetail:
     tasks: list[Task]
     attachments: dict[str, list[Attachment]]
     attempts: dict[str, list[Attempt]]
+    # Each task's latest batch job (a task run on a batch node): its Slurm job id, compute host.
+    batch: dict[str, BatchJob] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Queries(ServiceBase):
 
     def _explained(self, conn: Connection, tasks: list[Task]) -> list[Task]:
         explain_waiting(conn, tasks, self.settings.dispatch.order)
+        explain_queued(conn, tasks)
         return tasks
 
     # ---- records and tasks -------------------------------------------------------------------
@@ -135,6 +141,7 @@ class Queries(ServiceBase):
                 found,
                 attachments_db.attachments_of(conn, ids),
                 tasks_db.attempts_of(conn, ids),
+                batch_db.latest_jobs(conn, ids),
             )
 
     def record_page(

@@ -33,6 +33,7 @@ from dirt.db.tokens import TokenInfo
 from dirt.documents import agents as agent_documents
 from dirt.errors import InputError
 from dirt.service import JobOffer, Service
+from dirt.web import batch_api
 from dirt.web.auth import access
 from dirt.web.common import JSON, dumps, read_body, read_json, service_of
 from dirt.web.hub import ChangeHub
@@ -111,6 +112,9 @@ def _job_token(request: Request) -> str:
 async def register(request: Request) -> dict[str, Any]:
     """Body: `{"name", "slots", "sys_info", "protocol"}`. Answers with the node and what the
     agent needs to run tasks: the lease, how often to send heartbeats, the fork server."""
+    bearer = access(request).bearer(request)
+    if batch_api.is_batch_token(bearer):
+        return await batch_api.register(request, str(bearer))
     await _agent(request)
     registration = agent_documents.registration(await read_json(request))
     service = service_of(request)
@@ -171,6 +175,9 @@ async def request_job(request: Request) -> Response:
     """Body: `{"node": NAME, "wait": SECONDS}` (at most 60; held at most 30). The job: `id`,
     `task_id`, `attempt`, `name`, `sha256`, `source` (the module's bytes, base64), `kwargs`,
     `timeout`, `token` (the job token: send it as `Job-Token`), `lease`, `heartbeat`."""
+    bearer = access(request).bearer(request)
+    if batch_api.is_batch_token(bearer):
+        return await batch_api.request_job(request, str(bearer))
     _, agent_token = await _agent(request)
     wanted = agent_documents.work_request(await read_json(request))
     service = service_of(request)
