@@ -9,8 +9,9 @@ Each round measures, one after the other, the same trivial tasks two ways:
   does (`dirt nodes add local --slots N`, `dirt submit FILE.json`, `dirt serve --no-web`);
 - one pull-mode agent with N slots: a project with no node, `dirt serve` (dispatcher and web
   process), `dirt token create bench --scope agent`, the agent file the master serves at
-  /agent.py run by /usr/bin/python3 in an empty environment from a folder of its own; then,
-  timed, `dirt submit FILE.json`.
+  /agent.py run by /usr/bin/python3 in an empty environment from a folder of its own, warmed
+  by a few tasks (its fork server started, its request for work held); then, timed,
+  `dirt submit FILE.json`.
 
 The rate is N / (first task started -> every result stored), as in bench/dispatch.py. CPU per task
 is read from /proc over that part: the master (`dirt serve` and its web process) and the node
@@ -129,6 +130,12 @@ def agent_round(root: Path, n: int, slots: int, pickups: int) -> AgentRound:
             if time.monotonic() > deadline or agent.poll() is not None:
                 raise RuntimeError("the agent did not register")
             time.sleep(0.05)
+        # Warm, as the local node's gateway is once its first task started: the agent's fork
+        # server and connections up, its request for work held.
+        warm = [t.id for t in service.submit_tasks("warm", ["trivial"] * 4 * slots).tasks]
+        while not all(t.state.finished for t in service.tasks(warm)):
+            time.sleep(0.01)
+        time.sleep(0.3)
         submit = subprocess.run(
             [DIRT, "--project", str(project), "submit", "tasks.json"],
             cwd=project,
@@ -176,6 +183,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             local.append(dirt_cli(Path(tmp) / f"local-{i}", "process", args.tasks, args.slots))
+            time.sleep(1)  # the local node's processes gone before the agent's run
             agents.append(
                 agent_round(Path(tmp) / f"agent-{i}", args.tasks, args.slots, args.pickups)
             )

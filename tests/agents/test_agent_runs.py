@@ -83,6 +83,9 @@ def test_an_agent_behind_nat_runs_tasks_with_output_and_attachments(
     with urllib.request.urlopen(master.url + "api/nodes", timeout=10) as answer:
         shown = {n["address"]: n for n in json.load(answer)}
     assert shown["lab-1"]["kind"] == "agent" and shown["lab-1"]["online"]
+    page = urllib.request.Request(master.url + "nodes", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(page, timeout=10) as answer:
+        assert '<td class="kind">agent</td>' in answer.read().decode()
 
 
 def test_tasks_go_only_to_agents_that_meet_their_requirements(

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dirt.errors import InputError
+from dirt.remote.http_agent import AGENT_PROTOCOL  # the agent API's version: one definition
 from dirt.remote.protocol import OUTCOME_FIELDS
 
-AGENT_PROTOCOL = 1  # the agent API's version; agent.py sends the one it speaks
 MAX_NAME = 200
 MAX_SLOTS = 1024
 MAX_WAIT = 60.0  # seconds a request for work may ask to be held

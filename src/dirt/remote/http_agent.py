@@ -41,7 +41,8 @@ from dirt.remote.agent import Sender, start_runner
 from dirt.remote.protocol import BLOB, CHUNK_SIZE, DONE, OUTPUT, RunRequest
 from dirt.remote.sysinfo import collect
 
-# The agent API's version (dirt.documents.agents.AGENT_PROTOCOL on the master).
+# The agent API's version: sent at registration; the master (dirt.documents.agents) refuses
+# another.
 AGENT_PROTOCOL = 1
 TOKEN_ENV = "DIRT_AGENT_TOKEN"  # where the token may come from instead of --token
 JOB_TOKEN_HEADER = "Job-Token"
