@@ -180,8 +180,10 @@ class Agent:
         return self.process.wait(timeout)
 
     def kill_all(self) -> None:
-        """SIGKILL the agent and everything it started (its fork server, its tasks)."""
-        for pid in [*_descendants(self.process.pid), self.process.pid]:
+        """SIGKILL the agent, then everything it started (its fork server, its tasks), as a
+        host that dies takes them all: the agent first, so it reports nothing of theirs."""
+        started = _descendants(self.process.pid)
+        for pid in [self.process.pid, *started]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -110,7 +110,7 @@ class Master:
                 raise Fatal(f"--ca {ca}: cannot load certificates: {exc}") from None
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
+        self._open: dict[int, http.client.HTTPConnection] = {}  # by thread
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -123,7 +123,7 @@ class Master:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             self._local.conn = conn
             with self._lock:
-                self._open.add(conn)
+                self._open[threading.get_ident()] = conn
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -135,12 +135,13 @@ class Master:
             conn.close()
             self._local.conn = None
             with self._lock:
-                self._open.discard(conn)
+                self._open.pop(threading.get_ident(), None)
 
-    def close_all(self) -> None:
-        """Cut every connection (a held request for work ends at once)."""
+    def cut(self, thread: int | None = None) -> None:
+        """Cut the connection of `thread` (every one, when None): a request held there (a
+        request for work) ends at once."""
         with self._lock:
-            conns = list(self._open)
+            conns = [c for t, c in self._open.items() if thread is None or t == thread]
         for conn in conns:
             sock = conn.sock
             if sock is not None:
@@ -315,6 +316,7 @@ class PullAgent:
         self.fatal: str | None = None
         self.runner: Any = None
         self.sender: Sender | None = None
+        self.poller: int | None = None  # the thread that asks for work
         # Results on their way: one reporting thread per slot sends them (see `_report_loop`).
         self.reports: queue.SimpleQueue[tuple[Job, tuple[Any, ...]]] = queue.SimpleQueue()
 
@@ -369,6 +371,7 @@ class PullAgent:
 
     def poll(self) -> None:
         """Ask for jobs while slots are free, until the agent stops."""
+        self.poller = threading.get_ident()
         backoff = Backoff()
         while not self.stopping.is_set():
             with self.cond:
@@ -571,12 +574,14 @@ class PullAgent:
     # ---- stopping ------------------------------------------------------------------------
 
     def stop(self, fatal: str | None = None) -> None:
+        """Take no more work (a request for work held by the master is cut); with `fatal`, the
+        agent cannot go on: every request is cut."""
         if fatal is not None and self.fatal is None:
             self.fatal = fatal
         self.stopping.set()
         with self.cond:
             self.cond.notify_all()
-        self.master.close_all()
+        self.master.cut(None if fatal is not None else self.poller)
 
     def _give_back(self, job: Job, reason: str) -> None:
         """Tell the master the job will not run here: its task waits again at once."""
@@ -588,15 +593,20 @@ class PullAgent:
             log.warning("job %d: not given back (%s); its lease will run out", job.id, exc)
 
     def shutdown(self) -> None:
-        """Give running jobs back (their tasks wait again at once), stop the runner."""
+        """Give running jobs back (their tasks wait again at once); let results on their way
+        arrive; stop the runner."""
         with self.cond:
-            jobs = [job for job in self.jobs.values() if not job.over]
-            for job in jobs:
+            running = [job for job in self.jobs.values() if not (job.over or job.done)]
+            for job in running:
                 job.over = True
-        for job in jobs:
+        for job in running:
             if self.runner is not None:
                 self.runner.kill(job.key)
             self._give_back(job, self.fatal or "the agent was stopped")
+        with self.cond:
+            self.cond.wait_for(
+                lambda: not any(job.done and not job.over for job in self.jobs.values()), 10
+            )
         if self.runner is not None:
             self.runner.stop()
         if self.sender is not None:
