@@ -34,6 +34,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -315,6 +316,9 @@ class PullAgent:
         self.wait = WAIT
         self.fatal: str | None = None
         self.runner: Any = None
+        self.runner_ready = threading.Event()  # set once the runner started, or failed to
+        self.starting: threading.Thread | None = None  # starts the runner (`--once`)
+        self.runner_error = "cannot run tasks: the runner did not start"
         self.sender: Sender | None = None
         self.poller: int | None = None  # the thread that asks for work
         # Results on their way: one reporting thread per slot sends them (see `_report_loop`).
@@ -348,17 +352,33 @@ class PullAgent:
         answer = self.register()
         config = dict(answer.get("config") or {})
         config["forkserver_source"] = answer["forkserver_source"]
-        self.sender = Sender(HttpChannel(self))
-        self.sender.attachment_limit = int(config.get("attachment_limit", 4 << 30))
-        try:
-            self.runner = start_runner(config, self.sender)
-        except Exception as exc:
-            raise Fatal(f"cannot run tasks: {exc}") from None
+        sender = self.sender = Sender(HttpChannel(self))
+        sender.attachment_limit = int(config.get("attachment_limit", 4 << 30))
+        if self.once:
+            # One task (a batch job): its request goes out while the fork server starts.
+            self.starting = threading.Thread(
+                target=self._start_runner, args=(config, sender), name="dirt-agent-runner"
+            )
+            self.starting.daemon = True
+            self.starting.start()
+        else:
+            self._start_runner(config, sender)
+            if self.runner is None:
+                raise Fatal(self.runner_error)
         threading.Thread(target=self._beat, name="dirt-agent-heartbeat", daemon=True).start()
         for index in range(self.slots):
             threading.Thread(
                 target=self._report_loop, name=f"dirt-agent-report-{index}", daemon=True
             ).start()
+
+    def _start_runner(self, config: dict[str, Any], sender: Sender) -> None:
+        """Start the runner the master's config names: `runner`, or why not in `runner_error`."""
+        try:
+            self.runner = start_runner(config, sender)
+        except Exception as exc:
+            self.runner_error = f"cannot run tasks: {exc}"
+        finally:
+            self.runner_ready.set()
 
     def _report_loop(self) -> None:
         """Send results as they come (a job's result frees its slot: see `send_done`)."""
@@ -426,6 +446,10 @@ class PullAgent:
         log.info(
             "job %d: task %s (%s), attempt %d", job.id, job.task_id, offer["name"], job.attempt
         )
+        self.runner_ready.wait()
+        if self.runner is None:
+            self.send_done(job, (None, self.runner_error, None, None, False, False, 0.0, b""))
+            return
         request = RunRequest(
             job.key,
             offer["name"],
@@ -569,7 +593,8 @@ class PullAgent:
                 if isinstance(answer, dict) and answer.get("cancel") and not job.cancelled:
                     job.cancelled = True
                     log.info("job %d: task %s cancelled; killing it", job.id, job.task_id)
-                    self.runner.kill(job.key)
+                    if self.runner is not None:
+                        self.runner.kill(job.key)
 
     # ---- stopping ------------------------------------------------------------------------
 
@@ -607,6 +632,8 @@ class PullAgent:
             self.cond.wait_for(
                 lambda: not any(job.done and not job.over for job in self.jobs.values()), 10
             )
+        if self.starting is not None:
+            self.starting.join()  # a fork server starting now must be stopped too
         if self.runner is not None:
             self.runner.stop()
         if self.sender is not None:
@@ -697,5 +724,29 @@ def main(argv: list[str] | None = None, prog: str = "agent.py") -> int:
     return 0
 
 
+def reap_strays(most: float = 1.0) -> None:
+    """Wait for the children this process did not start: run as `python3 - <<END` from a
+    batch job script that exec'd it, the shell's here-document writer (sh forks one for a
+    long here-document) is one. Left a zombie, it keeps the job's process group alive, and
+    Slurm (proctrack/pgid) then waits 1 s, 2 s, ... before it ends the job."""
+    deadline = time.monotonic() + most
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is reported and the fork server stopped: skip the interpreter's teardown, so
+    # a batch job (`--once`) ends, and frees its cores, the moment its result is in.
+    reap_strays()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
