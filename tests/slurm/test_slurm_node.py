@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,16 +124,38 @@ def test_a_job_scancelled_from_outside_is_a_lost_attempt_and_reruns(master: Mast
     second = wait_for(
         lambda: (job := master.job(task_id)) != first and job, 60, what="a second job"
     )
-    said = f"Slurm job {first} ended without a result: CANCELLED"
+    assert lost_first_attempt(master, task_id, first, "CANCELLED").outcome == "lost"
+    assert second != first
+    slurm.cancel(second, runner=master.runner)  # no need to wait for it
+
+
+def lost_first_attempt(master: Master, task_id: str, job_id: str, state: str) -> Any:
+    """The task's first attempt, once its reason gives Slurm's `state` for job `job_id`."""
+    said = f"Slurm job {job_id} ended without a result: {state}"
 
     def first_attempt() -> object:
         attempt = master.service.record_detail("r1").attempts[task_id][0]
         return attempt if said in (attempt.reason or "") else None
 
-    attempt = wait_for(first_attempt, 10, what="Slurm's word on the first attempt")
-    assert attempt.outcome == "lost"
-    assert second != first
-    slurm.cancel(second, runner=master.runner)  # no need to wait for it
+    return wait_for(first_attempt, 15, what=f"Slurm's {state} on the first attempt")
+
+
+def test_a_job_whose_node_fails_is_a_lost_attempt_and_reruns(
+    master: Master, slurm_cluster: SlurmCluster
+) -> None:
+    master.start()
+    task_id = master.submit(kwargs={"seconds": 30})
+    first = running_job(master, task_id)
+    node = f"nodename={slurm_cluster.node_name}"
+    slurm_cluster.run("scontrol", "update", node, "state=down", "reason=dirt-test")
+    try:
+        assert wait_ended(master.runner, first, timeout=30).state == "NODE_FAIL"
+        assert lost_first_attempt(master, task_id, first, "NODE_FAIL").outcome == "lost"
+    finally:
+        slurm_cluster.run("scontrol", "update", node, "state=resume")
+        wait_for(lambda: slurm_cluster.node_state() in ("idle", "mixed", "allocated"), 30)
+    second = wait_for(lambda: (job := master.job(task_id)) != first and job, 30)
+    slurm.cancel(second, runner=master.runner)
 
 
 def test_a_restarted_master_re_adopts_its_running_jobs(master: Master) -> None:
@@ -174,3 +197,12 @@ def test_a_job_slurm_queues_shows_its_task_waiting_with_slurms_reason(master: Ma
 
     reason = wait_for(queued, 30, what="a task queued in Slurm, with Slurm's reason")
     assert re.fullmatch(r"queued in Slurm as job \d+ \(PENDING: (Resources|Priority)\)", reason)
+
+
+def test_a_task_requiring_a_feature_asks_slurm_for_a_node_with_it(master: Master) -> None:
+    master.start()
+    task_id = master.submit(kwargs={"seconds": 0}, requires=["dirt_fast in features"])
+    (task,) = wait_finished(master.service, [task_id], timeout=60)
+    assert task.state is TaskState.SUCCEEDED
+    shown = master.runner.run(["scontrol", "-o", "show", "job", master.job(task_id)]).stdout
+    assert re.search(r"\bFeatures=dirt_fast\b", shown), shown

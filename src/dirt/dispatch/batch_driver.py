@@ -30,6 +30,7 @@ from dirt.batch.commands import CommandRunner
 from dirt.batch.jobs import BatchJob, BatchNode, Phase
 from dirt.batch.jobscript import render_job_script
 from dirt.batch.remote import runner_for
+from dirt.batch.sbatch_args import required_features, with_features
 from dirt.batch.slurm import JobPhase, JobStatus
 from dirt.errors import DirtError
 from dirt.models import Node
@@ -257,7 +258,9 @@ class NodeDriver:
             job_name=job.job_name,
             output_path=self._output_path(job),
             time_limit=timeout + 60 if timeout else None,
-            extra_args=self.settings.submit_args,
+            extra_args=with_features(
+                self.settings.submit_args, required_features(submission.task.requires)
+            ),
             runner=self.runner,
         )
 
