@@ -149,6 +149,24 @@ def test_every_write_takes_the_next_sequence_value(store: Service) -> None:
     assert store.record_detail("r1").record.seq == after_submit
 
 
+def test_a_write_elsewhere_is_seen_even_when_one_of_ours_commits_after_it(
+    store: Service, other: Service
+) -> None:
+    submit_one(store)
+    store.changed_elsewhere()  # all known
+    submit_one(other, "t2", "r2")  # another process's submission...
+    reserve(store, "t1")  # ...then a write of ours takes the next value
+    assert store.changed_elsewhere()
+    assert not store.changed_elsewhere()
+
+
+def test_our_own_writes_are_not_news_from_elsewhere(store: Service) -> None:
+    submit_one(store)
+    store.changed_elsewhere()
+    reserve(store, "t1")
+    assert not store.changed_elsewhere()
+
+
 def test_a_failed_write_changes_nothing(store: Service) -> None:
     submit_one(store)
     seq = store.current_seq()

@@ -109,3 +109,29 @@ def test_a_kept_answer_is_never_served_to_a_reader_who_needs_a_token(
     assert remote.get("/api/records", headers=auth).status_code == 200
     assert remote.get("/api/records", headers=auth).status_code == 200  # kept now
     assert remote.get("/api/records").status_code == 401
+
+
+def test_a_write_that_shows_nothing_leaves_a_stream_waiting(seeded: Service) -> None:
+    hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
+    hub.start()
+    try:
+        before = hub.event_seq
+        seeded.submit_tasks("r450", ["examples.simple"])
+        wait_for(lambda: hub.event_seq > before, timeout=5, what="its event")
+        start = hub.event_seq  # where a stream stands that sent that event
+        seeded.create_token("quiet")  # takes a sequence value, changes no document
+        wait_for(lambda: hub.event_seq > start, timeout=5, what="the hub to pass the write")
+        assert hub.events_after(start) == [], "no event to send"
+        caught_up = hub.shown_through(start)
+        assert caught_up == hub.event_seq
+
+        async def wait() -> float:
+            started = time.monotonic()
+            await hub.wait_event_beyond(caught_up, 0.3)
+            return time.monotonic() - started
+
+        # A stream that stood still at `start` would wake at once, forever (a busy loop).
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(asyncio.run, wait()).result() >= 0.25
+    finally:
+        hub.stop()

@@ -51,10 +51,13 @@ def web_options(command: F) -> F:
     return command
 
 
-def apply_web_options(
+def prepare_web(
     obj: Context, certfile: str | None, keyfile: str | None, workers: int | None
 ) -> None:
-    """Flags win over dirt.toml (and the DIRT_WEB_* variables the flags read themselves)."""
+    """Apply the web flags (they win over dirt.toml and the DIRT_WEB_* variables the flags read
+    themselves), then set up logging as the settings now say."""
+    from dirt.logs import setup_logging
+
     web = obj.settings.web
     if certfile is not None:
         web.certfile = certfile
@@ -62,6 +65,7 @@ def apply_web_options(
         web.keyfile = keyfile
     if workers is not None:
         web.workers = workers
+    setup_logging(obj.settings)
 
 
 def say_url(url: str) -> None:
@@ -82,11 +86,9 @@ def serve(
     workers: int | None,
 ) -> None:
     """Run the dispatcher and the web server until Ctrl-C."""
-    from dirt.logs import setup_logging
     from dirt.server import serve as run_server
 
-    apply_web_options(obj, certfile, keyfile, workers)
-    setup_logging(obj.settings)
+    prepare_web(obj, certfile, keyfile, workers)
     sys.exit(run_server(obj.service, web=not no_web, host=host, port=port, on_web=say_url))
 
 
@@ -102,9 +104,7 @@ def web(
     workers: int | None,
 ) -> None:
     """Run the web server only (pages, JSON API, _bulk_docs) until Ctrl-C."""
-    from dirt.logs import setup_logging
     from dirt.server import serve_web
 
-    apply_web_options(obj, certfile, keyfile, workers)
-    setup_logging(obj.settings)
+    prepare_web(obj, certfile, keyfile, workers)
     sys.exit(serve_web(obj.service, host=host, port=port, on_web=say_url))

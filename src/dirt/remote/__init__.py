@@ -20,21 +20,22 @@ from pathlib import Path
 
 _HERE = Path(__file__).parent
 FUTURE = "from __future__ import annotations"
+# The agent that runs tasks, as shipped over execnet; the pull-mode agent adds to it.
+AGENT_PARTS = (
+    "protocol",
+    "tasking",
+    "streams",
+    "task_pipes",
+    "process_runner",
+    "thread_runner",
+    "agent",
+)
 PARTS = {
-    "agent": ("protocol", "tasking", "streams", "process_runner", "thread_runner", "agent"),
+    "agent": AGENT_PARTS,
     "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
     # The pull-mode agent, served as one file at GET /agent.py (dirt.web.agent_api).
-    "http_agent": (
-        "protocol",
-        "tasking",
-        "streams",
-        "process_runner",
-        "thread_runner",
-        "agent",
-        "sysinfo",
-        "http_agent",
-    ),
+    "http_agent": (*AGENT_PARTS, "sysinfo", "http_agent"),
 }
 SHIPPED = tuple(PARTS)
 

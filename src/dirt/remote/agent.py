@@ -1,11 +1,11 @@
 """Node agent: runs every task the master sends over one execnet channel.
 
 Shipped as source text with ``gateway.remote_exec``; stdlib only. ``dirt.remote.source()``
-ships it after protocol.py, tasking.py, streams.py, process_runner.py and thread_runner.py and
-drops the imports between them. The master keeps one gateway per node and one agent channel on
-it, multiplexed for all tasks; the messages are in ``protocol.py``. Tasks run in children of a
-warm fork server ("process" isolation, process_runner.py) or in threads of this process
-("thread" isolation, thread_runner.py).
+ships it after protocol.py, tasking.py, streams.py, task_pipes.py, process_runner.py and
+thread_runner.py and drops the imports between them. The master keeps one gateway per node and
+one agent channel on it, multiplexed for all tasks; the messages are in ``protocol.py``. Tasks
+run in children of a warm fork server ("process" isolation, process_runner.py) or in threads of
+this process ("thread" isolation, thread_runner.py).
 
 Everything the agent sends goes through one `Sender`: a fair queue (see ``streams.FairQueue``)
 emptied by one thread, so a task's big output or attachment takes turns with the other tasks'

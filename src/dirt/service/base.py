@@ -197,7 +197,11 @@ class ServiceBase:
 
     def _committed(self, seq: int) -> None:
         with self._seq_lock:
-            self._known_seq = max(self._known_seq, seq)
+            # Each commit takes the next value, one at a time: only when ours follows the last
+            # one known here did nobody else write in between. Otherwise another process's
+            # write (a `dirt submit`) sits below ours, and `changed_elsewhere` must still see it.
+            if seq == self._known_seq + 1:
+                self._known_seq = seq
         for callback in list(self._listeners):
             try:
                 callback(seq)

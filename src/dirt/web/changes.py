@@ -59,6 +59,8 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
                     yield event.text
                 last = found[-1].end
                 continue
+            # Else a wait for the next event would end at once, and again, and again.
+            last = hub.shown_through(last)
             await hub.wait_event_beyond(last, KEEPALIVE_S)
             if hub.stopped or await request.is_disconnected():
                 break

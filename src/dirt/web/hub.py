@@ -189,6 +189,15 @@ class ChangeHub:
                 return None
             return [e for e in self._events if e.end > seq]
 
+    def shown_through(self, seq: int) -> int:
+        """Where a stream that has every kept event reaching past `seq` stands: the newest
+        event's end when none reaches past `seq` (writes that show nothing, such as a lease or
+        an announcement, move the sequence without an event), else `seq`."""
+        with self._lock:
+            if any(e.end > seq for e in self._events):
+                return seq
+            return max(seq, self.event_seq)
+
     async def wait(self, passed: Callable[[], bool], timeout: float) -> None:
         """Wait until `passed()` holds (checked at every change), `timeout`, or stop."""
         loop = asyncio.get_running_loop()
