@@ -152,7 +152,8 @@ def test_a_job_whose_node_fails_is_a_lost_attempt_and_reruns(
         assert wait_ended(master.runner, first, timeout=30).state == "NODE_FAIL"
         assert lost_first_attempt(master, task_id, first, "NODE_FAIL").outcome == "lost"
     finally:
-        slurm_cluster.run("scontrol", "update", node, "state=resume")
+        # With ReturnToService=2 the node may be back already (then resume is "invalid").
+        slurm_cluster.run("scontrol", "update", node, "state=resume", check=False)
         wait_for(lambda: slurm_cluster.node_state() in ("idle", "mixed", "allocated"), 30)
     second = wait_for(lambda: (job := master.job(task_id)) != first and job, 30)
     slurm.cancel(second, runner=master.runner)
