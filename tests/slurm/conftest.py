@@ -4,7 +4,7 @@ The cluster starts once (about 1 s to an idle node) at the first test that needs
 when the last test of tests/slurm is done. A job
 that overruns its 1-minute time limit is submitted as early as possible (`overdue_job`) so
 that Slurm's TIMEOUT, which cannot come sooner than a minute, ripens while the other tests
-run; the TIMEOUT test comes last.
+run; the TIMEOUT test comes last (test_slurm_last.py), after every other test.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ import pytest
 
 from dirt.batch import slurm
 from dirt.batch.commands import CommandResult, CommandRunner, LocalRunner
+from dirt.batch.nodes import describe_batch_node
 from dirt.batch.slurm import JobPhase, JobStatus
-from tests.conftest import need
+from dirt.service import Service
+from dirt.web.app import create_app
+from dirt.web.run import WebServer
+from tests.conftest import RunningDispatcher, need
 from tests.slurm.cluster import SlurmCluster, slurm_available
+from tests.slurm.masters import SLEEPY, Master
 
 _started: dict[str, float] = {}
 
@@ -123,3 +128,33 @@ def overdue_job(slurm_runner: LocalRunner, tmp_path_factory: pytest.TempPathFact
         time_limit=1,
         runner=slurm_runner,
     )
+
+
+@pytest.fixture
+def master(
+    slurm_cluster: SlurmCluster,
+    slurm_runner: LocalRunner,
+    service: Service,
+    add_task_module: Callable[[str, str], str],
+    start_dispatcher: Callable[[Service], RunningDispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[Master]:
+    """A master (web server and dispatcher) with the node slurm:debug."""
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    add_task_module("sleepy", SLEEPY)
+    server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
+    url = server.start()
+    service.settings.web.base_url = url
+    settings, info = describe_batch_node(
+        "slurm:debug", service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
+    )
+    service.save_batch_node(settings, info)
+    try:
+        yield Master(service, url, slurm_runner, lambda: start_dispatcher(service))
+    finally:
+        for job in service.open_batch_jobs():
+            if job.job_id:
+                slurm.cancel(job.job_id, runner=slurm_runner)
+        server.stop()

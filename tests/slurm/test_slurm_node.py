@@ -4,77 +4,12 @@ Slurm jobs that run the served agent.py once, report over HTTP, and are tracked 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import pytest
 
 from dirt.batch import slurm
-from dirt.batch.commands import LocalRunner
-from dirt.batch.nodes import describe_batch_node
 from dirt.models import NodeKind, TaskState
-from dirt.service import Service
-from dirt.web.app import create_app
-from dirt.web.run import WebServer
-from tests.conftest import RunningDispatcher, wait_finished, wait_for
-from tests.slurm.cluster import SlurmCluster
+from tests.conftest import wait_finished, wait_for
 from tests.slurm.conftest import wait_ended
-
-SLEEPY = """
-import time
-
-def execute(seconds=0, **kwargs):
-    time.sleep(seconds)
-    return {"success": True, "slept": seconds}
-"""
-
-
-@dataclass
-class Master:
-    service: Service
-    url: str
-    runner: LocalRunner
-    start: Callable[[], RunningDispatcher]
-
-    def submit(self, name: str = "sleepy", **options: object) -> str:
-        submission = self.service.submit_tasks("r1", [name], **options)  # type: ignore[arg-type]
-        return submission.tasks[0].id
-
-    def job(self, task_id: str) -> str:
-        found = self.service.batch_jobs_of([task_id]).get(task_id)
-        return found.job_id if found is not None and found.job_id else ""
-
-
-@pytest.fixture
-def master(
-    slurm_cluster: SlurmCluster,
-    slurm_runner: LocalRunner,
-    service: Service,
-    add_task_module: Callable[[str, str], str],
-    start_dispatcher: Callable[[Service], RunningDispatcher],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[Master]:
-    """A master (web server and dispatcher) with the node slurm:debug."""
-    for name, value in slurm_cluster.env.items():
-        monkeypatch.setenv(name, value)
-    add_task_module("sleepy", SLEEPY)
-    server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
-    url = server.start()
-    service.settings.web.base_url = url
-    settings, info = describe_batch_node(
-        "slurm:debug", service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
-    )
-    service.save_batch_node(settings, info)
-    try:
-        yield Master(service, url, slurm_runner, lambda: start_dispatcher(service))
-    finally:
-        for job in service.open_batch_jobs():
-            if job.job_id:
-                slurm.cancel(job.job_id, runner=slurm_runner)
-        server.stop()
+from tests.slurm.masters import Master, lost_first_attempt, running_job
 
 
 def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None:
@@ -93,16 +28,6 @@ def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None
         assert job.compute_host, "the compute host is kept with the attempt"
         assert wait_ended(master.runner, job.job_id).state == "COMPLETED"
     wait_for(lambda: not master.service.open_batch_jobs(), what="jobs closed by the poll")
-
-
-def running_job(master: Master, task_id: str) -> str:
-    """The Slurm job id of `task_id` once its agent runs it."""
-
-    def started() -> str:
-        (task,) = master.service.tasks([task_id])
-        return master.job(task_id) if task.state is TaskState.RUNNING else ""
-
-    return wait_for(started, 60, what=f"task {task_id} running in Slurm")
 
 
 def test_a_cancel_reaches_slurm_at_once(master: Master) -> None:
@@ -127,36 +52,6 @@ def test_a_job_scancelled_from_outside_is_a_lost_attempt_and_reruns(master: Mast
     assert lost_first_attempt(master, task_id, first, "CANCELLED").outcome == "lost"
     assert second != first
     slurm.cancel(second, runner=master.runner)  # no need to wait for it
-
-
-def lost_first_attempt(master: Master, task_id: str, job_id: str, state: str) -> Any:
-    """The task's first attempt, once its reason gives Slurm's `state` for job `job_id`."""
-    said = f"Slurm job {job_id} ended without a result: {state}"
-
-    def first_attempt() -> object:
-        attempt = master.service.record_detail("r1").attempts[task_id][0]
-        return attempt if said in (attempt.reason or "") else None
-
-    return wait_for(first_attempt, 15, what=f"Slurm's {state} on the first attempt")
-
-
-def test_a_job_whose_node_fails_is_a_lost_attempt_and_reruns(
-    master: Master, slurm_cluster: SlurmCluster
-) -> None:
-    master.start()
-    task_id = master.submit(kwargs={"seconds": 30})
-    first = running_job(master, task_id)
-    node = f"nodename={slurm_cluster.node_name}"
-    slurm_cluster.run("scontrol", "update", node, "state=down", "reason=dirt-test")
-    try:
-        assert wait_ended(master.runner, first, timeout=30).state == "NODE_FAIL"
-        assert lost_first_attempt(master, task_id, first, "NODE_FAIL").outcome == "lost"
-    finally:
-        # With ReturnToService=2 the node may be back already (then resume is "invalid").
-        slurm_cluster.run("scontrol", "update", node, "state=resume", check=False)
-        wait_for(lambda: slurm_cluster.node_state() in ("idle", "mixed", "allocated"), 30)
-    second = wait_for(lambda: (job := master.job(task_id)) != first and job, 30)
-    slurm.cancel(second, runner=master.runner)
 
 
 def test_a_restarted_master_re_adopts_its_running_jobs(master: Master) -> None:
