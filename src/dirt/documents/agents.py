@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dirt.errors import InputError
-from dirt.remote.http_agent import AGENT_PROTOCOL  # the agent API's version: one definition
+from dirt.remote.http_client import AGENT_PROTOCOL  # the agent API's version: one definition
 from dirt.remote.protocol import OUTCOME_FIELDS
 
 MAX_NAME = 200

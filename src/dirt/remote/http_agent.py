@@ -2,7 +2,8 @@
 fetches its work from the master over HTTP and runs each task in a process of its own.
 
 The master serves it as one stdlib-only file at ``GET /agent.py`` (``dirt.remote.source``
-puts it together from the parts an SSH node runs, then sysinfo.py and this file), run as::
+puts it together from the parts an SSH node runs, then sysinfo.py, http_client.py (its HTTP
+client), this file and http_main.py (its command line)), run as::
 
     python3 agent.py URL --token TOKEN [--slots N] [--name NAME] [--once] [--ca FILE]
 
@@ -19,218 +20,29 @@ the master refuses (409: the job's lease ran out and its task moved on) is dropp
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import hashlib
-import http.client
 import json
-import logging
-import os
 import queue
-import random
-import signal
-import socket
-import ssl
-import sys
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 from dirt.remote.agent import Sender, start_runner
+from dirt.remote.http_client import (
+    AGENT_PROTOCOL,
+    TOKEN_ENV,
+    Backoff,
+    Fatal,
+    Master,
+    Refused,
+    Unreachable,
+    log,
+)
 from dirt.remote.protocol import BLOB, CHUNK_SIZE, DONE, OUTPUT, RunRequest
 from dirt.remote.sysinfo import collect
 
-# The agent API's version: sent at registration; the master (dirt.documents.agents) refuses
-# another.
-AGENT_PROTOCOL = 1
-TOKEN_ENV = "DIRT_AGENT_TOKEN"  # where the token may come from instead of --token
 JOB_TOKEN_HEADER = "Job-Token"
 WAIT = 30.0  # seconds a request for work asks to be held
-BACKOFF_FIRST = 0.5
-BACKOFF_MOST = 30.0
-REQUEST_TIMEOUT = 60.0
-EXIT_FATAL = 1
-
-log = logging.getLogger("dirt.agent")
-
-
-class Refused(Exception):
-    """The master answered no (4xx): the same request would get the same answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class Unreachable(Exception):
-    """No answer from the master (a network error, or 5xx): try again later."""
-
-
-class Fatal(Exception):
-    """The agent cannot go on (its token refused, the master's certificate not trusted)."""
-
-
-class Backoff:
-    """Waits between tries: doubling from BACKOFF_FIRST to BACKOFF_MOST, with jitter."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def wait(self, stopping: threading.Event) -> None:
-        self.delay = min(BACKOFF_MOST, self.delay * 2 if self.delay else BACKOFF_FIRST)
-        stopping.wait(self.delay * random.uniform(0.8, 1.2))
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
-class Master:
-    """The master's HTTP API: one kept-alive connection per thread."""
-
-    def __init__(
-        self, url: str, token: str, stopping: threading.Event, ca: str | None = None
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Fatal(f"{url!r} is not an http:// or https:// URL of a dirt master")
-        self.url = url
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
-        self.base = parts.path.rstrip("/")
-        self.token = token
-        self.stopping = stopping
-        self.context: ssl.SSLContext | None = None
-        if self.https:
-            try:
-                self.context = ssl.create_default_context(cafile=ca)
-            except (OSError, ssl.SSLError) as exc:
-                raise Fatal(f"--ca {ca}: cannot load certificates: {exc}") from None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: dict[int, http.client.HTTPConnection] = {}  # by thread
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.https:
-                conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=timeout, context=self.context
-                )
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._open[threading.get_ident()] = conn
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-            with self._lock:
-                self._open.pop(threading.get_ident(), None)
-
-    def cut(self, thread: int | None = None) -> None:
-        """Cut the connection of `thread` (every one, when None): a request held there (a
-        request for work) ends at once."""
-        with self._lock:
-            conns = [c for t, c in self._open.items() if thread is None or t == thread]
-        for conn in conns:
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = REQUEST_TIMEOUT,
-    ) -> tuple[int, Any]:
-        """One request: (status, the JSON answer or None). Refused on a 4xx; Unreachable on a
-        network error or a 5xx; Fatal when the master's certificate is not trusted."""
-        sent = {"User-Agent": f"dirt-agent/{AGENT_PROTOCOL}", **(headers or {})}
-        if method != "GET":
-            sent["Authorization"] = f"Bearer {self.token}"
-        data: bytes | None = None
-        if isinstance(body, (bytes, bytearray, memoryview)):
-            data = bytes(body)
-            sent["Content-Type"] = "application/octet-stream"
-        elif body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-            sent["Content-Type"] = "application/json"
-        for again in (False, True):
-            conn = self._connection(timeout)
-            reused = conn.sock is not None
-            try:
-                conn.request(method, self.base + path, body=data, headers=sent)
-                response = conn.getresponse()
-                payload = response.read()
-            except ssl.SSLCertVerificationError as exc:
-                self._drop()
-                raise Fatal(f"{self.url}: the master's certificate is not trusted ({exc}); "
-                            "give its CA with --ca FILE") from None  # fmt: skip
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                if reused and not again:
-                    continue  # a kept-alive connection the server had closed: a new one
-                raise Unreachable(f"{self.url}: {exc or type(exc).__name__}") from None
-            break
-        if response.will_close:
-            self._drop()
-        answer: Any = None
-        if payload and response.getheader("content-type", "").startswith("application/json"):
-            try:
-                answer = json.loads(payload)
-            except ValueError:
-                answer = None
-        status = response.status
-        if status >= 500:
-            raise Unreachable(f"{self.url}: {status} {_error(answer, payload)}")
-        if status >= 400:
-            raise Refused(status, _error(answer, payload))
-        return status, answer
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = REQUEST_TIMEOUT,
-    ) -> tuple[int, Any]:
-        """`send`, again and again with backoff while the master cannot be reached (until the
-        agent stops: then Unreachable)."""
-        backoff = Backoff()
-        while True:
-            try:
-                answer = self.send(method, path, body, headers, timeout)
-            except Unreachable as exc:
-                if self.stopping.is_set():
-                    raise
-                if not backoff.delay:
-                    log.warning("master unreachable (%s); trying again", exc)
-                backoff.wait(self.stopping)
-                continue
-            if backoff.delay:
-                log.info("master reachable again")
-            return answer
-
-
-def _error(answer: Any, payload: bytes) -> str:
-    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-        problems = answer.get("problems")
-        return str(answer["error"]) + (": " + "; ".join(map(str, problems)) if problems else "")
-    return payload[:300].decode("utf-8", "replace") or "no answer"
 
 
 class Job:
@@ -611,91 +423,3 @@ class PullAgent:
             self.runner.stop()
         if self.sender is not None:
             self.sender.close(timeout=10)
-
-
-def parse_args(argv: list[str] | None, prog: str = "agent.py") -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="dirt's pull-mode agent: fetches tasks from the dirt master at URL over "
-        "HTTP(S) and runs them, each in a process of its own.",
-    )
-    parser.add_argument("url", metavar="URL", help="the master, e.g. https://ci.example.org/")
-    parser.add_argument(
-        "--token",
-        default=None,
-        help=f"an agent token (`dirt token create NAME --scope agent`); default: ${TOKEN_ENV}",
-    )
-    parser.add_argument(
-        "--slots", type=int, default=None, help="tasks run at once (default: the CPU count)"
-    )
-    parser.add_argument(
-        "--name", default=None, help="the node's name on the master (default: the host name)"
-    )
-    parser.add_argument("--once", action="store_true", help="run one task, report it, and exit")
-    parser.add_argument(
-        "--ca", metavar="FILE", default=None,
-        help="trust the master's certificate from this CA file (default: the system's CAs)",
-    )  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    args = parser.parse_args(argv)
-    if args.slots is not None and args.slots < 1:
-        parser.error("--slots must be at least 1")
-    args.token = args.token or os.environ.get(TOKEN_ENV)
-    if not args.token:
-        parser.error(f"give the agent token with --token TOKEN (or ${TOKEN_ENV})")
-    return args
-
-
-def main(argv: list[str] | None = None, prog: str = "agent.py") -> int:
-    args = parse_args(argv, prog)
-    # Tasks inherit this process's environment: they must not read the agent's token.
-    os.environ.pop(TOKEN_ENV, None)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s dirt-agent %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    stopping = threading.Event()
-    try:
-        master = Master(args.url, args.token, stopping, args.ca)
-    except Fatal as exc:
-        log.error("%s", exc)
-        return EXIT_FATAL
-    agent = PullAgent(
-        master, args.name or socket.gethostname(), args.slots or os.cpu_count() or 1, args.once
-    )
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping; running tasks go back to the master", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def work() -> None:
-        try:
-            agent.start()
-            agent.poll()
-        except Fatal as exc:
-            agent.stop(str(exc))
-        except Refused as exc:
-            agent.stop(f"the master refused this agent: {exc.message}")
-        except Unreachable:
-            agent.stop()  # stopping while the master could not be reached
-        except Exception as exc:
-            log.exception("agent failed")
-            agent.stop(f"agent failed: {exc}")
-
-    thread = threading.Thread(target=work, name="dirt-agent-poll", daemon=True)
-    thread.start()
-    while not stopping.wait(0.5):
-        pass
-    agent.shutdown()
-    if agent.fatal:
-        log.error("%s", agent.fatal)
-        return EXIT_FATAL
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
