@@ -43,6 +43,11 @@ from dirt.remote.sysinfo import collect
 
 JOB_TOKEN_HEADER = "Job-Token"
 WAIT = 30.0  # seconds a request for work asks to be held
+# Jobs held beyond the slots, queued for the next slot that frees: it starts at once, while the
+# result of the last job (and the request that brings the next) is on its way.
+PREFETCH = 1
+# What a job dropped from the queue before it started reports (cancelled, or refused).
+NEVER_STARTED = (None, "killed before it started", None, None, False, True, 0.0, b"")
 
 
 class Job:
@@ -55,6 +60,7 @@ class Job:
         "id",
         "output_end",
         "over",
+        "started",
         "task_id",
         "token",
         "uploaded",
@@ -70,6 +76,7 @@ class Job:
         self.cancelled = False
         self.over = False  # the master refused it (lost, revoked): nothing more is sent
         self.done = False  # its process ended: no more heartbeats (its result is on its way)
+        self.started = False  # given to the runner (until then, queued for a free slot)
 
     @property
     def key(self) -> str:
@@ -121,7 +128,10 @@ class PullAgent:
         self.once = once
         self.stopping = master.stopping
         self.cond = threading.Condition()
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}  # held: running, queued, or being reported
+        self.queued: list[tuple[Job, dict[str, Any]]] = []  # waiting for a free slot
+        self.running = 0  # jobs whose process runs (at most `slots`)
+        self.prefetch = 0 if once else PREFETCH
         self.taken = 0
         self.heartbeat = 5.0
         self.wait = WAIT
@@ -182,18 +192,29 @@ class PullAgent:
                 log.exception("job %d: result not sent", job.id)
 
     def poll(self) -> None:
-        """Ask for jobs while slots are free, until the agent stops."""
+        """Ask for jobs while slots are free (and for `prefetch` more while they are busy),
+        until the agent stops."""
         self.poller = threading.get_ident()
         backoff = Backoff()
+        after_none = -1  # jobs held when the master last had none beyond the busy slots
         while not self.stopping.is_set():
             with self.cond:
                 while not self.stopping.is_set() and (
-                    len(self.jobs) >= self.slots or (self.once and self.taken)
+                    len(self.jobs) >= self.slots + self.prefetch
+                    or (self.once and self.taken)
+                    or 0 <= after_none <= len(self.jobs)
                 ):
                     self.cond.wait()
+                held = len(self.jobs)
             if self.stopping.is_set():
                 return
-            body = {"node": self.name, "wait": self.wait}
+            # With every slot busy, a job to queue is asked for, not waited for: a request
+            # held by the master would claim for this agent whatever its state, even hung;
+            # the answer to the next result brings one anyway.
+            busy = held >= self.slots
+            body: dict[str, Any] = {"node": self.name, "wait": 0 if busy else self.wait}
+            if self.prefetch:
+                body["prefetch"] = self.prefetch
             try:
                 status, answer = self.master.send(
                     "POST", "/api/agent/jobs/request", body, timeout=self.wait + 30
@@ -214,20 +235,66 @@ class PullAgent:
             if backoff.delay:
                 log.info("master reachable again")
             backoff.reset()
-            if status == 201 and isinstance(answer, dict):
+            got = status == 201 and isinstance(answer, dict)
+            after_none = held if busy and not got else -1  # if so, ask again once a job is gone
+            if got:
                 self.run(answer)
 
     def run(self, offer: dict[str, Any]) -> None:
         with self.cond:
             job = self._take(offer)
-        self._start(job, offer)
+            now = self._admit(job, offer)
+        if now:
+            self._start(job, offer)
 
     def _take(self, offer: dict[str, Any]) -> Job:
-        """The offered job, in a slot of its own (self.cond held)."""
+        """The offered job, held (self.cond held)."""
         job = Job(offer)
         self.jobs[job.key] = job
         self.taken += 1
         return job
+
+    def _admit(self, job: Job, offer: dict[str, Any]) -> bool:
+        """Whether `job` starts now, in a free slot; else it is queued for the next one
+        (self.cond held)."""
+        if self.running < self.slots and not self.queued:
+            self.running += 1
+            job.started = True
+            return True
+        self.queued.append((job, offer))
+        return False
+
+    def _slot_freed(self, job: Job) -> None:
+        """`job` ended (or will never start): the first queued job takes its slot at once."""
+        with self.cond:
+            if job.done:
+                return
+            job.done = True
+            if not job.started:
+                return  # dropped from the queue: it held no slot
+            self.running -= 1
+            following = None
+            while self.queued and not self.stopping.is_set():
+                queued, offer = self.queued.pop(0)
+                if not queued.over:
+                    following = (queued, offer)
+                    self.running += 1
+                    queued.started = True
+                    break
+        if following is not None:
+            self._start(*following)
+
+    def _kill(self, job: Job) -> None:
+        """Kill the job's process; a job still queued leaves the queue and reports that it
+        never started."""
+        with self.cond:
+            queued = [pair for pair in self.queued if pair[0] is job]
+            for pair in queued:
+                self.queued.remove(pair)
+        if queued:
+            self.reports.put((job, NEVER_STARTED))
+        elif self.runner is not None:
+            self.runner.kill(job.key)
 
     def _start(self, job: Job, offer: dict[str, Any]) -> None:
         source = base64.b64decode(offer["source"])
@@ -261,6 +328,9 @@ class PullAgent:
             if self.once and self.taken and not self.jobs:
                 self.stopping.set()
             following = self._take(offer) if offer is not None else None
+            now = False
+            if following is not None and offer is not None and not self.stopping.is_set():
+                now = self._admit(following, offer)
             self.cond.notify_all()
         if following is None:
             return
@@ -270,7 +340,8 @@ class PullAgent:
             with self.cond:
                 self.jobs.pop(following.key, None)
             return
-        self._start(following, offer)
+        if now:
+            self._start(following, offer)
 
     # ---- reports (the Sender's thread) ---------------------------------------------------
 
@@ -293,8 +364,7 @@ class PullAgent:
             log.warning("job %d: the master refused its report: %s", job.id, exc.message)
         else:
             log.error("job %d: refused (%s)", job.id, exc)
-        if self.runner is not None:
-            self.runner.kill(job.key)
+        self._kill(job)
         if exc.status == 401:
             # A job token the master no longer takes: the agent's own token was revoked.
             self.stop(f"job {job.id} refused: {exc.message}")
@@ -312,7 +382,7 @@ class PullAgent:
         job.uploaded[index] = offset + len(data)
 
     def send_done(self, job: Job, wire: tuple[Any, ...]) -> None:
-        job.done = True
+        self._slot_freed(job)
         try:
             results, error, exit_code, sig, timed_out, killed, duration, output = wire
             if output and not job.over:
@@ -336,6 +406,8 @@ class PullAgent:
             if not job.over:
                 take_next = not (self.once or self.stopping.is_set())
                 body = {"state": "finished", "outcome": outcome, "next": take_next}
+                if take_next and self.prefetch:
+                    body["prefetch"] = self.prefetch
                 answer = self._report(job, "PUT", "", body, {})
                 if answer is not None:
                     log.info("job %d: task %s %s", job.id, job.task_id, answer.get("state"))
@@ -370,8 +442,11 @@ class PullAgent:
             for job in jobs:
                 if job.done:
                     continue  # its result is on its way (a heartbeat now would cross it)
+                beat: dict[str, Any] = {"state": "running"}
+                if not job.started:
+                    beat["queued"] = True  # its timeout has not begun
                 try:
-                    _, answer = self.master.send("PUT", job.path, {"state": "running"}, job.headers)
+                    _, answer = self.master.send("PUT", job.path, beat, job.headers)
                 except Unreachable:
                     break  # the next round tries again; the lease outlasts a few misses
                 except Refused as exc:
@@ -381,7 +456,7 @@ class PullAgent:
                 if isinstance(answer, dict) and answer.get("cancel") and not job.cancelled:
                     job.cancelled = True
                     log.info("job %d: task %s cancelled; killing it", job.id, job.task_id)
-                    self.runner.kill(job.key)
+                    self._kill(job)
 
     # ---- stopping ------------------------------------------------------------------------
 
@@ -412,7 +487,7 @@ class PullAgent:
             for job in running:
                 job.over = True
         for job in running:
-            if self.runner is not None:
+            if self.runner is not None and job.started:
                 self.runner.kill(job.key)
             self._give_back(job, self.fatal or "the agent was stopped")
         with self.cond:
