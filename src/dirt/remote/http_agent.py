@@ -30,6 +30,7 @@ from typing import Any
 from dirt.remote.agent import Sender, start_runner
 from dirt.remote.http_client import (
     AGENT_PROTOCOL,
+    REQUEST_TIMEOUT,
     TOKEN_ENV,
     Backoff,
     Fatal,
@@ -139,6 +140,8 @@ class PullAgent:
         self.runner: Any = None
         self.sender: Sender | None = None
         self.poller: int | None = None  # the thread that asks for work
+        self.holding = False  # its request is one the master may hold (else, answered at once)
+        self.polled = threading.Event()  # it asks no more
         # Results on their way: one reporting thread per slot sends them (see `_report_loop`).
         self.reports: queue.SimpleQueue[tuple[Job, tuple[Any, ...]]] = queue.SimpleQueue()
 
@@ -195,6 +198,12 @@ class PullAgent:
         """Ask for jobs while slots are free (and for `prefetch` more while they are busy),
         until the agent stops."""
         self.poller = threading.get_ident()
+        try:
+            self._poll()
+        finally:
+            self.polled.set()
+
+    def _poll(self) -> None:
         backoff = Backoff()
         after_none = -1  # jobs held when the master last had none beyond the busy slots
         while not self.stopping.is_set():
@@ -212,6 +221,7 @@ class PullAgent:
             # held by the master would claim for this agent whatever its state, even hung;
             # the answer to the next result brings one anyway.
             busy = held >= self.slots
+            self.holding = not busy
             body: dict[str, Any] = {"node": self.name, "wait": 0 if busy else self.wait}
             if self.prefetch:
                 body["prefetch"] = self.prefetch
@@ -237,7 +247,9 @@ class PullAgent:
             backoff.reset()
             got = status == 201 and isinstance(answer, dict)
             after_none = held if busy and not got else -1  # if so, ask again once a job is gone
-            if got:
+            if got and self.stopping.is_set():
+                self._give_back(Job(answer), "the agent is stopping")
+            elif got:
                 self.run(answer)
 
     def run(self, offer: dict[str, Any]) -> None:
@@ -468,7 +480,9 @@ class PullAgent:
         self.stopping.set()
         with self.cond:
             self.cond.notify_all()
-        self.master.cut(None if fatal is not None else self.poller)
+        if fatal is not None or self.holding:
+            # A request answered at once is let finish: a job it brings goes back at once.
+            self.master.cut(None if fatal is not None else self.poller)
 
     def _give_back(self, job: Job, reason: str) -> None:
         """Tell the master the job will not run here: its task waits again at once."""
@@ -482,6 +496,8 @@ class PullAgent:
     def shutdown(self) -> None:
         """Give running jobs back (their tasks wait again at once); let results on their way
         arrive; stop the runner."""
+        if self.poller is not None:
+            self.polled.wait(REQUEST_TIMEOUT)
         with self.cond:
             running = [job for job in self.jobs.values() if not (job.over or job.done)]
             for job in running:
