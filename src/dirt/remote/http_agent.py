@@ -30,7 +30,6 @@ from typing import Any
 from dirt.remote.agent import Sender, start_runner
 from dirt.remote.http_client import (
     AGENT_PROTOCOL,
-    REQUEST_TIMEOUT,
     TOKEN_ENV,
     Backoff,
     Fatal,
@@ -497,7 +496,7 @@ class PullAgent:
         """Give running jobs back (their tasks wait again at once); let results on their way
         arrive; stop the runner."""
         if self.poller is not None:
-            self.polled.wait(REQUEST_TIMEOUT)
+            self.polled.wait(10)  # its request was cut, or is answered at once
         with self.cond:
             running = [job for job in self.jobs.values() if not (job.over or job.done)]
             for job in running:

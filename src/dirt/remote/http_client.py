@@ -153,7 +153,7 @@ class Master:
                             "give its CA with --ca FILE") from None  # fmt: skip
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                if reused and not again:
+                if reused and not again and not self.stopping.is_set():
                     continue  # a kept-alive connection the server had closed: a new one
                 raise Unreachable(f"{self.url}: {exc or type(exc).__name__}") from None
             break
