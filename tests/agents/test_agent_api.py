@@ -55,12 +55,15 @@ def register(client: TestClient, token: str, name: str = "lab", slots: int = 2) 
     return answer.json()
 
 
-def take(client: TestClient, token: str, name: str = "lab") -> Any:
-    answer = client.post(
-        "/api/agent/jobs/request", json={"node": name, "wait": 0}, headers=bearer(token)
-    )
+def take(client: TestClient, token: str, name: str = "lab", prefetch: int = 0) -> Any:
+    answer = ask(client, token, name, prefetch)
     assert answer.status_code == 201, answer.text
     return answer.json()
+
+
+def ask(client: TestClient, token: str, name: str = "lab", prefetch: int = 0) -> Any:
+    body = {"node": name, "wait": 0, "prefetch": prefetch}
+    return client.post("/api/agent/jobs/request", json=body, headers=bearer(token))
 
 
 def job_headers(job: dict[str, Any]) -> dict[str, str]:
@@ -173,6 +176,9 @@ MALFORMED: list[tuple[str, Any, int]] = [
     (REGISTER, "not an object", 400),
     (REQUEST, {"node": "lab", "wait": 999}, 400),
     (REQUEST, {"node": "lab", "wait": 0, "extra": 1}, 400),
+    (REQUEST, {"node": "lab", "wait": 0, "prefetch": -1}, 400),
+    (REQUEST, {"node": "lab", "wait": 0, "prefetch": 5}, 400),
+    (REQUEST, {"node": "lab", "wait": 0, "prefetch": 1.5}, 400),
     (REQUEST, {"node": "nobody", "wait": 0}, 404),
 ]
 
@@ -204,6 +210,10 @@ def test_malformed_job_reports_are_refused_and_change_nothing(
         {"state": "finished", "outcome": {**FINISHED["outcome"], "surprise": 1}},
         {"state": "running", "outcome": FINISHED["outcome"]},
         {"state": "running", "next": True},
+        {"state": "running", "queued": 1},
+        {**FINISHED, "queued": True},
+        {**FINISHED, "prefetch": 1},
+        {**FINISHED, "next": True, "prefetch": 9},
     ]
     before = service.current_seq()
     for report in reports:
@@ -303,3 +313,42 @@ def test_the_nodes_page_says_an_agent_asks_for_work_and_no_master_drives_it(
     row = page.text.split('data-node="lab"', 1)[1].split("</tr>", 1)[0]
     assert '<td class="kind">agent</td>' in row
     assert "none: it asks for work" in row
+
+
+def test_an_agent_with_busy_slots_gets_as_many_jobs_more_as_it_prefetches(
+    client: TestClient, token: str, service: Service
+) -> None:
+    register(client, token, slots=2)
+    service.submit_tasks("r1", ["agent.sleepy"] * 6)
+    jobs = [take(client, token), take(client, token)]
+    assert ask(client, token).status_code == 204  # its slots are full
+    jobs.append(take(client, token, prefetch=1))  # one more, queued on the agent
+    assert ask(client, token, prefetch=1).status_code == 204
+    done = client.put(
+        f"/api/agent/jobs/{jobs[0]['id']}",
+        json={**FINISHED, "next": True, "prefetch": 1},
+        headers=job_headers(jobs[0]),
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["next"] is not None  # the result's answer refills the queue
+    assert ask(client, token, prefetch=1).status_code == 204
+
+
+def test_a_queued_jobs_heartbeat_moves_its_deadline(
+    client: TestClient, token: str, service: Service
+) -> None:
+    """A job waiting on its agent for a slot has not begun its timeout: the master's backstop
+    counts from its last heartbeat as queued."""
+    register(client, token, slots=1)
+    [task_id] = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"], timeout=0.5).tasks]
+    job = take(client, token)
+    path, headers = f"/api/agent/jobs/{job['id']}", job_headers(job)
+    claimed = time.time()
+    time.sleep(1.0)
+    beat = client.put(path, json={"state": "running", "queued": True}, headers=headers)
+    assert beat.status_code == 200, beat.text
+    # Past the deadline it had when claimed (a lease and the timeout), within its new lease.
+    sweep = service.expire_agent_leases(now=claimed + LEASE + 0.75)
+    assert task_id not in sweep.timed_out and task_id not in sweep.lost
+    assert service.task(task_id).state is TaskState.RUNNING
+    assert service.expire_agent_leases(now=claimed + 1 + LEASE + 0.75).lost == [task_id]

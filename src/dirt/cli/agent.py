@@ -21,6 +21,6 @@ def agent(args: tuple[str, ...]) -> None:
     dirt agent URL --token TOKEN [--slots N] [--name NAME] [--once] [--ca FILE]
     dirt agent --help
     """
-    from dirt.remote.http_agent import main
+    from dirt.remote.http_main import main
 
     sys.exit(main(list(args), prog="dirt agent"))

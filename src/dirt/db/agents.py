@@ -100,6 +100,11 @@ _RENEW = Prepared(
     .where(agent_jobs.c.id == bindparam("b_id"), agent_jobs.c.closed.is_(None))
     .values(lease_until=bindparam("b_until"))
 )
+_RENEW_QUEUED = Prepared(
+    update(agent_jobs)
+    .where(agent_jobs.c.id == bindparam("b_id"), agent_jobs.c.closed.is_(None))
+    .values(lease_until=bindparam("b_until"), deadline=bindparam("b_deadline"))
+)
 _CLOSE = Prepared(
     update(agent_jobs)
     .where(agent_jobs.c.id == bindparam("b_id"), agent_jobs.c.closed.is_(None))
@@ -212,8 +217,12 @@ def jobs_per_node(conn: Connection) -> dict[str, int]:
     return {node: count for node, count in conn.execute(query)}
 
 
-def renew_lease(conn: Connection, job_id: int, until: float) -> bool:
-    """Push an open job's lease to `until`; False when the job is closed."""
+def renew_lease(conn: Connection, job_id: int, until: float, deadline: float | None = None) -> bool:
+    """Push an open job's lease to `until` (and its deadline to `deadline`, when given: the
+    job waits on its agent for a slot); False when the job is closed."""
+    if deadline is not None:
+        row = {"b_id": job_id, "b_until": until, "b_deadline": deadline}
+        return _RENEW_QUEUED.change(conn, row) == 1
     return _RENEW.change(conn, {"b_id": job_id, "b_until": until}) == 1
 
 

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from dirt.errors import InputError
-from dirt.remote.http_agent import AGENT_PROTOCOL  # the agent API's version: one definition
+from dirt.remote.http_client import AGENT_PROTOCOL  # the agent API's version: one definition
 from dirt.remote.protocol import OUTCOME_FIELDS
 
 MAX_NAME = 200
 MAX_SLOTS = 1024
 MAX_WAIT = 60.0  # seconds a request for work may ask to be held
+# Jobs an agent may hold beyond its slots, queued for the next slot that frees (so that a freed
+# slot never waits for a round trip to the master).
+MAX_PREFETCH = 4
 MAX_TOKEN = 200
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RESERVED = frozenset({"local", "localhost"})
@@ -110,13 +113,16 @@ def registration(body: Any) -> Registration:
 class WorkRequest:
     node: str
     wait: float
+    prefetch: int = 0  # jobs the agent queues beyond its slots
 
 
 def work_request(body: Any) -> WorkRequest:
-    """`POST /api/agent/jobs/request`: {"node", "wait"}; wait is at most MAX_WAIT seconds."""
+    """`POST /api/agent/jobs/request`: {"node", "wait", "prefetch"}; wait is at most MAX_WAIT
+    seconds; prefetch (default 0), the jobs the agent queues beyond its slots, at most
+    MAX_PREFETCH."""
     data = _object(body, "request for work")
     problems: list[str] = []
-    _unknown(data, ("node", "wait"), problems)
+    _unknown(data, ("node", "wait", "prefetch"), problems)
     node = ""
     try:
         node = agent_name(data.get("node"))
@@ -125,26 +131,39 @@ def work_request(body: Any) -> WorkRequest:
     wait = data.get("wait", 0)
     if not _is_number(wait) or not 0 <= wait <= MAX_WAIT:
         problems.append(f"'wait' must be a number of seconds from 0 to {MAX_WAIT:g}")
+    prefetch = _prefetch(data, problems)
     _raise(problems, "request for work")
-    return WorkRequest(node, float(wait))
+    return WorkRequest(node, float(wait), prefetch)
+
+
+def _prefetch(data: dict[str, Any], problems: list[str]) -> int:
+    prefetch = data.get("prefetch", 0)
+    if not _is_int(prefetch) or not 0 <= prefetch <= MAX_PREFETCH:
+        problems.append(f"'prefetch' must be a whole number of jobs from 0 to {MAX_PREFETCH}")
+        return 0
+    return int(prefetch)
 
 
 @dataclass(frozen=True)
 class JobReport:
     """A PUT on a job: a heartbeat ("running"), its end ("finished", with `outcome` in
     protocol.OUTCOME_FIELDS order, output empty: it was PATCHed; with `next`, the answer
-    brings the agent's next job), or "abandoned" (the agent stops: the task waits again)."""
+    brings the agent's next job, counting `prefetch` jobs queued beyond its slots), or
+    "abandoned" (the agent stops: the task waits again). A heartbeat with `queued` is of a job
+    waiting on the agent for a slot: its timeout has not begun."""
 
     state: str
     outcome: tuple[Any, ...] | None = None
     reason: str = ""
     next: bool = False  # with "finished": answer with the agent's next job, if there is one
+    prefetch: int = 0  # with `next`: jobs the agent queues beyond its slots
+    queued: bool = False  # with "running": the job waits on the agent for a free slot
 
 
 def job_report(body: Any) -> JobReport:
     data = _object(body, "job report")
     problems: list[str] = []
-    _unknown(data, ("state", "outcome", "reason", "next"), problems)
+    _unknown(data, ("state", "outcome", "reason", "next", "prefetch", "queued"), problems)
     state = data.get("state")
     if state not in STATES:
         problems.append(f"'state' must be one of {', '.join(STATES)}, not {state!r}")
@@ -159,8 +178,14 @@ def job_report(body: Any) -> JobReport:
     take_next = data.get("next", False)
     if not isinstance(take_next, bool) or (take_next and state != "finished"):
         problems.append("'next' is true or false, and true only with state 'finished'")
+    prefetch = _prefetch(data, problems)
+    if prefetch and take_next is not True:
+        problems.append("'prefetch' goes with 'next': true")
+    queued = data.get("queued", False)
+    if not isinstance(queued, bool) or (queued and state != "running"):
+        problems.append("'queued' is true or false, and true only with state 'running'")
     _raise(problems, "job report")
-    return JobReport(str(state), outcome, str(reason), bool(take_next))
+    return JobReport(str(state), outcome, str(reason), bool(take_next), prefetch, queued)
 
 
 def _outcome(value: Any, problems: list[str]) -> tuple[Any, ...] | None:

@@ -2,7 +2,8 @@
 fetches its work from the master over HTTP and runs each task in a process of its own.
 
 The master serves it as one stdlib-only file at ``GET /agent.py`` (``dirt.remote.source``
-puts it together from the parts an SSH node runs, then sysinfo.py and this file), run as::
+puts it together from the parts an SSH node runs, then sysinfo.py, http_client.py (its HTTP
+client), this file and http_main.py (its command line)), run as::
 
     python3 agent.py URL --token TOKEN [--slots N] [--name NAME] [--once] [--ca FILE]
 
@@ -19,259 +20,32 @@ the master refuses (409: the job's lease ran out and its task moved on) is dropp
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import hashlib
-import http.client
 import json
-import logging
-import os
 import queue
-import random
-import signal
-import socket
-import ssl
-import sys
 import threading
-import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from dirt.remote.agent import Sender, start_runner
+from dirt.remote.http_client import (
+    AGENT_PROTOCOL,
+    TOKEN_ENV,
+    Backoff,
+    Fatal,
+    Master,
+    Refused,
+    Unreachable,
+    log,
+)
+from dirt.remote.http_job import NEVER_STARTED, Job
 from dirt.remote.protocol import BLOB, CHUNK_SIZE, DONE, OUTPUT, RunRequest
 from dirt.remote.sysinfo import collect
 
-# The agent API's version: sent at registration; the master (dirt.documents.agents) refuses
-# another.
-AGENT_PROTOCOL = 1
-TOKEN_ENV = "DIRT_AGENT_TOKEN"  # where the token may come from instead of --token
-JOB_TOKEN_HEADER = "Job-Token"
 WAIT = 30.0  # seconds a request for work asks to be held
-BACKOFF_FIRST = 0.5
-BACKOFF_MOST = 30.0
-REQUEST_TIMEOUT = 60.0
-EXIT_FATAL = 1
-
-log = logging.getLogger("dirt.agent")
-
-
-class Refused(Exception):
-    """The master answered no (4xx): the same request would get the same answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class Unreachable(Exception):
-    """No answer from the master (a network error, or 5xx): try again later."""
-
-
-class Fatal(Exception):
-    """The agent cannot go on (its token refused, the master's certificate not trusted)."""
-
-
-class Backoff:
-    """Waits between tries: doubling from BACKOFF_FIRST to BACKOFF_MOST, with jitter."""
-
-    def __init__(self) -> None:
-        self.delay = 0.0
-
-    def wait(self, stopping: threading.Event) -> None:
-        self.delay = min(BACKOFF_MOST, self.delay * 2 if self.delay else BACKOFF_FIRST)
-        stopping.wait(self.delay * random.uniform(0.8, 1.2))
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-
-class Master:
-    """The master's HTTP API: one kept-alive connection per thread."""
-
-    def __init__(
-        self, url: str, token: str, stopping: threading.Event, ca: str | None = None
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Fatal(f"{url!r} is not an http:// or https:// URL of a dirt master")
-        self.url = url
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
-        self.base = parts.path.rstrip("/")
-        self.token = token
-        self.stopping = stopping
-        self.context: ssl.SSLContext | None = None
-        if self.https:
-            try:
-                self.context = ssl.create_default_context(cafile=ca)
-            except (OSError, ssl.SSLError) as exc:
-                raise Fatal(f"--ca {ca}: cannot load certificates: {exc}") from None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: dict[int, http.client.HTTPConnection] = {}  # by thread
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.https:
-                conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=timeout, context=self.context
-                )
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._open[threading.get_ident()] = conn
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-            with self._lock:
-                self._open.pop(threading.get_ident(), None)
-
-    def cut(self, thread: int | None = None) -> None:
-        """Cut the connection of `thread` (every one, when None): a request held there (a
-        request for work) ends at once."""
-        with self._lock:
-            conns = [c for t, c in self._open.items() if thread is None or t == thread]
-        for conn in conns:
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = REQUEST_TIMEOUT,
-    ) -> tuple[int, Any]:
-        """One request: (status, the JSON answer or None). Refused on a 4xx; Unreachable on a
-        network error or a 5xx; Fatal when the master's certificate is not trusted."""
-        sent = {"User-Agent": f"dirt-agent/{AGENT_PROTOCOL}", **(headers or {})}
-        if method != "GET":
-            sent["Authorization"] = f"Bearer {self.token}"
-        data: bytes | None = None
-        if isinstance(body, (bytes, bytearray, memoryview)):
-            data = bytes(body)
-            sent["Content-Type"] = "application/octet-stream"
-        elif body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-            sent["Content-Type"] = "application/json"
-        for again in (False, True):
-            conn = self._connection(timeout)
-            reused = conn.sock is not None
-            try:
-                conn.request(method, self.base + path, body=data, headers=sent)
-                response = conn.getresponse()
-                payload = response.read()
-            except ssl.SSLCertVerificationError as exc:
-                self._drop()
-                raise Fatal(f"{self.url}: the master's certificate is not trusted ({exc}); "
-                            "give its CA with --ca FILE") from None  # fmt: skip
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                if reused and not again:
-                    continue  # a kept-alive connection the server had closed: a new one
-                raise Unreachable(f"{self.url}: {exc or type(exc).__name__}") from None
-            break
-        if response.will_close:
-            self._drop()
-        answer: Any = None
-        if payload and response.getheader("content-type", "").startswith("application/json"):
-            try:
-                answer = json.loads(payload)
-            except ValueError:
-                answer = None
-        status = response.status
-        if status >= 500:
-            raise Unreachable(f"{self.url}: {status} {_error(answer, payload)}")
-        if status >= 400:
-            raise Refused(status, _error(answer, payload))
-        return status, answer
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = REQUEST_TIMEOUT,
-    ) -> tuple[int, Any]:
-        """`send`, again and again with backoff while the master cannot be reached (until the
-        agent stops: then Unreachable)."""
-        backoff = Backoff()
-        while True:
-            try:
-                answer = self.send(method, path, body, headers, timeout)
-            except Unreachable as exc:
-                if self.stopping.is_set():
-                    raise
-                if not backoff.delay:
-                    log.warning("master unreachable (%s); trying again", exc)
-                backoff.wait(self.stopping)
-                continue
-            if backoff.delay:
-                log.info("master reachable again")
-            return answer
-
-
-def _error(answer: Any, payload: bytes) -> str:
-    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-        problems = answer.get("problems")
-        return str(answer["error"]) + (": " + "; ".join(map(str, problems)) if problems else "")
-    return payload[:300].decode("utf-8", "replace") or "no answer"
-
-
-class Job:
-    """One job the master handed this agent, while it runs and until it is reported."""
-
-    __slots__ = (
-        "attempt",
-        "cancelled",
-        "done",
-        "id",
-        "output_end",
-        "over",
-        "task_id",
-        "token",
-        "uploaded",
-    )
-
-    def __init__(self, offer: dict[str, Any]) -> None:
-        self.id: int = offer["id"]
-        self.task_id: str = offer["task_id"]
-        self.attempt: int = offer["attempt"]
-        self.token: str = offer["token"]
-        self.output_end = 0  # where the next output chunk starts
-        self.uploaded: dict[int, int] = {}  # attachment index -> bytes sent
-        self.cancelled = False
-        self.over = False  # the master refused it (lost, revoked): nothing more is sent
-        self.done = False  # its process ended: no more heartbeats (its result is on its way)
-
-    @property
-    def key(self) -> str:
-        """How the runner names it: the job, not the task (a task lost here may come back)."""
-        return str(self.id)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {JOB_TOKEN_HEADER: self.token}
-
-    @property
-    def path(self) -> str:
-        return f"/api/agent/jobs/{self.id}"
+# Jobs held beyond the slots, queued for the next slot that frees: it starts at once, while the
+# result of the last job (and the request that brings the next) is on its way.
+PREFETCH = 1
 
 
 class HttpChannel:
@@ -310,7 +84,10 @@ class PullAgent:
         self.once = once
         self.stopping = master.stopping
         self.cond = threading.Condition()
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}  # held: running, queued, or being reported
+        self.queued: list[tuple[Job, dict[str, Any]]] = []  # waiting for a free slot
+        self.running = 0  # jobs whose process runs (at most `slots`)
+        self.prefetch = 0 if once else PREFETCH
         self.taken = 0
         self.heartbeat = 5.0
         self.wait = WAIT
@@ -321,6 +98,8 @@ class PullAgent:
         self.runner_error = "cannot run tasks: the runner did not start"
         self.sender: Sender | None = None
         self.poller: int | None = None  # the thread that asks for work
+        self.holding = False  # its request is one the master may hold (else, answered at once)
+        self.polled = threading.Event()  # it asks no more
         # Results on their way: one reporting thread per slot sends them (see `_report_loop`).
         self.reports: queue.SimpleQueue[tuple[Job, tuple[Any, ...]]] = queue.SimpleQueue()
 
@@ -390,18 +169,36 @@ class PullAgent:
                 log.exception("job %d: result not sent", job.id)
 
     def poll(self) -> None:
-        """Ask for jobs while slots are free, until the agent stops."""
+        """Ask for jobs while slots are free (and for `prefetch` more while they are busy),
+        until the agent stops."""
         self.poller = threading.get_ident()
+        try:
+            self._poll()
+        finally:
+            self.polled.set()
+
+    def _poll(self) -> None:
         backoff = Backoff()
+        after_none = -1  # jobs held when the master last had none beyond the busy slots
         while not self.stopping.is_set():
             with self.cond:
                 while not self.stopping.is_set() and (
-                    len(self.jobs) >= self.slots or (self.once and self.taken)
+                    len(self.jobs) >= self.slots + self.prefetch
+                    or (self.once and self.taken)
+                    or 0 <= after_none <= len(self.jobs)
                 ):
                     self.cond.wait()
+                held = len(self.jobs)
             if self.stopping.is_set():
                 return
-            body = {"node": self.name, "wait": self.wait}
+            # With every slot busy, a job to queue is asked for, not waited for: a request
+            # held by the master would claim for this agent whatever its state, even hung;
+            # the answer to the next result brings one anyway.
+            busy = held >= self.slots
+            self.holding = not busy
+            body: dict[str, Any] = {"node": self.name, "wait": 0 if busy else self.wait}
+            if self.prefetch:
+                body["prefetch"] = self.prefetch
             try:
                 status, answer = self.master.send(
                     "POST", "/api/agent/jobs/request", body, timeout=self.wait + 30
@@ -422,20 +219,68 @@ class PullAgent:
             if backoff.delay:
                 log.info("master reachable again")
             backoff.reset()
-            if status == 201 and isinstance(answer, dict):
+            got = status == 201 and isinstance(answer, dict)
+            after_none = held if busy and not got else -1  # if so, ask again once a job is gone
+            if got and self.stopping.is_set():
+                self._give_back(Job(answer), "the agent is stopping")
+            elif got:
                 self.run(answer)
 
     def run(self, offer: dict[str, Any]) -> None:
         with self.cond:
             job = self._take(offer)
-        self._start(job, offer)
+            now = self._admit(job, offer)
+        if now:
+            self._start(job, offer)
 
     def _take(self, offer: dict[str, Any]) -> Job:
-        """The offered job, in a slot of its own (self.cond held)."""
+        """The offered job, held (self.cond held)."""
         job = Job(offer)
         self.jobs[job.key] = job
         self.taken += 1
         return job
+
+    def _admit(self, job: Job, offer: dict[str, Any]) -> bool:
+        """Whether `job` starts now, in a free slot; else it is queued for the next one
+        (self.cond held)."""
+        if self.running < self.slots and not self.queued:
+            self.running += 1
+            job.started = True
+            return True
+        self.queued.append((job, offer))
+        return False
+
+    def _slot_freed(self, job: Job) -> None:
+        """`job` ended (or will never start): the first queued job takes its slot at once."""
+        with self.cond:
+            if job.done:
+                return
+            job.done = True
+            if not job.started:
+                return  # dropped from the queue: it held no slot
+            self.running -= 1
+            following = None
+            while self.queued and not self.stopping.is_set():
+                queued, offer = self.queued.pop(0)
+                if not queued.over:
+                    following = (queued, offer)
+                    self.running += 1
+                    queued.started = True
+                    break
+        if following is not None:
+            self._start(*following)
+
+    def _kill(self, job: Job) -> None:
+        """Kill the job's process; a job still queued leaves the queue and reports that it
+        never started."""
+        with self.cond:
+            queued = [pair for pair in self.queued if pair[0] is job]
+            for pair in queued:
+                self.queued.remove(pair)
+        if queued:
+            self.reports.put((job, NEVER_STARTED))
+        elif self.runner is not None:
+            self.runner.kill(job.key)
 
     def _start(self, job: Job, offer: dict[str, Any]) -> None:
         source = base64.b64decode(offer["source"])
@@ -473,6 +318,9 @@ class PullAgent:
             if self.once and self.taken and not self.jobs:
                 self.stopping.set()
             following = self._take(offer) if offer is not None else None
+            now = False
+            if following is not None and offer is not None and not self.stopping.is_set():
+                now = self._admit(following, offer)
             self.cond.notify_all()
         if following is None:
             return
@@ -482,7 +330,8 @@ class PullAgent:
             with self.cond:
                 self.jobs.pop(following.key, None)
             return
-        self._start(following, offer)
+        if now:
+            self._start(following, offer)
 
     # ---- reports (the Sender's thread) ---------------------------------------------------
 
@@ -505,8 +354,7 @@ class PullAgent:
             log.warning("job %d: the master refused its report: %s", job.id, exc.message)
         else:
             log.error("job %d: refused (%s)", job.id, exc)
-        if self.runner is not None:
-            self.runner.kill(job.key)
+        self._kill(job)
         if exc.status == 401:
             # A job token the master no longer takes: the agent's own token was revoked.
             self.stop(f"job {job.id} refused: {exc.message}")
@@ -524,7 +372,7 @@ class PullAgent:
         job.uploaded[index] = offset + len(data)
 
     def send_done(self, job: Job, wire: tuple[Any, ...]) -> None:
-        job.done = True
+        self._slot_freed(job)
         try:
             results, error, exit_code, sig, timed_out, killed, duration, output = wire
             if output and not job.over:
@@ -548,6 +396,8 @@ class PullAgent:
             if not job.over:
                 take_next = not (self.once or self.stopping.is_set())
                 body = {"state": "finished", "outcome": outcome, "next": take_next}
+                if take_next and self.prefetch:
+                    body["prefetch"] = self.prefetch
                 answer = self._report(job, "PUT", "", body, {})
                 if answer is not None:
                     log.info("job %d: task %s %s", job.id, job.task_id, answer.get("state"))
@@ -582,8 +432,11 @@ class PullAgent:
             for job in jobs:
                 if job.done:
                     continue  # its result is on its way (a heartbeat now would cross it)
+                beat: dict[str, Any] = {"state": "running"}
+                if not job.started:
+                    beat["queued"] = True  # its timeout has not begun
                 try:
-                    _, answer = self.master.send("PUT", job.path, {"state": "running"}, job.headers)
+                    _, answer = self.master.send("PUT", job.path, beat, job.headers)
                 except Unreachable:
                     break  # the next round tries again; the lease outlasts a few misses
                 except Refused as exc:
@@ -593,8 +446,7 @@ class PullAgent:
                 if isinstance(answer, dict) and answer.get("cancel") and not job.cancelled:
                     job.cancelled = True
                     log.info("job %d: task %s cancelled; killing it", job.id, job.task_id)
-                    if self.runner is not None:
-                        self.runner.kill(job.key)
+                    self._kill(job)
 
     # ---- stopping ------------------------------------------------------------------------
 
@@ -606,7 +458,9 @@ class PullAgent:
         self.stopping.set()
         with self.cond:
             self.cond.notify_all()
-        self.master.cut(None if fatal is not None else self.poller)
+        if fatal is not None or self.holding:
+            # A request answered at once is let finish: a job it brings goes back at once.
+            self.master.cut(None if fatal is not None else self.poller)
 
     def _give_back(self, job: Job, reason: str) -> None:
         """Tell the master the job will not run here: its task waits again at once."""
@@ -620,12 +474,14 @@ class PullAgent:
     def shutdown(self) -> None:
         """Give running jobs back (their tasks wait again at once); let results on their way
         arrive; stop the runner."""
+        if self.poller is not None:
+            self.polled.wait(10)  # its request was cut, or is answered at once
         with self.cond:
             running = [job for job in self.jobs.values() if not (job.over or job.done)]
             for job in running:
                 job.over = True
         for job in running:
-            if self.runner is not None:
+            if self.runner is not None and job.started:
                 self.runner.kill(job.key)
             self._give_back(job, self.fatal or "the agent was stopped")
         with self.cond:
@@ -638,115 +494,3 @@ class PullAgent:
             self.runner.stop()
         if self.sender is not None:
             self.sender.close(timeout=10)
-
-
-def parse_args(argv: list[str] | None, prog: str = "agent.py") -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="dirt's pull-mode agent: fetches tasks from the dirt master at URL over "
-        "HTTP(S) and runs them, each in a process of its own.",
-    )
-    parser.add_argument("url", metavar="URL", help="the master, e.g. https://ci.example.org/")
-    parser.add_argument(
-        "--token",
-        default=None,
-        help=f"an agent token (`dirt token create NAME --scope agent`); default: ${TOKEN_ENV}",
-    )
-    parser.add_argument(
-        "--slots", type=int, default=None, help="tasks run at once (default: the CPU count)"
-    )
-    parser.add_argument(
-        "--name", default=None, help="the node's name on the master (default: the host name)"
-    )
-    parser.add_argument("--once", action="store_true", help="run one task, report it, and exit")
-    parser.add_argument(
-        "--ca", metavar="FILE", default=None,
-        help="trust the master's certificate from this CA file (default: the system's CAs)",
-    )  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    args = parser.parse_args(argv)
-    if args.slots is not None and args.slots < 1:
-        parser.error("--slots must be at least 1")
-    args.token = args.token or os.environ.get(TOKEN_ENV)
-    if not args.token:
-        parser.error(f"give the agent token with --token TOKEN (or ${TOKEN_ENV})")
-    return args
-
-
-def main(argv: list[str] | None = None, prog: str = "agent.py") -> int:
-    args = parse_args(argv, prog)
-    # Tasks inherit this process's environment: they must not read the agent's token.
-    os.environ.pop(TOKEN_ENV, None)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s dirt-agent %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    stopping = threading.Event()
-    try:
-        master = Master(args.url, args.token, stopping, args.ca)
-    except Fatal as exc:
-        log.error("%s", exc)
-        return EXIT_FATAL
-    agent = PullAgent(
-        master, args.name or socket.gethostname(), args.slots or os.cpu_count() or 1, args.once
-    )
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping; running tasks go back to the master", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def work() -> None:
-        try:
-            agent.start()
-            agent.poll()
-        except Fatal as exc:
-            agent.stop(str(exc))
-        except Refused as exc:
-            agent.stop(f"the master refused this agent: {exc.message}")
-        except Unreachable:
-            agent.stop()  # stopping while the master could not be reached
-        except Exception as exc:
-            log.exception("agent failed")
-            agent.stop(f"agent failed: {exc}")
-
-    thread = threading.Thread(target=work, name="dirt-agent-poll", daemon=True)
-    thread.start()
-    while not stopping.wait(0.5):
-        pass
-    agent.shutdown()
-    if agent.fatal:
-        log.error("%s", agent.fatal)
-        return EXIT_FATAL
-    return 0
-
-
-def reap_strays(most: float = 1.0) -> None:
-    """Wait for the children this process did not start: run as `python3 - <<END` from a
-    batch job script that exec'd it, the shell's here-document writer (sh forks one for a
-    long here-document) is one. Left a zombie, it keeps the job's process group alive, and
-    Slurm (proctrack/pgid) then waits 1 s, 2 s, ... before it ends the job."""
-    deadline = time.monotonic() + most
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return  # no children left
-        if pid == 0:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.005)
-
-
-if __name__ == "__main__":
-    code = main()
-    # Everything is reported and the fork server stopped: skip the interpreter's teardown, so
-    # a batch job (`--once`) ends, and frees its cores, the moment its result is in.
-    reap_strays()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

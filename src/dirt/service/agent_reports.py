@@ -44,14 +44,18 @@ class AgentReports(Agents):
             raise StateError(_closed(job))
         return job
 
-    def job_heartbeat(self, job_id: int, token: str) -> bool:
-        """The agent still runs the job: its lease is renewed. Returns whether someone asked
-        to cancel its task (the agent then kills it). StateError when the job is closed."""
+    def job_heartbeat(self, job_id: int, token: str, queued: bool = False) -> bool:
+        """The agent still holds the job: its lease is renewed (and, while it is `queued` on
+        the agent for a free slot, its deadline: its timeout has not begun). Returns whether
+        someone asked to cancel its task (the agent then kills it). StateError when the job is
+        closed."""
         now = time.time()
 
         def work(conn: Connection, seq: int) -> bool:
             job = self._open_job(conn, job_id, token)
-            if not agents_db.renew_lease(conn, job.id, now + self.lease):
+            until = now + self.lease
+            deadline = until + job.timeout if queued and job.timeout else None
+            if not agents_db.renew_lease(conn, job.id, until, deadline):
                 raise StateError(_closed(job))
             agents_db.seen_if_due(conn, job.node, now, now - self.seen_every, seq)
             return job.cancel_requested
@@ -93,10 +97,17 @@ class AgentReports(Agents):
             raise InputError(f"attachment {index}: {exc}") from None
 
     def finish_job(
-        self, job_id: int, token: str, wire: tuple[Any, ...], *, then_claim: bool = False
+        self,
+        job_id: int,
+        token: str,
+        wire: tuple[Any, ...],
+        *,
+        then_claim: bool = False,
+        prefetch: int = 0,
     ) -> tuple[TaskState, JobOffer | None]:
         """Store the job's outcome (``protocol.OUTCOME_FIELDS``; its output was sent before);
-        returns the task's state, and with `then_claim` the agent's next job (or None), in the
+        returns the task's state, and with `then_claim` the agent's next job (or None; with
+        `prefetch`, the jobs it queues beyond its slots count as in `claim_job`), in the
         same transaction: one request and one write per task for a busy agent. Sent again
         after a lost answer, it changes nothing; a job closed otherwise (its lease ran out, its
         deadline passed) is refused: StateError.
@@ -135,7 +146,7 @@ class AgentReports(Agents):
                 node.penalty += 1 if infra else -1
             if not then_claim:
                 return finished.state, None
-            candidates = self._candidates(conn, node)
+            candidates = self._candidates(conn, node, prefetch)
             offer = self._claim_first(conn, seq, node, candidates, job.agent_digest, now)
             return finished.state, offer
 

@@ -112,13 +112,16 @@ class Agents(Dispatching):
 
     # ---- claiming ----------------------------------------------------------------------------
 
-    def claim_job(self, name: str, agent_token: str, now: float | None = None) -> JobOffer | None:
+    def claim_job(
+        self, name: str, agent_token: str, now: float | None = None, prefetch: int = 0
+    ) -> JobOffer | None:
         """The next waiting task agent node `name` can run, claimed for it as a new job; None
-        when there is none (or the node is disabled, or its slots are full). UnauthorizedError
+        when there is none (or the node is disabled, or it holds as many jobs as its slots and
+        `prefetch`, the jobs it queues beyond them). UnauthorizedError
         when `agent_token` is not a valid agent token (revoked meanwhile). Writes nothing
         unless it claims, or the node's last poll is a while ago (it shows online by polling).
         """
-        return self._claim_next(name, digest(agent_token), now)
+        return self._claim_next(name, digest(agent_token), now, prefetch)
 
     def any_claimable(self) -> bool:
         """Whether any task waits that no one holds (one indexed read)."""
@@ -126,7 +129,7 @@ class Agents(Dispatching):
             return agents_db.any_waiting(conn)
 
     def _claim_next(
-        self, name: str, agent_digest: str, now: float | None = None
+        self, name: str, agent_digest: str, now: float | None = None, prefetch: int = 0
     ) -> JobOffer | None:
         now = time.time() if now is None else now
         with self._read() as conn:
@@ -137,7 +140,7 @@ class Agents(Dispatching):
                 )
             node = self._agent_node(conn, name)
             seen_due = not node.online or (node.last_seen or 0) < now - self.seen_every
-            candidates = self._candidates(conn, node)
+            candidates = self._candidates(conn, node, prefetch)
         if not candidates:
             if seen_due:
                 self._write(lambda conn, seq: agents_db.seen(conn, name, now, seq))
@@ -150,10 +153,12 @@ class Agents(Dispatching):
 
         return self._write(work)
 
-    def _candidates(self, conn: Connection, node: Node) -> list[Task]:
+    def _candidates(self, conn: Connection, node: Node, prefetch: int = 0) -> list[Task]:
         """Waiting tasks no one holds that `node` can run, in the dispatch order; none while
-        it is disabled or its slots are full."""
-        if not node.enabled or agents_db.open_jobs(conn, node.address) >= node.capacity:
+        it is disabled or holds as many jobs as its slots and `prefetch` (queued on the agent
+        for the next free slot)."""
+        held = agents_db.open_jobs(conn, node.address)
+        if not node.enabled or held >= node.capacity + prefetch:
             return []
         view = NodeView(node.address, node.sys_info, node.slots)
         order = self.settings.dispatch.order

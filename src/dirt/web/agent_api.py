@@ -172,7 +172,9 @@ def _offer(offer: JobOffer, service: Service) -> dict[str, Any]:
     responses={**AGENT_ERRORS, 204: {"description": "No work within `wait` seconds"}},
 )
 async def request_job(request: Request) -> Response:
-    """Body: `{"node": NAME, "wait": SECONDS}` (at most 60; held at most 30). The job: `id`,
+    """Body: `{"node": NAME, "wait": SECONDS, "prefetch": N}` (wait at most 60, held at most
+    30; prefetch, default 0: the jobs the agent queues beyond its slots, so it gets a job while
+    its slots are busy until it holds slots + N). The job: `id`,
     `task_id`, `attempt`, `name`, `sha256`, `source` (the module's bytes, base64), `kwargs`,
     `timeout`, `token` (the job token: send it as `Job-Token`), `lease`, `heartbeat`."""
     bearer = access(request).bearer(request)
@@ -196,7 +198,9 @@ async def request_job(request: Request) -> Response:
                 return Response(status_code=204)
             if loop.time() - tried >= every or await claimable(seq):
                 tried = loop.time()
-                offer = await run_in_threadpool(service.claim_job, wanted.node, agent_token)
+                offer = await run_in_threadpool(
+                    service.claim_job, wanted.node, agent_token, None, wanted.prefetch
+                )
                 if offer is not None:
                     return _json(_offer(offer, service), 201)
             remaining = deadline - loop.time()
@@ -233,15 +237,17 @@ class Claimable:
 )
 async def report(request: Request, job_id: int) -> Response:
     """Body: `{"state": "running"}` (a heartbeat: answered with `cancel`, true when the agent
-    must kill the task), `{"state": "finished", "outcome": {...}}` (answered with the task's
-    state; with `"next": true`, also with `next`: the agent's next job, or null), or
+    must kill the task; `"queued": true` while the job waits on the agent for a slot: its
+    deadline moves too), `{"state": "finished", "outcome": {...}}` (answered with the task's
+    state; with `"next": true`, also with `next`: the agent's next job, or null; `"prefetch":
+    N` as in a request for work), or
     `{"state": "abandoned", "reason": "..."}` (the agent stops: the task waits again). 409
     when the job is over: its lease ran out or it timed out on the master."""
     token = _job_token(request)
     job_report = agent_documents.job_report(await read_json(request))
     service = service_of(request)
     if job_report.state == "running":
-        cancel = await run_in_threadpool(service.job_heartbeat, job_id, token)
+        cancel = await run_in_threadpool(service.job_heartbeat, job_id, token, job_report.queued)
         return _json({"ok": True, "cancel": cancel})
     if job_report.state == "abandoned":
         await run_in_threadpool(service.abandon_job, job_id, token, job_report.reason)
@@ -249,7 +255,9 @@ async def report(request: Request, job_id: int) -> Response:
     outcome = job_report.outcome
     assert outcome is not None
     state, offer = await run_in_threadpool(
-        lambda: service.finish_job(job_id, token, outcome, then_claim=job_report.next)
+        lambda: service.finish_job(
+            job_id, token, outcome, then_claim=job_report.next, prefetch=job_report.prefetch
+        )
     )
     answer: dict[str, Any] = {"ok": True, "state": state.value}
     if job_report.next:
