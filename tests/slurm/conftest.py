@@ -152,7 +152,14 @@ def overdue_job(slurm_runner: LocalRunner, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
+def batch_address() -> str:
+    """The batch node the master gets (a module may name another, e.g. through a login host)."""
+    return "slurm:debug"
+
+
+@pytest.fixture
 def master(
+    batch_address: str,
     slurm_cluster: SlurmCluster,
     slurm_runner: LocalRunner,
     service: Service,
@@ -161,7 +168,7 @@ def master(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[Master]:
-    """A master (web server and dispatcher) with the node slurm:debug."""
+    """A master (web server and dispatcher) with the node `batch_address` (slurm:debug)."""
     for name, value in slurm_cluster.env.items():
         monkeypatch.setenv(name, value)
     add_task_module("sleepy", SLEEPY)
@@ -169,7 +176,7 @@ def master(
     url = server.start()
     service.settings.web.base_url = url
     settings, info = describe_batch_node(
-        "slurm:debug", service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
+        batch_address, service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
     )
     service.save_batch_node(settings, info)
     try:
