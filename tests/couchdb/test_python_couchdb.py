@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import couchdb
@@ -11,6 +14,17 @@ import pytest
 
 from dirt.service import Service
 from tests.couchdb.conftest import serve, wait_until
+
+
+@pytest.fixture(autouse=True)
+def collect_the_clients_sockets() -> Iterator[None]:
+    """python-couchdb leaves the pooled connections of a `Server` to the garbage collector
+    (it has no close): collect them after each test, their ResourceWarning silenced, so that
+    they do not surface later inside another test."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture
