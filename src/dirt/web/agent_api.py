@@ -5,7 +5,9 @@ and what it reports about its jobs (GitLab runners' shape).
     POST  /api/agent/register                    agent token; the node, its settings
     POST  /api/agent/jobs/request                agent token; held up to `wait` s: 201 a job,
                                                  204 none
-    PUT   /api/agent/jobs/{id}                   Job-Token; heartbeat, result or give back
+    PUT   /api/agent/jobs/{id}                   Job-Token; heartbeat (held up to `hold` s,
+                                                 answered at once on a cancel), result or
+                                                 give back
     PATCH /api/agent/jobs/{id}/output            Job-Token; output chunk at Content-Range
     PATCH /api/agent/jobs/{id}/attachments/{i}   Job-Token; attachment chunk at Content-Range
 
@@ -43,6 +45,7 @@ log = logging.getLogger("dirt.web")
 router = APIRouter(tags=["agents"])
 
 HOLD = 30.0  # the longest a request for work is held, in seconds
+CANCEL_GAP = 0.05  # seconds between two reads of the cancelled jobs (see `Cancels`)
 AGENT_FILE = "http_agent"  # the shipped program served as agent.py
 JOB_TOKEN = "Job-Token"
 
@@ -127,6 +130,10 @@ async def register(request: Request) -> dict[str, Any]:
         "enabled": node.enabled,
         "lease": lease,
         "heartbeat": heartbeat_every(lease),
+        # This master holds a heartbeat (`"hold": S`) up to this long, answering it at once
+        # on a cancel: an agent keeps one open per running job and hears a cancel in
+        # milliseconds, not at its next heartbeat.
+        "hold": heartbeat_every(lease),
         "wait": HOLD,
         "config": {
             "isolation": "process",
@@ -138,8 +145,8 @@ async def register(request: Request) -> dict[str, Any]:
 
 
 def heartbeat_every(lease: float) -> float:
-    """How often an agent renews a job's lease: three times a lease, at least every 5 s (a
-    cancel reaches the agent with the answer to one)."""
+    """How often an agent renews a job's lease (and the longest a heartbeat is held): three
+    times a lease, at least every 5 s."""
     return round(min(5.0, lease / 3), 3)
 
 
@@ -209,6 +216,54 @@ async def request_job(request: Request) -> Response:
             await hub.wait_beyond(seq, min(remaining, every))
 
 
+class Cancels:
+    """Open jobs whose task someone asked to cancel: read once per change of the store (at
+    most every CANCEL_GAP seconds), however many heartbeats this process holds."""
+
+    def __init__(self, service: Service, hub: ChangeHub) -> None:
+        self.service = service
+        self.hub = hub
+        self.seq = -1
+        self.jobs: frozenset[int] = frozenset()
+        self.read_at = float("-inf")
+        self.lock = asyncio.Lock()
+
+    async def __call__(self, seq: int) -> frozenset[int]:
+        """The jobs to cancel as of `seq` or later."""
+        if seq > self.seq:
+            async with self.lock:
+                if seq > self.seq:
+                    loop = asyncio.get_running_loop()
+                    # A busy agent writes once per task: changes come faster than cancels
+                    # need to be heard.
+                    pause = self.read_at + CANCEL_GAP - loop.time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                    seen = self.hub.seq
+                    self.jobs = await run_in_threadpool(self.service.jobs_to_cancel)
+                    self.seq = seen
+                    self.read_at = loop.time()
+        return self.jobs
+
+
+async def _cancel_heard(request: Request, job_id: int, hold: float) -> bool:
+    """Hold a heartbeat's answer for up to `hold` seconds: True as soon as someone asks to
+    cancel the job's task; False at the end (or when the agent hangs up: it no longer waits,
+    its job ended)."""
+    hub: ChangeHub = request.app.state.hub
+    cancels: Cancels = request.app.state.cancels
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + hold
+    while True:
+        seq = hub.seq
+        if job_id in await cancels(seq):
+            return True
+        remaining = deadline - loop.time()
+        if remaining <= 0 or hub.stopped or await request.is_disconnected():
+            return False
+        await hub.wait_beyond(seq, remaining)
+
+
 class Claimable:
     """Whether any task waits that no one holds: asked once per change of the store, however
     many agents wait in this process (a write wakes them all; without work for them, they
@@ -238,7 +293,9 @@ class Claimable:
 async def report(request: Request, job_id: int) -> Response:
     """Body: `{"state": "running"}` (a heartbeat: answered with `cancel`, true when the agent
     must kill the task; `"queued": true` while the job waits on the agent for a slot: its
-    deadline moves too), `{"state": "finished", "outcome": {...}}` (answered with the task's
+    deadline moves too; `"hold": S`: the lease is renewed at once and the answer held up to S
+    seconds, at most the `hold` of the registration's answer, and sent as soon as someone
+    cancels the task), `{"state": "finished", "outcome": {...}}` (answered with the task's
     state; with `"next": true`, also with `next`: the agent's next job, or null; `"prefetch":
     N` as in a request for work), or
     `{"state": "abandoned", "reason": "..."}` (the agent stops: the task waits again). 409
@@ -248,6 +305,9 @@ async def report(request: Request, job_id: int) -> Response:
     service = service_of(request)
     if job_report.state == "running":
         cancel = await run_in_threadpool(service.job_heartbeat, job_id, token, job_report.queued)
+        if not cancel and job_report.hold:
+            hold = min(job_report.hold, heartbeat_every(service.lease))
+            cancel = await _cancel_heard(request, job_id, hold)
         return _json({"ok": True, "cancel": cancel})
     if job_report.state == "abandoned":
         await run_in_threadpool(service.abandon_job, job_id, token, job_report.reason)
