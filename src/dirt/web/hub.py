@@ -110,7 +110,7 @@ class ChangeHub:
         made as soon as one is due (not one wake-up of the poll per write: a busy agent writes
         once per task)."""
         self._advance(seq)
-        if time.monotonic() >= self._next_event:
+        if self._streams and time.monotonic() >= self._next_event:
             self._nudge.set()
 
     def _notified(self, seq: int | None, _topic: str | None) -> None:
@@ -118,12 +118,13 @@ class ChangeHub:
         have been missed while the store was away, so the poll reads the sequence now."""
         if seq is not None:
             self._advance(seq)
-        self._nudge.set()
+        if seq is None or self._streams:
+            self._nudge.set()
 
     def seen(self, seq: int) -> None:
         """A reader saw the store at `seq`: known here from now on."""
         self._advance(seq)
-        if seq > self.event_seq:
+        if self._streams and seq > self.event_seq:
             self._nudge.set()
 
     def _advance(self, seq: int) -> None:
@@ -167,7 +168,7 @@ class ChangeHub:
     def _poll(self) -> None:
         while not self._stopping.is_set():
             wait = EAGER_POLL if self._eager else self.poll_interval
-            if self.event_seq < self.seq:  # an event to make: wake when it is due
+            if self._streams and self.event_seq < self.seq:  # an event to make: wake when due
                 wait = min(wait, max(0.0, self._next_event - time.monotonic()))
             self._nudge.wait(wait)
             self._nudge.clear()
