@@ -398,3 +398,41 @@ def test_a_held_heartbeat_renews_the_lease_and_ends_within_a_heartbeat(
     # Renewed when it came, not when it was answered: the lease runs from then.
     assert service.expire_agent_leases(now=claimed + LEASE + 0.3).lost == []
     assert service.expire_agent_leases(now=sent + took + LEASE + 0.1).lost == [task_id]
+
+
+def test_held_heartbeats_share_one_read_of_the_cancels_per_change(
+    client: TestClient, token: str, service: Service
+) -> None:
+    register(client, token, slots=8)
+    ids = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"] * 8).tasks]
+    jobs = [take(client, token) for _ in ids]
+    reads: list[float] = []
+    real = service.jobs_to_cancel
+
+    def counted() -> frozenset[int]:
+        reads.append(time.monotonic())
+        return real()
+
+    service.jobs_to_cancel = counted  # type: ignore[method-assign]
+    answers: dict[str, Any] = {}
+
+    def beat(job: dict[str, Any]) -> None:
+        answer = client.put(
+            f"/api/agent/jobs/{job['id']}",
+            json={"state": "running", "hold": 30},
+            headers=job_headers(job),
+        )
+        answers[job["task_id"]] = answer.json()["cancel"]
+
+    held = [threading.Thread(target=beat, args=(job,)) for job in jobs]
+    for thread in held:
+        thread.start()
+    for n in range(20):  # writes that change nothing of theirs
+        service.create_token(f"busy{n}")
+    service.cancel_task(jobs[3]["task_id"])
+    for thread in held:
+        thread.join(10)
+    assert answers == {job["task_id"]: job is jobs[3] for job in jobs}
+    # Each write wakes the one watcher, not eight heartbeats; reads come at most every 50 ms.
+    assert len(reads) <= 2 + (reads[-1] - reads[0]) / 0.05
+    assert len(reads) < 8 * 21

@@ -164,8 +164,10 @@ class Master:
                 self._drop()
                 with self._lock:
                     severed = threading.get_ident() in self._severed
-                if reused and not again and not self.stopping.is_set() and not severed:
-                    continue  # a kept-alive connection the server had closed: a new one
+                if reused and not again and not severed:
+                    # A kept-alive connection the server had closed (idle past its keep-alive
+                    # timeout): a new one. A request cut on purpose (`cut`) is not sent again.
+                    continue
                 raise Unreachable(f"{self.url}: {exc or type(exc).__name__}") from None
             break
         if response.will_close:

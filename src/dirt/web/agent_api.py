@@ -217,51 +217,57 @@ async def request_job(request: Request) -> Response:
 
 
 class Cancels:
-    """Open jobs whose task someone asked to cancel: read once per change of the store (at
-    most every CANCEL_GAP seconds), however many heartbeats this process holds."""
+    """Held heartbeats waiting to hear of a cancel, by job. While any waits, one watcher reads
+    the open jobs whose task someone asked to cancel once per change of the store (at most
+    every CANCEL_GAP seconds) and answers theirs: a thousand held heartbeats cost one waiter
+    of the hub and one read per change, not a thousand."""
 
     def __init__(self, service: Service, hub: ChangeHub) -> None:
         self.service = service
         self.hub = hub
-        self.seq = -1
-        self.jobs: frozenset[int] = frozenset()
-        self.read_at = float("-inf")
-        self.lock = asyncio.Lock()
+        self.jobs: frozenset[int] = frozenset()  # as of the last read
+        self.waiting: dict[int, set[asyncio.Event]] = {}
+        self.watcher: asyncio.Task[None] | None = None
 
-    async def __call__(self, seq: int) -> frozenset[int]:
-        """The jobs to cancel as of `seq` or later."""
-        if seq > self.seq:
-            async with self.lock:
-                if seq > self.seq:
-                    loop = asyncio.get_running_loop()
-                    # A busy agent writes once per task: changes come faster than cancels
-                    # need to be heard.
-                    pause = self.read_at + CANCEL_GAP - loop.time()
-                    if pause > 0:
-                        await asyncio.sleep(pause)
-                    seen = self.hub.seq
-                    self.jobs = await run_in_threadpool(self.service.jobs_to_cancel)
-                    self.seq = seen
-                    self.read_at = loop.time()
-        return self.jobs
+    async def wait(self, job_id: int, timeout: float) -> bool:
+        """True as soon as `job_id`'s task is to be cancelled (one that was when the last
+        read was made counts); False after `timeout` seconds."""
+        event = asyncio.Event()
+        self.waiting.setdefault(job_id, set()).add(event)
+        try:
+            if self.watcher is None or self.watcher.done():
+                self.watcher = asyncio.create_task(self._watch())
+            elif job_id in self.jobs:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+            return event.is_set()
+        finally:
+            events = self.waiting.get(job_id, set())
+            events.discard(event)
+            if not events:
+                self.waiting.pop(job_id, None)
+
+    async def _watch(self) -> None:
+        while self.waiting and not self.hub.stopped:
+            seq = self.hub.seq
+            try:
+                self.jobs = await run_in_threadpool(self.service.jobs_to_cancel)
+            except Exception as exc:  # the store may be busy or gone for a moment
+                log.warning("reading cancelled agent jobs failed: %s", exc)
+            for job_id in self.jobs & self.waiting.keys():
+                for event in self.waiting[job_id]:
+                    event.set()
+            # A busy agent writes once per task: changes come faster than cancels need hearing.
+            await asyncio.sleep(CANCEL_GAP)
+            await self.hub.wait_beyond(seq, HOLD)
 
 
 async def _cancel_heard(request: Request, job_id: int, hold: float) -> bool:
     """Hold a heartbeat's answer for up to `hold` seconds: True as soon as someone asks to
-    cancel the job's task; False at the end (or when the agent hangs up: it no longer waits,
-    its job ended)."""
-    hub: ChangeHub = request.app.state.hub
+    cancel the job's task."""
     cancels: Cancels = request.app.state.cancels
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + hold
-    while True:
-        seq = hub.seq
-        if job_id in await cancels(seq):
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0 or hub.stopped or await request.is_disconnected():
-            return False
-        await hub.wait_beyond(seq, remaining)
+    return await cancels.wait(job_id, hold)
 
 
 class Claimable:
