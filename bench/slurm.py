@@ -73,7 +73,19 @@ def execute(**kwargs):
 """
 
 
-def dirt_run(cluster: SlurmCluster, jobs: int) -> tuple[float, float, str]:
+def real_python() -> str:
+    """The interpreter `python3` on PATH runs in the end (behind a wrapper such as a pyenv shim,
+    which costs every job its start-up time): what `[batch] python` is set to here."""
+    found = subprocess.run(
+        ["python3", "-c", "import sys; print(sys.executable)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return found.stdout.strip()
+
+
+def dirt_run(cluster: SlurmCluster, jobs: int, python: str = "python3") -> tuple[float, float, str]:
     """(seconds until every job was submitted, seconds in all, final task states) of one run
     through a dirt master with the node slurm:debug."""
     import os
@@ -90,7 +102,11 @@ def dirt_run(cluster: SlurmCluster, jobs: int) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory(prefix="dirt-bench-slurm-") as folder:
         project = create_project(Path(folder) / "proj")
         (project / "tasks" / "trivial.py").write_text(TRIVIAL)
-        overrides = {"log": {"file": ""}, "dispatch": {"poll_interval": 0.05}}
+        overrides = {
+            "log": {"file": ""},
+            "dispatch": {"poll_interval": 0.05},
+            "batch": {"python": python},
+        }
         service = Service(load_settings(project, overrides=overrides, environ={}))
         server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
         service.settings.web.base_url = server.start()
@@ -133,6 +149,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--python",
+        default=None,
+        help="[batch] python of the dirt side (default: the interpreter python3 runs)",
+    )
     options = parser.parse_args()
     ok, missing = slurm_available()
     if not ok:
@@ -143,7 +164,13 @@ def main() -> int:
         cluster.start()
         cpus = cluster.run("sinfo", "-h", "-o", "%C").stdout.strip().split("/")[-1]
         print(f"one-host cluster: {cpus} CPUs, idle {cluster.started_in:.1f} s after start")
-        sides = {"sbatch --wrap, shell loop": baseline_run, "dirt slurm:debug node": dirt_run}
+        python = options.python or real_python()
+        print(f"the jobs' agent runs with [batch] python = {python}")
+
+        def dirt_side(cluster: SlurmCluster, jobs: int) -> tuple[float, float, str]:
+            return dirt_run(cluster, jobs, python)
+
+        sides = {"sbatch --wrap, shell loop": baseline_run, "dirt slurm:debug node": dirt_side}
         totals: dict[str, list[float]] = {name: [] for name in sides}
         submits: dict[str, list[float]] = {name: [] for name in sides}
         for run in range(options.runs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,30 @@ def test_bad_sizes_are_reported_together(project: Path) -> None:
     assert "dispatch.output_limit: expected a size in bytes" in message and "'lots'" in message
     assert "dispatch.attachment_limit: must be at least 0, got -1" in message
     assert "dispatch.output_limit: must be at least 131072, got 1000" in message
+
+
+def test_batch_settings_come_from_the_file_and_the_environment(project: Path) -> None:
+    settings = load_settings(
+        project,
+        overrides={"batch": {"python": "/opt/py/bin/python3"}},
+        environ={"DIRT_BATCH_POLL_INTERVAL": "2.5"},
+    )
+    assert settings.batch.poll_interval == 2.5
+    assert settings.batch.python == "/opt/py/bin/python3"
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"poll_interval": 0.01}, "batch.poll_interval: must be at least 0.1"),
+        ({"poll_interval": 600}, "batch.poll_interval: at most 60 s"),
+        ({"poll_interval": "often"}, "batch.poll_interval"),
+        ({"python": " "}, "batch.python: ' ' is not a command"),
+        ({"python": "python3\nrm -rf ~"}, "batch.python"),
+    ],
+)
+def test_bad_batch_settings_are_refused_with_a_reason(
+    project: Path, values: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(project, overrides={"batch": values}, environ={})

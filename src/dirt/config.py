@@ -140,6 +140,16 @@ class AgentSettings:
     lease: float = 30.0
 
 
+@dataclass
+class BatchSettings:
+    # Seconds between the polls of a batch node's jobs: one `squeue` call for all of them.
+    poll_interval: float = 1.0
+    # The interpreter a batch job runs the agent with on the compute host: a name looked up
+    # on the job's PATH, or a full path (a wrapper such as a pyenv shim costs each job its
+    # start-up time).
+    python: str = "python3"
+
+
 SECTIONS: dict[str, type] = {
     "project": ProjectSettings,
     "dispatch": DispatchSettings,
@@ -149,6 +159,7 @@ SECTIONS: dict[str, type] = {
     "web": WebSettings,
     "auth": AuthSettings,
     "agents": AgentSettings,
+    "batch": BatchSettings,
     # [ci], [hooks] and [notify] (with its channel tables) are checked by dirt.ci_config.
     **ci_config.SECTIONS,
 }
@@ -172,7 +183,11 @@ MINIMUM: dict[tuple[str, str], int | float] = {
     ("dispatch", "lease"): 1.0,
     ("dispatch", "stop_grace"): 0.0,
     ("agents", "lease"): 0.5,
+    # squeue in a loop loads the controller every user of the cluster shares.
+    ("batch", "poll_interval"): 0.1,
 }
+
+BATCH_POLL_MOST = 60.0
 
 # Sizes in bytes: an integer, or a string with a unit ("16 MiB", "4GiB", "500 kB").
 BYTE_SIZES = frozenset({("dispatch", "attachment_limit"), ("dispatch", "output_limit")})
@@ -221,6 +236,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     agents: AgentSettings = field(default_factory=AgentSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
     ci: CiSettings = field(default_factory=CiSettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -381,6 +397,17 @@ def _check(settings: Settings, origin: str, problems: list[str]) -> None:
         base_url.startswith(("http://", "https://")) and len(base_url.split("/")[2]) > 0
     ):
         problems.append(f"{origin}: web.base_url: {base_url!r} is not an http(s) URL")
+    if settings.batch.poll_interval > BATCH_POLL_MOST:
+        problems.append(
+            f"{origin}: batch.poll_interval: at most {BATCH_POLL_MOST:g} s (Slurm forgets a "
+            f"finished job MinJobAge, 300 s by default, after it ends), got "
+            f"{settings.batch.poll_interval!r}"
+        )
+    python = settings.batch.python
+    if not python.strip() or any(ord(c) < 32 for c in python):
+        problems.append(
+            f"{origin}: batch.python: {python!r} is not a command (give python3 or a full path)"
+        )
     ci_config.check_sections(settings, origin, problems)
 
 

@@ -308,6 +308,18 @@ def test_agent_py_is_served_to_anyone(client: TestClient) -> None:
     assert again.status_code == 304
 
 
+def test_the_nodes_page_says_an_agent_asks_for_work_and_no_master_drives_it(
+    client: TestClient, token: str, service: Service
+) -> None:
+    register(client, token)
+    reader = service.create_token("reader", TokenScope.READ)
+    page = client.get("/nodes", headers={**bearer(reader), "X-Dirt-Fragment": "1"})
+    assert page.status_code == 200, page.text
+    row = page.text.split('data-node="lab"', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="kind">agent</td>' in row
+    assert "none: it asks for work" in row
+
+
 def test_an_agent_with_busy_slots_gets_as_many_jobs_more_as_it_prefetches(
     client: TestClient, token: str, service: Service
 ) -> None:

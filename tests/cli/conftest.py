@@ -23,8 +23,9 @@ def cli_project(tmp_path: Path) -> Path:
     return tmp_path / "proj"
 
 
-def serve(cli_project: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")}
+def serve(cli_project: Path, **settings: str) -> subprocess.Popen:
+    """`dirt serve --no-web` in the project; `settings` are DIRT_* variables for it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIRT_")} | settings
     return subprocess.Popen(
         [DIRT, "serve", "--no-web"],
         cwd=cli_project,

@@ -171,7 +171,7 @@ def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path)
         "import time\ndef execute():\n    time.sleep(60)\n    return {'success': True}\n"
     )
     dirt_ok("submit", "r1", "-t", "sleepy", cwd=cli_project)
-    server = serve(cli_project)
+    server = serve(cli_project, DIRT_DISPATCH_STOP_GRACE="1")  # running tasks get 1 s, not 10
     wait_for(
         lambda: status_json(cli_project, "r1")["tasks"][0]["state"] == "running",
         what="the task to start",
@@ -182,6 +182,7 @@ def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path)
     (task,) = status_json(cli_project, "r1")["tasks"]
     assert task["state"] == "waiting" and task["node"] is None
     assert "returned to waiting" in output
+    assert "may finish within 1 s" in output
 
 
 def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Path) -> None:

@@ -29,12 +29,6 @@ def run(service: Service, *names: str, **options: Any) -> list[Any]:
     return wait_finished(service, submit(service, *names, **options))
 
 
-@pytest.fixture(params=["process", "thread"])
-def isolation(request: pytest.FixtureRequest, settings_overrides: dict) -> str:
-    settings_overrides["dispatch"]["isolation"] = request.param
-    return request.param
-
-
 def test_the_examples_succeed_with_results_node_and_provenance(
     isolation: str,
     local_node: str,

@@ -81,12 +81,6 @@ def wait_half_way(service: Service, timeout: float) -> None:
     assert blob_files(service) == list(uploads.glob("*.part"))  # nothing visible yet
 
 
-@pytest.fixture(params=["process", "thread"])
-def isolation(request: pytest.FixtureRequest, settings_overrides: dict) -> str:
-    settings_overrides["dispatch"]["isolation"] = request.param
-    return str(request.param)
-
-
 @pytest.fixture
 def small_limits(settings_overrides: dict) -> None:
     settings_overrides["dispatch"].update(output_limit="256 KiB", attachment_limit="1 MiB")

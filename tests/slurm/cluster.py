@@ -35,6 +35,7 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel")
 PARTITION = "debug"
+FEATURES = "dirt_fast"  # the node's Slurm features (tasks may require them: --constraint)
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin")
 
 
@@ -186,7 +187,7 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 KillWait=5
-NodeName={self.node_name} {hardware} NodeAddr=127.0.0.1 State=UNKNOWN
+NodeName={self.node_name} {hardware} NodeAddr=127.0.0.1 State=UNKNOWN Features={FEATURES}
 PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINITE State=UP
 """,
             encoding="utf-8",

@@ -2,9 +2,9 @@
 
 The cluster starts once (about 1 s to an idle node) at the first test that needs it and stops
 when the last test of tests/slurm is done. A job
-that overruns its 1-minute time limit is submitted as early as possible (`overdue_job`) so
-that Slurm's TIMEOUT, which cannot come sooner than a minute, ripens while the other tests
-run; the TIMEOUT test comes last.
+whose time limit is past is started as early as possible (`overdue_job`) so that Slurm's
+TIMEOUT, which comes at its next time-limit check (every 30 s), ripens while the other tests
+run; the TIMEOUT test comes last (test_slurm_last.py), after every other test.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ import pytest
 
 from dirt.batch import slurm
 from dirt.batch.commands import CommandResult, CommandRunner, LocalRunner
+from dirt.batch.nodes import describe_batch_node
 from dirt.batch.slurm import JobPhase, JobStatus
-from tests.conftest import need
+from dirt.service import Service
+from dirt.web.app import create_app
+from dirt.web.run import WebServer
+from tests.conftest import RunningDispatcher, need
 from tests.slurm.cluster import SlurmCluster, slurm_available
+from tests.slurm.masters import SLEEPY, Master
 
 _started: dict[str, float] = {}
 
@@ -32,6 +37,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"slurm tests: one-host cluster (munged, slurmctld, slurmd) idle "
             f"{_started['seconds']:.1f} s after start"
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_slurm_last.py runs after every other test of this package (it would come before
+    test_slurm_node.py by name): its TIMEOUT test waits for the overdue job, and its node
+    failure test takes the node down."""
+    here = Path(__file__).parent
+    last = [item for item in items if item.path == here / "test_slurm_last.py"]
+    if not last:
+        return
+    moved = set(last)
+    rest = [item for item in items if item not in moved]
+    after = max((n + 1 for n, item in enumerate(rest) if item.path.parent == here), default=0)
+    items[:] = rest[:after] + last + rest[after:]
 
 
 @pytest.fixture(scope="package")
@@ -113,9 +132,12 @@ def wait_running(runner: CommandRunner, job_id: str, timeout: float = 30) -> Job
 
 @pytest.fixture(scope="package")
 def overdue_job(slurm_runner: LocalRunner, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A job that runs past its time limit (1 minute, the least Slurm has); never cancelled
-    by a test, so it ends as TIMEOUT (Slurm checks time limits every 30 s)."""
-    return slurm.submit(
+    """A running job whose time limit is already past; never cancelled by a test, so it ends
+    as TIMEOUT. Submitted with 1 minute (the least sbatch takes), then, once it runs, lowered
+    to 0 minutes by the operator (`scontrol update TimeLimit=0`): Slurm then ends it at its
+    next time-limit check (every 30 s) instead of 60-90 s after it started, and its CPU is
+    free for the other tests sooner."""
+    job_id = slurm.submit(
         "#!/bin/sh\nexec sleep 600\n",
         partition="debug",
         job_name="dirt-test-overdue",
@@ -123,3 +145,44 @@ def overdue_job(slurm_runner: LocalRunner, tmp_path_factory: pytest.TempPathFact
         time_limit=1,
         runner=slurm_runner,
     )
+    wait_running(slurm_runner, job_id)
+    lowered = slurm_runner.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=0"])
+    assert lowered.rc == 0, lowered.stderr
+    return job_id
+
+
+@pytest.fixture
+def batch_address() -> str:
+    """The batch node the master gets (a module may name another, e.g. through a login host)."""
+    return "slurm:debug"
+
+
+@pytest.fixture
+def master(
+    batch_address: str,
+    slurm_cluster: SlurmCluster,
+    slurm_runner: LocalRunner,
+    service: Service,
+    add_task_module: Callable[[str, str], str],
+    start_dispatcher: Callable[[Service], RunningDispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[Master]:
+    """A master (web server and dispatcher) with the node `batch_address` (slurm:debug)."""
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    add_task_module("sleepy", SLEEPY)
+    server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
+    url = server.start()
+    service.settings.web.base_url = url
+    settings, info = describe_batch_node(
+        batch_address, service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
+    )
+    service.save_batch_node(settings, info)
+    try:
+        yield Master(service, url, slurm_runner, lambda: start_dispatcher(service))
+    finally:
+        for job in service.open_batch_jobs():
+            if job.job_id:
+                slurm.cancel(job.job_id, runner=slurm_runner)
+        server.stop()

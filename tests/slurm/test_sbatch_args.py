@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dirt.batch.sbatch_args import parse_sbatch_args
+from dirt.batch.sbatch_args import parse_sbatch_args, required_features, with_features
 from dirt.batch.slurm import GONE, JobPhase, JobStatus, parse_duration, parse_scontrol, slurm_time
 from dirt.errors import InputError
 
@@ -137,3 +137,40 @@ def test_job_states_map_to_phases_and_words() -> None:
     assert JobStatus("1", GONE).phase is JobPhase.GONE
     # A state a newer Slurm invents is not taken for an end: nothing is lost on a guess.
     assert JobStatus("1", "SOMETHING_NEW").phase is JobPhase.RUNNING
+
+
+def test_features_a_task_requires_are_those_named_in_features() -> None:
+    requires = ["avx512 in features", "cpu_count is 2", "gpu in gres", "old not_in features"]
+    assert required_features([*requires, "avx512 in features", "ib in features"]) == [
+        "avx512",
+        "ib",
+    ]
+
+
+def test_a_name_slurm_would_read_as_an_operator_is_no_feature() -> None:
+    assert required_features(["a|b in features", "x&y in features"]) == []
+
+
+def test_features_become_one_constraint_after_the_users_options() -> None:
+    assert with_features(("--mem=4G",), ["avx512", "ib"]) == (
+        "--mem=4G",
+        "--constraint=avx512&ib",
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--constraint=skylake|icelake", "--mem=1G"),
+        ("--constraint", "skylake|icelake", "--mem=1G"),
+        ("--constr=skylake|icelake", "--mem=1G"),
+        ("-C", "skylake|icelake", "--mem=1G"),
+        ("-Cskylake|icelake", "--mem=1G"),
+    ],
+)
+def test_the_users_own_constraint_is_anded_with_the_features(args: tuple[str, ...]) -> None:
+    assert with_features(args, ["ib"]) == ("--mem=1G", "--constraint=(skylake|icelake)&ib")
+
+
+def test_no_features_leave_the_options_as_they_are() -> None:
+    assert with_features(("-C", "a|b"), []) == ("-C", "a|b")

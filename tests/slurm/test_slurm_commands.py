@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from dirt.batch.commands import LocalRunner
 from dirt.batch.slurm import GONE, JobPhase
 from dirt.requires import parse
 from tests.slurm.cluster import SlurmCluster, free_ports
-from tests.slurm.conftest import CountingRunner, SubmitJob, wait_ended, wait_status
+from tests.slurm.conftest import CountingRunner, SubmitJob, wait_ended
 
 pytestmark = pytest.mark.usefixtures("overdue_job")
 
@@ -127,12 +126,3 @@ def test_check_submit_asks_slurm_without_submitting(
     with pytest.raises(BatchError, match="Invalid feature specification"):
         slurm.check_submit("debug", ["--constraint=gpu"], slurm_runner)
     assert slurm_cluster.job_ids() == before
-
-
-@pytest.mark.timeout(180)
-def test_a_job_past_its_time_limit_is_timeout(overdue_job: str, slurm_runner: LocalRunner) -> None:
-    """Last: the job was submitted with the first test of the session (see conftest)."""
-    started = time.monotonic()
-    status = wait_status(slurm_runner, overdue_job, lambda s: s.phase is JobPhase.ENDED, 150)
-    assert status.state == "TIMEOUT", status
-    assert time.monotonic() - started < 150

@@ -4,76 +4,12 @@ Slurm jobs that run the served agent.py once, report over HTTP, and are tracked 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
 
 from dirt.batch import slurm
-from dirt.batch.commands import LocalRunner
-from dirt.batch.nodes import describe_batch_node
 from dirt.models import NodeKind, TaskState
-from dirt.service import Service
-from dirt.web.app import create_app
-from dirt.web.run import WebServer
-from tests.conftest import RunningDispatcher, wait_finished, wait_for
-from tests.slurm.cluster import SlurmCluster
+from tests.conftest import wait_finished, wait_for
 from tests.slurm.conftest import wait_ended
-
-SLEEPY = """
-import time
-
-def execute(seconds=0, **kwargs):
-    time.sleep(seconds)
-    return {"success": True, "slept": seconds}
-"""
-
-
-@dataclass
-class Master:
-    service: Service
-    url: str
-    runner: LocalRunner
-    start: Callable[[], RunningDispatcher]
-
-    def submit(self, name: str = "sleepy", **options: object) -> str:
-        submission = self.service.submit_tasks("r1", [name], **options)  # type: ignore[arg-type]
-        return submission.tasks[0].id
-
-    def job(self, task_id: str) -> str:
-        found = self.service.batch_jobs_of([task_id]).get(task_id)
-        return found.job_id if found is not None and found.job_id else ""
-
-
-@pytest.fixture
-def master(
-    slurm_cluster: SlurmCluster,
-    slurm_runner: LocalRunner,
-    service: Service,
-    add_task_module: Callable[[str, str], str],
-    start_dispatcher: Callable[[Service], RunningDispatcher],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[Master]:
-    """A master (web server and dispatcher) with the node slurm:debug."""
-    for name, value in slurm_cluster.env.items():
-        monkeypatch.setenv(name, value)
-    add_task_module("sleepy", SLEEPY)
-    server = WebServer(create_app(service, bind_host="127.0.0.1"), "127.0.0.1", 0)
-    url = server.start()
-    service.settings.web.base_url = url
-    settings, info = describe_batch_node(
-        "slurm:debug", service.settings, max_jobs=10, workdir=str(tmp_path / "jobs")
-    )
-    service.save_batch_node(settings, info)
-    try:
-        yield Master(service, url, slurm_runner, lambda: start_dispatcher(service))
-    finally:
-        for job in service.open_batch_jobs():
-            if job.job_id:
-                slurm.cancel(job.job_id, runner=slurm_runner)
-        server.stop()
+from tests.slurm.masters import Master, lost_first_attempt, running_job
 
 
 def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None:
@@ -92,16 +28,6 @@ def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None
         assert job.compute_host, "the compute host is kept with the attempt"
         assert wait_ended(master.runner, job.job_id).state == "COMPLETED"
     wait_for(lambda: not master.service.open_batch_jobs(), what="jobs closed by the poll")
-
-
-def running_job(master: Master, task_id: str) -> str:
-    """The Slurm job id of `task_id` once its agent runs it."""
-
-    def started() -> str:
-        (task,) = master.service.tasks([task_id])
-        return master.job(task_id) if task.state is TaskState.RUNNING else ""
-
-    return wait_for(started, 60, what=f"task {task_id} running in Slurm")
 
 
 def test_a_cancel_reaches_slurm_at_once(master: Master) -> None:
@@ -123,14 +49,7 @@ def test_a_job_scancelled_from_outside_is_a_lost_attempt_and_reruns(master: Mast
     second = wait_for(
         lambda: (job := master.job(task_id)) != first and job, 60, what="a second job"
     )
-    said = f"Slurm job {first} ended without a result: CANCELLED"
-
-    def first_attempt() -> object:
-        attempt = master.service.record_detail("r1").attempts[task_id][0]
-        return attempt if said in (attempt.reason or "") else None
-
-    attempt = wait_for(first_attempt, 10, what="Slurm's word on the first attempt")
-    assert attempt.outcome == "lost"
+    assert lost_first_attempt(master, task_id, first, "CANCELLED").outcome == "lost"
     assert second != first
     slurm.cancel(second, runner=master.runner)  # no need to wait for it
 
@@ -174,3 +93,12 @@ def test_a_job_slurm_queues_shows_its_task_waiting_with_slurms_reason(master: Ma
 
     reason = wait_for(queued, 30, what="a task queued in Slurm, with Slurm's reason")
     assert re.fullmatch(r"queued in Slurm as job \d+ \(PENDING: (Resources|Priority)\)", reason)
+
+
+def test_a_task_requiring_a_feature_asks_slurm_for_a_node_with_it(master: Master) -> None:
+    master.start()
+    task_id = master.submit(kwargs={"seconds": 0}, requires=["dirt_fast in features"])
+    (task,) = wait_finished(master.service, [task_id], timeout=60)
+    assert task.state is TaskState.SUCCEEDED
+    shown = master.runner.run(["scontrol", "-o", "show", "job", master.job(task_id)]).stdout
+    assert re.search(r"\bFeatures=dirt_fast\b", shown), shown

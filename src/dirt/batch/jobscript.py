@@ -16,7 +16,10 @@ environment, not in argv, where any user of the compute host could read it with 
 
 `exec` makes the command the batch script's own process: its exit status and the signal that
 kills it are what Slurm records (FAILED with exit code N, CANCELLED, TIMEOUT), and what
-Slurm sends the job (scancel, the time limit) reaches it directly.
+Slurm sends the job (scancel, the time limit) reaches it directly. sh forks a child to write a
+here-document longer than 4 KB; after the `exec` that child is the program's to reap (the agent
+does, `reap_strays`): a zombie left in the job's process group makes slurmstepd wait 1-3 s more
+before it ends the job.
 """
 
 from __future__ import annotations

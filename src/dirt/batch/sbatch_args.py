@@ -12,9 +12,12 @@ sbatch parses options with getopt_long, which accepts any unambiguous prefix of 
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Iterable, Sequence
 
 from dirt.errors import InputError
+from dirt.requires import parse_all
 
 # Long options that dirt sets, or that break one task = one job, with why.
 RESERVED_LONG = {
@@ -125,3 +128,55 @@ def _check_short(word: str) -> tuple[int, list[str]]:
         if letter in SHORT_WITH_VALUE:
             return (1 if position == len(letters) - 1 else 0), []
     return 0, []
+
+
+# ---- a task's features ---------------------------------------------------------------------
+
+# A Slurm feature name as `--constraint` reads it (no operators: & | , * [ ] ( ) !).
+FEATURE = re.compile(r"[A-Za-z0-9_.:+/-]{1,200}")
+
+
+def required_features(requires: Iterable[str]) -> list[str]:
+    """The Slurm features a task's `requires` names: each `FEATURE in features`.
+
+    A partition's `features` are the union over its nodes, so a task routed to it by such a
+    requirement must ask Slurm for a node that has the feature. `not_in` has no counterpart
+    in Slurm 22.05's constraint language; other keys (gres, cpu_count, ...) are not features.
+    """
+    found: list[str] = []
+    for requirement in parse_all(requires):
+        value = requirement.value
+        named = requirement.key == "features" and requirement.op == "in"
+        if named and FEATURE.fullmatch(value) and value not in found:
+            found.append(value)
+    return found
+
+
+def with_features(args: Sequence[str], features: Sequence[str]) -> tuple[str, ...]:
+    """`args` (from parse_sbatch_args) asking also for every one of `features`: one
+    `--constraint`, the user's own (from --sbatch-args) ANDed with them, since sbatch keeps
+    only the last --constraint it is given."""
+    if not features:
+        return tuple(args)
+    kept: list[str] = []
+    own: list[str] = []
+    words = list(args)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        index += 1
+        name, has_value, value = word[2:].partition("=") if word.startswith("--") else ("", "", "")
+        if len(name) >= 4 and "constraint".startswith(name):
+            if not has_value and index < len(words):
+                value, index = words[index], index + 1
+            own.append(value)
+        elif word.startswith("-C") and not word.startswith("--"):
+            if word == "-C" and index < len(words):
+                own.append(words[index])
+                index += 1
+            else:
+                own.append(word[2:])
+        else:
+            kept.append(word)
+    terms = [f"({c})" if any(op in c for op in "|,[") else c for c in own if c]
+    return (*kept, "--constraint=" + "&".join([*terms, *features]))

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, insert, or_, select, update
+from sqlalchemy import Connection, case, delete, func, insert, or_, select, update
 
 from dirt.batch.jobs import BatchJob, BatchNode, Phase
 from dirt.db.schema import agent_jobs, attempts, batch_jobs, batch_nodes, tasks
@@ -151,6 +151,16 @@ def open_jobs(conn: Connection, node: str | None = None) -> list[BatchJob]:
     if node is not None:
         query = query.where(batch_jobs.c.node == node)
     return [_job(row) for row in conn.execute(query)]
+
+
+def reported_open_jobs(conn: Connection, node: str) -> int:
+    """Open jobs of `node` whose agent has reported: their batch jobs are about to end."""
+    query = (
+        select(func.count())
+        .select_from(batch_jobs.join(agent_jobs, agent_jobs.c.id == batch_jobs.c.agent_job_id))
+        .where(_OPEN, batch_jobs.c.node == node, agent_jobs.c.outcome.is_not(None))
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def start_job(

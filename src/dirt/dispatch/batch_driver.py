@@ -30,6 +30,7 @@ from dirt.batch.commands import CommandRunner
 from dirt.batch.jobs import BatchJob, BatchNode, Phase
 from dirt.batch.jobscript import render_job_script
 from dirt.batch.remote import runner_for
+from dirt.batch.sbatch_args import required_features, with_features
 from dirt.batch.slurm import JobPhase, JobStatus
 from dirt.errors import DirtError
 from dirt.models import Node
@@ -38,8 +39,10 @@ from dirt.service.batch import Submission
 
 log = logging.getLogger("dirt")
 
-POLL_S = 1.0  # squeue at most this often per node (and right after submitting)
 STORE_S = 0.5  # cancels and new tasks are looked for this often without a local wake-up
+# A full node whose job reported polls again this soon: the job ends a moment after its result,
+# and its slot goes to the next task at the poll that sees it ended.
+FREED_POLL_S = 0.2
 REFRESH_S = 2.0  # batch nodes added, changed or removed are noticed this often
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 OUTPUT_TAIL_LINES = 20
@@ -122,6 +125,8 @@ class NodeDriver:
         self._stopping = threading.Event()
         self._ended_once: set[int] = set()
         self._last_poll = 0.0
+        self.poll_every = service.settings.batch.poll_interval  # [batch] poll_interval
+        self._freeing = False  # the node is full and a job of it reported: poll soon
         self._failures = 0
         self._error: str | None = None
         self._thread = threading.Thread(
@@ -167,7 +172,8 @@ class NodeDriver:
     def _pause(self) -> float:
         if self._failures:
             return BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
-        return min(STORE_S, max(0.01, self._last_poll + POLL_S - time.monotonic()))
+        every = min(self.poll_every, FREED_POLL_S) if self._freeing else self.poll_every
+        return min(STORE_S, max(0.01, self._last_poll + every - time.monotonic()))
 
     def _healthy(self) -> None:
         if self._failures or self._error:
@@ -192,10 +198,20 @@ class NodeDriver:
     def _step(self) -> None:
         self._cancel()
         jobs = self.service.open_batch_jobs(self.node.address)
-        submitted = self._submit(self.node.slots - len(jobs))
-        if submitted or time.monotonic() - self._last_poll >= POLL_S:
+        room = self.node.slots - len(jobs)
+        submitted = self._submit(room)
+        if submitted or self._poll_due(room):
             self._last_poll = time.monotonic()
             self._poll(jobs + submitted)
+
+    def _poll_due(self, room: int) -> bool:
+        """Every poll_interval; on a full node, soon after one of its jobs reported."""
+        since = time.monotonic() - self._last_poll
+        self._freeing = False
+        if since >= self.poll_every:
+            return True
+        self._freeing = room <= 0 and self.service.batch_jobs_reported(self.node.address) > 0
+        return self._freeing and since >= FREED_POLL_S
 
     # ---- submitting ----------------------------------------------------------------------
 
@@ -228,8 +244,11 @@ class NodeDriver:
             raise BatchUnavailableError(
                 "[web] base_url is not set: a batch job's agent needs the master's address"
             )
+        # -S: the agent needs the standard library only, and a site with .pth files costs
+        # each job its start-up time; the tasks' fork server starts with the full site.
+        python = self.service.settings.batch.python
         script = render_job_script(
-            ["python3", "-", base_url, "--once", "--slots", "1"],
+            [python, "-S", "-", base_url, "--once", "--slots", "1"],
             task_id=job.task_id,
             attempt=job.attempt,
             environment={"DIRT_AGENT_TOKEN": submission.token},
@@ -242,7 +261,9 @@ class NodeDriver:
             job_name=job.job_name,
             output_path=self._output_path(job),
             time_limit=timeout + 60 if timeout else None,
-            extra_args=self.settings.submit_args,
+            extra_args=with_features(
+                self.settings.submit_args, required_features(submission.task.requires)
+            ),
             runner=self.runner,
         )
 

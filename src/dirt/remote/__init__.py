@@ -5,12 +5,12 @@ A shipped program runs on a node under ``__name__ == "__channelexec__"`` after
 its parts, one after the other, as one module: ``agent`` (runs tasks), ``forkserver`` (started by
 the agent for process isolation), ``sysinfo`` (describes the node), and ``http_agent``: the
 pull-mode agent, the same parts plus its HTTP client, its jobs and their heartbeats, its loop
-and its command line (``http_client``, ``http_jobs``, ``http_agent``, ``http_main``), served to
-hosts as one file (``GET /agent.py``) and run as ``__main__``. ``protocol.py`` comes first in
-the two that speak it. A part imports what it needs from the parts before it with
-``from dirt.remote.PART import NAME, ...`` (which is how mypy, ruff and the master see it); those
-imports are dropped from the shipped text, and ``from __future__ import annotations`` is hoisted
-to its top.
+and its command line (``http_client``, ``http_job``, ``http_heartbeats``, ``http_agent``,
+``http_main``), served to hosts as one file (``GET /agent.py``) and run as ``__main__``.
+``protocol.py`` comes first in the two that speak it. A part imports what it needs from the
+parts before it with ``from dirt.remote.PART import NAME, ...`` (which is how mypy, ruff and the
+master see it); those imports are dropped from the shipped text, and ``from __future__ import
+annotations`` is hoisted to its top.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ PARTS = {
         *AGENT_PARTS,
         "sysinfo",
         "http_client",
-        "http_jobs",
+        "http_job",
+        "http_heartbeats",
         "http_agent",
         "http_main",
     ),

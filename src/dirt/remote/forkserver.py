@@ -84,16 +84,7 @@ def child_main(server: ForkServer, code: CodeType, request: RunRequest, out: int
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    stdout = sys.stdout
-    sys.stdout = open(  # noqa: SIM115  (for the task's lifetime)
-        1,
-        "w",
-        buffering=STDOUT_BUFFER,
-        encoding=getattr(stdout, "encoding", None) or "utf-8",
-        errors=getattr(stdout, "errors", None) or "strict",
-        closefd=False,
-    )
-    _thread.start_new_thread(flush_often, ())
+    sys.stdout = LazyStdout(sys.stdout)
     results, error = run_task(code, request.module_name, request.kwargs)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105
@@ -101,6 +92,49 @@ def child_main(server: ForkServer, code: CodeType, request: RunRequest, out: int
         except Exception:
             pass
     send_results(res, results, error, server.attachment_limit)
+
+
+KEPT: list[Any] = []
+
+
+class LazyStdout:
+    """The task's sys.stdout until it first writes to it: then its buffered stream (and the
+    thread that flushes it) are made, and take its place. Most tasks print little or nothing,
+    and a fork pays for every page its child touches: a 1 MiB buffer and a thread are most of
+    what a trivial task's process would cost beyond the fork."""
+
+    def __init__(self, inherited: Any) -> None:
+        self._encoding = getattr(inherited, "encoding", None) or "utf-8"
+        self._errors = getattr(inherited, "errors", None) or "strict"
+        self._stream: Any = None
+
+    def _real(self) -> Any:
+        if self._stream is None:
+            self._stream = open(  # noqa: SIM115  (for the task's lifetime)
+                1,
+                "w",
+                buffering=STDOUT_BUFFER,
+                encoding=self._encoding,
+                errors=self._errors,
+                closefd=False,
+            )
+            if sys.stdout is self:
+                # print() holds sys.stdout without a reference of its own while it writes:
+                # this object must outlive its replacement.
+                KEPT.append(self)
+                sys.stdout = self._stream
+            _thread.start_new_thread(flush_often, ())
+        return self._stream
+
+    def write(self, text: str) -> int:
+        return int(self._real().write(text))
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
 
 
 def flush_often() -> None:

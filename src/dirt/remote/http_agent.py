@@ -13,10 +13,10 @@ the process runner an SSH node uses (a warm fork server: a process per task, kil
 group), and its output, attachments and outcome go through the same fair, bounded `Sender`, here
 to an `HttpChannel` that turns each message into a request: output chunks and attachment chunks
 are PATCHed with their offsets, the outcome PUT. Heartbeats renew each job's lease and bring
-cancels at once (http_jobs.py). Every request but the poll may be sent again safely; the agent
-sends again, with backoff, until the master answers: a restart of the master loses nothing but
-time. A report the master refuses (409: the job's lease ran out and its task moved on) is
-dropped.
+cancels at once (http_heartbeats.py). Every request but the poll may be sent again safely; the
+agent sends again, with backoff, until the master answers: a restart of the master loses
+nothing but time. A report the master refuses (409: the job's lease ran out and its task moved
+on) is dropped.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from dirt.remote.http_client import (
     Unreachable,
     log,
 )
-from dirt.remote.http_jobs import Heartbeats, Job
+from dirt.remote.http_heartbeats import Heartbeats
+from dirt.remote.http_job import NEVER_STARTED, Job
 from dirt.remote.protocol import BLOB, CHUNK_SIZE, DONE, OUTPUT, RunRequest
 from dirt.remote.sysinfo import collect
 
@@ -47,8 +48,6 @@ WAIT = 30.0  # seconds a request for work asks to be held
 # Jobs held beyond the slots, queued for the next slot that frees: it starts at once, while the
 # result of the last job (and the request that brings the next) is on its way.
 PREFETCH = 1
-# What a job dropped from the queue before it started reports (cancelled, or refused).
-NEVER_STARTED = (None, "killed before it started", None, None, False, True, 0.0, b"")
 
 
 class HttpChannel:
@@ -96,6 +95,9 @@ class PullAgent:
         self.wait = WAIT
         self.fatal: str | None = None
         self.runner: Any = None
+        self.runner_ready = threading.Event()  # set once the runner started, or failed to
+        self.starting: threading.Thread | None = None  # starts the runner (`--once`)
+        self.runner_error = "cannot run tasks: the runner did not start"
         self.sender: Sender | None = None
         self.poller: int | None = None  # the thread that asks for work
         self.holding = False  # its request is one the master may hold (else, answered at once)
@@ -131,17 +133,33 @@ class PullAgent:
         answer = self.register()
         config = dict(answer.get("config") or {})
         config["forkserver_source"] = answer["forkserver_source"]
-        self.sender = Sender(HttpChannel(self))
-        self.sender.attachment_limit = int(config.get("attachment_limit", 4 << 30))
-        try:
-            self.runner = start_runner(config, self.sender)
-        except Exception as exc:
-            raise Fatal(f"cannot run tasks: {exc}") from None
+        sender = self.sender = Sender(HttpChannel(self))
+        sender.attachment_limit = int(config.get("attachment_limit", 4 << 30))
+        if self.once:
+            # One task (a batch job): its request goes out while the fork server starts.
+            self.starting = threading.Thread(
+                target=self._start_runner, args=(config, sender), name="dirt-agent-runner"
+            )
+            self.starting.daemon = True
+            self.starting.start()
+        else:
+            self._start_runner(config, sender)
+            if self.runner is None:
+                raise Fatal(self.runner_error)
         self.heartbeats.start()
         for index in range(self.slots):
             threading.Thread(
                 target=self._report_loop, name=f"dirt-agent-report-{index}", daemon=True
             ).start()
+
+    def _start_runner(self, config: dict[str, Any], sender: Sender) -> None:
+        """Start the runner the master's config names: `runner`, or why not in `runner_error`."""
+        try:
+            self.runner = start_runner(config, sender)
+        except Exception as exc:
+            self.runner_error = f"cannot run tasks: {exc}"
+        finally:
+            self.runner_ready.set()
 
     def _report_loop(self) -> None:
         """Send results as they come (a job's result frees its slot: see `send_done`)."""
@@ -277,6 +295,10 @@ class PullAgent:
         log.info(
             "job %d: task %s (%s), attempt %d", job.id, job.task_id, offer["name"], job.attempt
         )
+        self.runner_ready.wait()
+        if self.runner is None:
+            self.send_done(job, (None, self.runner_error, None, None, False, False, 0.0, b""))
+            return
         request = RunRequest(
             job.key,
             offer["name"],
@@ -450,6 +472,8 @@ class PullAgent:
             self.cond.wait_for(
                 lambda: not any(job.done and not job.over for job in self.jobs.values()), 10
             )
+        if self.starting is not None:
+            self.starting.join()  # a fork server starting now must be stopped too
         if self.runner is not None:
             self.runner.stop()
         if self.sender is not None:

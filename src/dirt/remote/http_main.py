@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from dirt.remote.http_agent import PullAgent
@@ -103,5 +104,29 @@ def main(argv: list[str] | None = None, prog: str = "agent.py") -> int:
     return 0
 
 
+def reap_strays(most: float = 1.0) -> None:
+    """Wait for the children this process did not start: run as `python3 - <<END` from a
+    batch job script that exec'd it, the shell's here-document writer (sh forks one for a
+    long here-document) is one. Left a zombie, it keeps the job's process group alive, and
+    Slurm (proctrack/pgid) then waits 1 s, 2 s, ... before it ends the job."""
+    deadline = time.monotonic() + most
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is reported and the fork server stopped: skip the interpreter's teardown, so
+    # a batch job (`--once`) ends, and frees its cores, the moment its result is in.
+    reap_strays()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -107,6 +107,11 @@ class Batch(AgentReports):
         with self._read() as conn:
             return batch_db.open_jobs(conn, node)
 
+    def batch_jobs_reported(self, node: str) -> int:
+        """How many open jobs of `node` have their result in (they hold slots a moment more)."""
+        with self._read() as conn:
+            return batch_db.reported_open_jobs(conn, node)
+
     def reserve_batch_jobs(self, node: Node, room: int) -> list[Submission]:
         """Up to `room` waiting tasks `node` can run, each reserved as a new job (phase
         submitting) with its token; none while the node is disabled."""

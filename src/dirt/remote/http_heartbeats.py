@@ -1,5 +1,5 @@
-"""The pull-mode agent's jobs and their heartbeats. Stdlib only: shipped inside the served
-agent.py (see dirt.remote).
+"""The pull-mode agent's heartbeats. Stdlib only: a part of the served agent (see
+``dirt.remote.source``), after http_job.py.
 
 A job held for FIRST_BEAT seconds gets a heartbeat thread of its own (a quicker one ends before
 it needs one: a busy agent's trivial tasks cost no request more). Its heartbeats go one after
@@ -18,63 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dirt.remote.http_client import Backoff, Master, Refused, Unreachable, log
+from dirt.remote.http_job import Job
 
-JOB_TOKEN_HEADER = "Job-Token"
 FIRST_BEAT = 0.25  # seconds a job is held before its heartbeats begin
 TICK = 0.05  # seconds between looks for jobs that are due a heartbeat thread
 BEAT_GAP = 0.2  # the least time between two heartbeats of a job (were the master to answer fast)
-
-
-class Job:
-    """One job the master handed this agent, while it runs and until it is reported."""
-
-    __slots__ = (
-        "attempt",
-        "cancelled",
-        "done",
-        "ended",
-        "id",
-        "output_end",
-        "over",
-        "started",
-        "taken",
-        "task_id",
-        "token",
-        "uploaded",
-        "watcher",
-    )
-
-    def __init__(self, offer: dict[str, Any]) -> None:
-        self.id: int = offer["id"]
-        self.task_id: str = offer["task_id"]
-        self.attempt: int = offer["attempt"]
-        self.token: str = offer["token"]
-        self.output_end = 0  # where the next output chunk starts
-        self.uploaded: dict[int, int] = {}  # attachment index -> bytes sent
-        self.cancelled = False
-        self.over = False  # the master refused it (lost, revoked): nothing more is sent
-        self.done = False  # its process ended: no more heartbeats (its result is on its way)
-        self.started = False  # given to the runner (until then, queued for a free slot)
-        self.taken = time.monotonic()
-        self.watcher: int | None = None  # the thread sending its heartbeats, once it has one
-        self.ended = threading.Event()  # done or over: its heartbeats stop
-
-    @property
-    def key(self) -> str:
-        """How the runner names it: the job, not the task (a task lost here may come back)."""
-        return str(self.id)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {JOB_TOKEN_HEADER: self.token}
-
-    @property
-    def path(self) -> str:
-        return f"/api/agent/jobs/{self.id}"
-
-    def end(self) -> None:
-        """No heartbeat is due any more (its result is on its way, or the master refused it)."""
-        self.ended.set()
 
 
 class Heartbeats:
