@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -217,6 +218,21 @@ def test_a_retried_push_keeps_its_delivery_id(
         commit("second")
         push(checkout, "main")
         assert server.requests[0].headers["x-dirt-delivery"] == kept
+
+
+def test_kept_pushes_are_named_to_sort_oldest_first(
+    bare: Path, checkout: Path, commit: Callable[..., str]
+) -> None:
+    install(bare, f"http://127.0.0.1:{free_port()}")  # nobody answers: each push is kept
+    for n in range(3):
+        commit(f"change {n}")
+        push(checkout, "main")
+    names = [f.stem for f in spool_files(bare)]
+    assert all(re.fullmatch(r"\d{14}-\d{10}", name) for name in names), names
+    subjects = [
+        json.loads(f.read_text())["updates"][0]["head"]["subject"] for f in spool_files(bare)
+    ]
+    assert subjects == ["change 0", "change 1", "change 2"]
 
 
 def test_a_server_error_keeps_the_push_for_later(
