@@ -3,6 +3,7 @@ store): tokens, job tokens, what is refused and what is stored."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -214,6 +215,10 @@ def test_malformed_job_reports_are_refused_and_change_nothing(
         {**FINISHED, "queued": True},
         {**FINISHED, "prefetch": 1},
         {**FINISHED, "next": True, "prefetch": 9},
+        {"state": "running", "hold": -1},
+        {"state": "running", "hold": "5"},
+        {"state": "running", "hold": 61},
+        {**FINISHED, "hold": 1},
     ]
     before = service.current_seq()
     for report in reports:
@@ -352,3 +357,94 @@ def test_a_queued_jobs_heartbeat_moves_its_deadline(
     assert task_id not in sweep.timed_out and task_id not in sweep.lost
     assert service.task(task_id).state is TaskState.RUNNING
     assert service.expire_agent_leases(now=claimed + 1 + LEASE + 0.75).lost == [task_id]
+
+
+def test_a_held_heartbeat_is_answered_as_soon_as_its_task_is_cancelled(
+    client: TestClient, token: str, service: Service
+) -> None:
+    settings = register(client, token)
+    assert settings["hold"] == settings["heartbeat"]  # this master holds heartbeats
+    [task_id] = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"]).tasks]
+    job = take(client, token)
+    answers: list[tuple[float, Any]] = []
+
+    def beat() -> None:
+        sent = time.monotonic()
+        answer = client.put(
+            f"/api/agent/jobs/{job['id']}",
+            json={"state": "running", "hold": 30},
+            headers=job_headers(job),
+        )
+        answers.append((time.monotonic() - sent, answer.json()))
+
+    held = threading.Thread(target=beat)
+    held.start()
+    time.sleep(0.2)
+    assert not answers  # held: nothing to tell yet
+    cancelled = time.monotonic()
+    service.cancel_task(task_id)
+    held.join(10)
+    [(_, answer)] = answers
+    assert answer == {"ok": True, "cancel": True}
+    assert time.monotonic() - cancelled < 0.3  # at once, not at the end of the hold
+
+
+def test_a_held_heartbeat_renews_the_lease_and_ends_within_a_heartbeat(
+    client: TestClient, token: str, service: Service
+) -> None:
+    settings = register(client, token)
+    [task_id] = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"]).tasks]
+    job = take(client, token)
+    claimed = time.time()
+    time.sleep(0.5)
+    sent = time.time()
+    beat = client.put(
+        f"/api/agent/jobs/{job['id']}",
+        json={"state": "running", "hold": 30},
+        headers=job_headers(job),
+    )
+    took = time.time() - sent
+    assert beat.json() == {"ok": True, "cancel": False}
+    # Held no longer than the master's `hold` (30 asked): the next one renews the lease in time.
+    assert settings["hold"] * 0.9 <= took < settings["hold"] + 0.5
+    # Renewed when it came, not when it was answered: the lease runs from then.
+    assert service.expire_agent_leases(now=claimed + LEASE + 0.3).lost == []
+    assert service.expire_agent_leases(now=sent + took + LEASE + 0.1).lost == [task_id]
+
+
+def test_held_heartbeats_share_one_read_of_the_cancels_per_change(
+    client: TestClient, token: str, service: Service
+) -> None:
+    register(client, token, slots=8)
+    ids = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"] * 8).tasks]
+    jobs = [take(client, token) for _ in ids]
+    reads: list[float] = []
+    real = service.jobs_to_cancel
+
+    def counted() -> frozenset[int]:
+        reads.append(time.monotonic())
+        return real()
+
+    service.jobs_to_cancel = counted  # type: ignore[method-assign]
+    answers: dict[str, Any] = {}
+
+    def beat(job: dict[str, Any]) -> None:
+        answer = client.put(
+            f"/api/agent/jobs/{job['id']}",
+            json={"state": "running", "hold": 30},
+            headers=job_headers(job),
+        )
+        answers[job["task_id"]] = answer.json()["cancel"]
+
+    held = [threading.Thread(target=beat, args=(job,)) for job in jobs]
+    for thread in held:
+        thread.start()
+    for n in range(20):  # writes that change nothing of theirs
+        service.create_token(f"busy{n}")
+    service.cancel_task(jobs[3]["task_id"])
+    for thread in held:
+        thread.join(10)
+    assert answers == {job["task_id"]: job is jobs[3] for job in jobs}
+    # Each write wakes the one watcher, not eight heartbeats; reads come at most every 50 ms.
+    assert len(reads) <= 2 + (reads[-1] - reads[0]) / 0.05
+    assert len(reads) < 8 * 21

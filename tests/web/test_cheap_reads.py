@@ -65,13 +65,14 @@ def test_every_stream_gets_the_same_event_made_once(seeded: Service) -> None:
     start = hub.event_seq
     hub.start()
     try:
-        seeded.submit_tasks("r430", ["examples.simple"])
-        wait_for(lambda: hub.event_seq > start, timeout=5, what="the event")
-        events = [hub.events_after(start) for _ in range(50)]
-        assert all(e == events[0] for e in events) and events[0]
-        assert '"id": "r430"' in events[0][0].text
-        assert len(made) == 1, "one read of the store for every stream"
-        assert hub.events_after(start - 1) is None, "before the kept events: catch up"
+        with hub.streaming():  # an open stream: events are made
+            seeded.submit_tasks("r430", ["examples.simple"])
+            wait_for(lambda: hub.event_seq > start, timeout=5, what="the event")
+            events = [hub.events_after(start) for _ in range(50)]
+            assert all(e == events[0] for e in events) and events[0]
+            assert '"id": "r430"' in events[0][0].text
+            assert len(made) == 1, "one read of the store for every stream"
+            assert hub.events_after(start - 1) is None, "before the kept events: catch up"
     finally:
         hub.stop()
 
@@ -80,21 +81,22 @@ def test_a_stream_waits_for_the_next_event(seeded: Service) -> None:
     hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
     hub.start()
     try:
+        with hub.streaming():  # an open stream: events are made
 
-        async def wait() -> float:
-            started = time.monotonic()
-            await hub.wait_event_beyond(hub.event_seq, 5)
-            return time.monotonic() - started
+            async def wait() -> float:
+                started = time.monotonic()
+                await hub.wait_event_beyond(hub.event_seq, 5)
+                return time.monotonic() - started
 
-        async def both() -> float:
-            waiting = asyncio.ensure_future(wait())
-            await asyncio.sleep(0.1)
-            await asyncio.to_thread(seeded.submit_tasks, "r440", ["examples.simple"])
-            return await waiting
+            async def both() -> float:
+                waiting = asyncio.ensure_future(wait())
+                await asyncio.sleep(0.1)
+                await asyncio.to_thread(seeded.submit_tasks, "r440", ["examples.simple"])
+                return await waiting
 
-        # On a thread of its own: the browser tests keep an event loop on this one.
-        with ThreadPoolExecutor(1) as pool:
-            assert pool.submit(asyncio.run, both()).result() < 2
+            # On a thread of its own: the browser tests keep an event loop on this one.
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(asyncio.run, both()).result() < 2
     finally:
         hub.stop()
 
@@ -115,23 +117,48 @@ def test_a_write_that_shows_nothing_leaves_a_stream_waiting(seeded: Service) -> 
     hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
     hub.start()
     try:
-        before = hub.event_seq
-        seeded.submit_tasks("r450", ["examples.simple"])
-        wait_for(lambda: hub.event_seq > before, timeout=5, what="its event")
-        start = hub.event_seq  # where a stream stands that sent that event
-        seeded.create_token("quiet")  # takes a sequence value, changes no document
+        with hub.streaming():  # an open stream: events are made
+            before = hub.event_seq
+            seeded.submit_tasks("r450", ["examples.simple"])
+            wait_for(lambda: hub.event_seq > before, timeout=5, what="its event")
+            start = hub.event_seq  # where a stream stands that sent that event
+            seeded.create_token("quiet")  # takes a sequence value, changes no document
+            wait_for(lambda: hub.event_seq > start, timeout=5, what="the hub to pass the write")
+            assert hub.events_after(start) == [], "no event to send"
+            caught_up = hub.shown_through(start)
+            assert caught_up == hub.event_seq
+
+            async def wait() -> float:
+                started = time.monotonic()
+                await hub.wait_event_beyond(caught_up, 0.3)
+                return time.monotonic() - started
+
+            # A stream that stood still at `start` would wake at once, forever (a busy loop).
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(asyncio.run, wait()).result() >= 0.25
+    finally:
+        hub.stop()
+
+
+def test_no_event_is_made_while_no_stream_is_open(seeded: Service) -> None:
+    hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
+    made: list[int] = []
+    real = seeded.changes_since
+
+    def counted(since: int, limit: int = 500):  # type: ignore[no-untyped-def]
+        made.append(since)
+        return real(since, limit)
+
+    seeded.changes_since = counted  # type: ignore[method-assign]
+    start = hub.event_seq
+    hub.start()
+    try:
+        seeded.submit_tasks("r460", ["examples.simple"])
         wait_for(lambda: hub.event_seq > start, timeout=5, what="the hub to pass the write")
-        assert hub.events_after(start) == [], "no event to send"
-        caught_up = hub.shown_through(start)
-        assert caught_up == hub.event_seq
-
-        async def wait() -> float:
-            started = time.monotonic()
-            await hub.wait_event_beyond(caught_up, 0.3)
-            return time.monotonic() - started
-
-        # A stream that stood still at `start` would wake at once, forever (a busy loop).
-        with ThreadPoolExecutor(1) as pool:
-            assert pool.submit(asyncio.run, wait()).result() >= 0.25
+        assert made == [], "no one reads events: none is made"
+        assert hub.events_after(start) is None, "a stream from before catches up from the store"
+        with hub.streaming():
+            seeded.submit_tasks("r461", ["examples.simple"])
+            wait_for(lambda: made, timeout=5, what="an event for the open stream")
     finally:
         hub.stop()

@@ -207,6 +207,16 @@ def open_jobs(conn: Connection, node: str) -> int:
     return int(next(iter(_OPEN_JOBS.fetch(conn, {"b_node": node})[0].values())))
 
 
+def jobs_to_cancel(conn: Connection) -> frozenset[int]:
+    """Open jobs whose task someone asked to cancel."""
+    query = (
+        select(agent_jobs.c.id)
+        .join(tasks, tasks.c.id == agent_jobs.c.task_id)
+        .where(agent_jobs.c.closed.is_(None), tasks.c.cancel_requested.is_(True))
+    )
+    return frozenset(conn.execute(query).scalars())
+
+
 def jobs_per_node(conn: Connection) -> dict[str, int]:
     """Open jobs of every agent node that holds any."""
     query = (

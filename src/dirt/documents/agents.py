@@ -150,7 +150,8 @@ class JobReport:
     protocol.OUTCOME_FIELDS order, output empty: it was PATCHed; with `next`, the answer
     brings the agent's next job, counting `prefetch` jobs queued beyond its slots), or
     "abandoned" (the agent stops: the task waits again). A heartbeat with `queued` is of a job
-    waiting on the agent for a slot: its timeout has not begun."""
+    waiting on the agent for a slot: its timeout has not begun; with `hold`, its answer may be
+    held up to that many seconds, and comes at once when someone cancels the task."""
 
     state: str
     outcome: tuple[Any, ...] | None = None
@@ -158,12 +159,14 @@ class JobReport:
     next: bool = False  # with "finished": answer with the agent's next job, if there is one
     prefetch: int = 0  # with `next`: jobs the agent queues beyond its slots
     queued: bool = False  # with "running": the job waits on the agent for a free slot
+    hold: float = 0.0  # with "running": seconds the answer may wait for a cancel
 
 
 def job_report(body: Any) -> JobReport:
     data = _object(body, "job report")
     problems: list[str] = []
-    _unknown(data, ("state", "outcome", "reason", "next", "prefetch", "queued"), problems)
+    known = ("state", "outcome", "reason", "next", "prefetch", "queued", "hold")
+    _unknown(data, known, problems)
     state = data.get("state")
     if state not in STATES:
         problems.append(f"'state' must be one of {', '.join(STATES)}, not {state!r}")
@@ -184,8 +187,15 @@ def job_report(body: Any) -> JobReport:
     queued = data.get("queued", False)
     if not isinstance(queued, bool) or (queued and state != "running"):
         problems.append("'queued' is true or false, and true only with state 'running'")
+    hold = data.get("hold", 0)
+    if not _is_number(hold) or not 0 <= hold <= MAX_WAIT or (hold and state != "running"):
+        problems.append(
+            f"'hold' is a number of seconds from 0 to {MAX_WAIT:g}, only with state 'running'"
+        )
     _raise(problems, "job report")
-    return JobReport(str(state), outcome, str(reason), bool(take_next), prefetch, queued)
+    return JobReport(
+        str(state), outcome, str(reason), bool(take_next), prefetch, queued, float(hold)
+    )
 
 
 def _outcome(value: Any, problems: list[str]) -> tuple[Any, ...] | None:

@@ -4,13 +4,13 @@ A shipped program runs on a node under ``__name__ == "__channelexec__"`` after
 ``gateway.remote_exec(source(name))``, or as ``__main__`` (the fork server). Each is the text of
 its parts, one after the other, as one module: ``agent`` (runs tasks), ``forkserver`` (started by
 the agent for process isolation), ``sysinfo`` (describes the node), and ``http_agent``: the
-pull-mode agent, the same parts plus its HTTP client, its loop and its command line
-(``http_client``, ``http_job``, ``http_agent``, ``http_main``), served to hosts as one file (``GET
-/agent.py``) and run as ``__main__``. ``protocol.py`` comes first
-in the two that speak it. A part imports what it needs from the parts before it with
-``from dirt.remote.PART import NAME, ...`` (which is how mypy, ruff and the master see it); those
-imports are dropped from the shipped text, and ``from __future__ import annotations`` is hoisted
-to its top.
+pull-mode agent, the same parts plus its HTTP client, its jobs and their heartbeats, its loop
+and its command line (``http_client``, ``http_job``, ``http_heartbeats``, ``http_agent``,
+``http_main``), served to hosts as one file (``GET /agent.py``) and run as ``__main__``.
+``protocol.py`` comes first in the two that speak it. A part imports what it needs from the
+parts before it with ``from dirt.remote.PART import NAME, ...`` (which is how mypy, ruff and the
+master see it); those imports are dropped from the shipped text, and ``from __future__ import
+annotations`` is hoisted to its top.
 """
 
 from __future__ import annotations
@@ -36,7 +36,15 @@ PARTS = {
     "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
     # The pull-mode agent, served as one file at GET /agent.py (dirt.web.agent_api).
-    "http_agent": (*AGENT_PARTS, "sysinfo", "http_client", "http_job", "http_agent", "http_main"),
+    "http_agent": (
+        *AGENT_PARTS,
+        "sysinfo",
+        "http_client",
+        "http_job",
+        "http_heartbeats",
+        "http_agent",
+        "http_main",
+    ),
 }
 SHIPPED = tuple(PARTS)
 

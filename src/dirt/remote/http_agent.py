@@ -12,10 +12,11 @@ probe SSH nodes get), then long-polls for jobs (``POST /api/agent/jobs/request``
 the process runner an SSH node uses (a warm fork server: a process per task, killed by process
 group), and its output, attachments and outcome go through the same fair, bounded `Sender`, here
 to an `HttpChannel` that turns each message into a request: output chunks and attachment chunks
-are PATCHed with their offsets, the outcome PUT. A heartbeat thread renews each job's lease and
-hears of cancels. Every request but the poll may be sent again safely; the agent sends again,
-with backoff, until the master answers: a restart of the master loses nothing but time. A report
-the master refuses (409: the job's lease ran out and its task moved on) is dropped.
+are PATCHed with their offsets, the outcome PUT. Heartbeats renew each job's lease and bring
+cancels at once (http_heartbeats.py). Every request but the poll may be sent again safely; the
+agent sends again, with backoff, until the master answers: a restart of the master loses
+nothing but time. A report the master refuses (409: the job's lease ran out and its task moved
+on) is dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dirt.remote.http_client import (
     Unreachable,
     log,
 )
+from dirt.remote.http_heartbeats import Heartbeats
 from dirt.remote.http_job import NEVER_STARTED, Job
 from dirt.remote.protocol import BLOB, CHUNK_SIZE, DONE, OUTPUT, RunRequest
 from dirt.remote.sysinfo import collect
@@ -89,7 +91,7 @@ class PullAgent:
         self.running = 0  # jobs whose process runs (at most `slots`)
         self.prefetch = 0 if once else PREFETCH
         self.taken = 0
-        self.heartbeat = 5.0
+        self.heartbeats = Heartbeats(master, self._held, self._kill, self._refused)
         self.wait = WAIT
         self.fatal: str | None = None
         self.runner: Any = None
@@ -115,7 +117,7 @@ class PullAgent:
             "protocol": AGENT_PROTOCOL,
         }
         _, answer = self.master.call("POST", "/api/agent/register", body)
-        self.heartbeat = float(answer.get("heartbeat", self.heartbeat))
+        self.heartbeats.configure(answer)
         self.wait = float(answer.get("wait", self.wait))
         log.info(
             "registered with %s as agent %s (%d slots%s)",
@@ -144,7 +146,7 @@ class PullAgent:
             self._start_runner(config, sender)
             if self.runner is None:
                 raise Fatal(self.runner_error)
-        threading.Thread(target=self._beat, name="dirt-agent-heartbeat", daemon=True).start()
+        self.heartbeats.start()
         for index in range(self.slots):
             threading.Thread(
                 target=self._report_loop, name=f"dirt-agent-report-{index}", daemon=True
@@ -256,6 +258,8 @@ class PullAgent:
             if job.done:
                 return
             job.done = True
+        self.heartbeats.stop_beating(job)
+        with self.cond:
             if not job.started:
                 return  # dropped from the queue: it held no slot
             self.running -= 1
@@ -306,6 +310,10 @@ class PullAgent:
         )
         self.runner.run(request)
 
+    def _held(self) -> list[Job]:
+        with self.cond:
+            return list(self.jobs.values())
+
     def job(self, key: str) -> Job | None:
         with self.cond:
             return self.jobs.get(key)
@@ -350,6 +358,7 @@ class PullAgent:
         if job.over:
             return
         job.over = True
+        self.heartbeats.stop_beating(job)
         if exc.status == 409:
             log.warning("job %d: the master refused its report: %s", job.id, exc.message)
         else:
@@ -422,32 +431,6 @@ class PullAgent:
             sent.append(item)
         return {**results, "attachments": sent}
 
-    # ---- heartbeats ----------------------------------------------------------------------
-
-    def _beat(self) -> None:
-        """Renew each running job's lease; kill a task the master wants cancelled."""
-        while not self.stopping.wait(self.heartbeat):
-            with self.cond:
-                jobs = [job for job in self.jobs.values() if not job.over]
-            for job in jobs:
-                if job.done:
-                    continue  # its result is on its way (a heartbeat now would cross it)
-                beat: dict[str, Any] = {"state": "running"}
-                if not job.started:
-                    beat["queued"] = True  # its timeout has not begun
-                try:
-                    _, answer = self.master.send("PUT", job.path, beat, job.headers)
-                except Unreachable:
-                    break  # the next round tries again; the lease outlasts a few misses
-                except Refused as exc:
-                    if not job.done:
-                        self._refused(job, exc)
-                    continue
-                if isinstance(answer, dict) and answer.get("cancel") and not job.cancelled:
-                    job.cancelled = True
-                    log.info("job %d: task %s cancelled; killing it", job.id, job.task_id)
-                    self._kill(job)
-
     # ---- stopping ------------------------------------------------------------------------
 
     def stop(self, fatal: str | None = None) -> None:
@@ -465,6 +448,7 @@ class PullAgent:
     def _give_back(self, job: Job, reason: str) -> None:
         """Tell the master the job will not run here: its task waits again at once."""
         job.over = True
+        self.heartbeats.stop_beating(job)
         try:
             body = {"state": "abandoned", "reason": reason}
             self.master.send("PUT", job.path, body, job.headers, timeout=10)

@@ -50,8 +50,8 @@ class Backoff:
     def __init__(self) -> None:
         self.delay = 0.0
 
-    def wait(self, stopping: threading.Event) -> None:
-        self.delay = min(BACKOFF_MOST, self.delay * 2 if self.delay else BACKOFF_FIRST)
+    def wait(self, stopping: threading.Event, most: float = BACKOFF_MOST) -> None:
+        self.delay = min(most, self.delay * 2 if self.delay else BACKOFF_FIRST)
         stopping.wait(self.delay * random.uniform(0.8, 1.2))
 
     def reset(self) -> None:
@@ -83,6 +83,7 @@ class Master:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: dict[int, http.client.HTTPConnection] = {}  # by thread
+        self._severed: set[int] = set()  # threads whose request was cut (see `cut`)
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -96,6 +97,7 @@ class Master:
             self._local.conn = conn
             with self._lock:
                 self._open[threading.get_ident()] = conn
+                self._severed.discard(threading.get_ident())  # a cut ended the one before
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -109,12 +111,19 @@ class Master:
             with self._lock:
                 self._open.pop(threading.get_ident(), None)
 
+    def forget(self) -> None:
+        """Close the calling thread's connection (the thread ends)."""
+        self._drop()
+        with self._lock:
+            self._severed.discard(threading.get_ident())
+
     def cut(self, thread: int | None = None) -> None:
         """Cut the connection of `thread` (every one, when None): a request held there (a
-        request for work) ends at once."""
+        request for work, a heartbeat) ends at once, and is not sent again."""
         with self._lock:
-            conns = [c for t, c in self._open.items() if thread is None or t == thread]
-        for conn in conns:
+            found = [(t, c) for t, c in self._open.items() if thread is None or t == thread]
+            self._severed.update(t for t, _ in found)
+        for _, conn in found:
             sock = conn.sock
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -153,8 +162,12 @@ class Master:
                             "give its CA with --ca FILE") from None  # fmt: skip
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
-                if reused and not again and not self.stopping.is_set():
-                    continue  # a kept-alive connection the server had closed: a new one
+                with self._lock:
+                    severed = threading.get_ident() in self._severed
+                if reused and not again and not severed:
+                    # A kept-alive connection the server had closed (idle past its keep-alive
+                    # timeout): a new one. A request cut on purpose (`cut`) is not sent again.
+                    continue
                 raise Unreachable(f"{self.url}: {exc or type(exc).__name__}") from None
             break
         if response.will_close:

@@ -5,6 +5,8 @@ Stdlib only; a part of the served agent (see ``dirt.remote.source``), after http
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 JOB_TOKEN_HEADER = "Job-Token"
@@ -19,13 +21,16 @@ class Job:
         "attempt",
         "cancelled",
         "done",
+        "ended",
         "id",
         "output_end",
         "over",
         "started",
+        "taken",
         "task_id",
         "token",
         "uploaded",
+        "watcher",
     )
 
     def __init__(self, offer: dict[str, Any]) -> None:
@@ -39,6 +44,9 @@ class Job:
         self.over = False  # the master refused it (lost, revoked): nothing more is sent
         self.done = False  # its process ended: no more heartbeats (its result is on its way)
         self.started = False  # given to the runner (until then, queued for a free slot)
+        self.taken = time.monotonic()
+        self.watcher: int | None = None  # the thread sending its heartbeats, once it has one
+        self.ended = threading.Event()  # done or over: its heartbeats stop (http_heartbeats.py)
 
     @property
     def key(self) -> str:
@@ -52,3 +60,7 @@ class Job:
     @property
     def path(self) -> str:
         return f"/api/agent/jobs/{self.id}"
+
+    def end(self) -> None:
+        """No heartbeat is due any more (its result is on its way, or the master refused it)."""
+        self.ended.set()

@@ -128,6 +128,11 @@ class Agents(Dispatching):
         with self._read() as conn:
             return agents_db.any_waiting(conn)
 
+    def jobs_to_cancel(self) -> frozenset[int]:
+        """Open jobs whose task someone asked to cancel (one read: see web.agent_api.Cancels)."""
+        with self._read() as conn:
+            return agents_db.jobs_to_cancel(conn)
+
     def _claim_next(
         self, name: str, agent_digest: str, now: float | None = None, prefetch: int = 0
     ) -> JobOffer | None:

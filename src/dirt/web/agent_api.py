@@ -5,7 +5,9 @@ and what it reports about its jobs (GitLab runners' shape).
     POST  /api/agent/register                    agent token; the node, its settings
     POST  /api/agent/jobs/request                agent token; held up to `wait` s: 201 a job,
                                                  204 none
-    PUT   /api/agent/jobs/{id}                   Job-Token; heartbeat, result or give back
+    PUT   /api/agent/jobs/{id}                   Job-Token; heartbeat (held up to `hold` s,
+                                                 answered at once on a cancel), result or
+                                                 give back
     PATCH /api/agent/jobs/{id}/output            Job-Token; output chunk at Content-Range
     PATCH /api/agent/jobs/{id}/attachments/{i}   Job-Token; attachment chunk at Content-Range
 
@@ -43,6 +45,7 @@ log = logging.getLogger("dirt.web")
 router = APIRouter(tags=["agents"])
 
 HOLD = 30.0  # the longest a request for work is held, in seconds
+CANCEL_GAP = 0.05  # seconds between two reads of the cancelled jobs (see `Cancels`)
 AGENT_FILE = "http_agent"  # the shipped program served as agent.py
 JOB_TOKEN = "Job-Token"
 
@@ -127,6 +130,10 @@ async def register(request: Request) -> dict[str, Any]:
         "enabled": node.enabled,
         "lease": lease,
         "heartbeat": heartbeat_every(lease),
+        # This master holds a heartbeat (`"hold": S`) up to this long, answering it at once
+        # on a cancel: an agent keeps one open per running job and hears a cancel in
+        # milliseconds, not at its next heartbeat.
+        "hold": heartbeat_every(lease),
         "wait": HOLD,
         "config": {
             "isolation": "process",
@@ -138,8 +145,8 @@ async def register(request: Request) -> dict[str, Any]:
 
 
 def heartbeat_every(lease: float) -> float:
-    """How often an agent renews a job's lease: three times a lease, at least every 5 s (a
-    cancel reaches the agent with the answer to one)."""
+    """How often an agent renews a job's lease (and the longest a heartbeat is held): three
+    times a lease, at least every 5 s."""
     return round(min(5.0, lease / 3), 3)
 
 
@@ -209,6 +216,60 @@ async def request_job(request: Request) -> Response:
             await hub.wait_beyond(seq, min(remaining, every))
 
 
+class Cancels:
+    """Held heartbeats waiting to hear of a cancel, by job. While any waits, one watcher reads
+    the open jobs whose task someone asked to cancel once per change of the store (at most
+    every CANCEL_GAP seconds) and answers theirs: a thousand held heartbeats cost one waiter
+    of the hub and one read per change, not a thousand."""
+
+    def __init__(self, service: Service, hub: ChangeHub) -> None:
+        self.service = service
+        self.hub = hub
+        self.jobs: frozenset[int] = frozenset()  # as of the last read
+        self.waiting: dict[int, set[asyncio.Event]] = {}
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def wait(self, job_id: int, timeout: float) -> bool:
+        """True as soon as `job_id`'s task is to be cancelled (one that was when the last
+        read was made counts); False after `timeout` seconds."""
+        event = asyncio.Event()
+        self.waiting.setdefault(job_id, set()).add(event)
+        try:
+            if self.watcher is None or self.watcher.done():
+                self.watcher = asyncio.create_task(self._watch())
+            elif job_id in self.jobs:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+            return event.is_set()
+        finally:
+            events = self.waiting.get(job_id, set())
+            events.discard(event)
+            if not events:
+                self.waiting.pop(job_id, None)
+
+    async def _watch(self) -> None:
+        while self.waiting and not self.hub.stopped:
+            seq = self.hub.seq
+            try:
+                self.jobs = await run_in_threadpool(self.service.jobs_to_cancel)
+            except Exception as exc:  # the store may be busy or gone for a moment
+                log.warning("reading cancelled agent jobs failed: %s", exc)
+            for job_id in self.jobs & self.waiting.keys():
+                for event in self.waiting[job_id]:
+                    event.set()
+            # A busy agent writes once per task: changes come faster than cancels need hearing.
+            await asyncio.sleep(CANCEL_GAP)
+            await self.hub.wait_beyond(seq, HOLD)
+
+
+async def _cancel_heard(request: Request, job_id: int, hold: float) -> bool:
+    """Hold a heartbeat's answer for up to `hold` seconds: True as soon as someone asks to
+    cancel the job's task."""
+    cancels: Cancels = request.app.state.cancels
+    return await cancels.wait(job_id, hold)
+
+
 class Claimable:
     """Whether any task waits that no one holds: asked once per change of the store, however
     many agents wait in this process (a write wakes them all; without work for them, they
@@ -238,7 +299,9 @@ class Claimable:
 async def report(request: Request, job_id: int) -> Response:
     """Body: `{"state": "running"}` (a heartbeat: answered with `cancel`, true when the agent
     must kill the task; `"queued": true` while the job waits on the agent for a slot: its
-    deadline moves too), `{"state": "finished", "outcome": {...}}` (answered with the task's
+    deadline moves too; `"hold": S`: the lease is renewed at once and the answer held up to S
+    seconds, at most the `hold` of the registration's answer, and sent as soon as someone
+    cancels the task), `{"state": "finished", "outcome": {...}}` (answered with the task's
     state; with `"next": true`, also with `next`: the agent's next job, or null; `"prefetch":
     N` as in a request for work), or
     `{"state": "abandoned", "reason": "..."}` (the agent stops: the task waits again). 409
@@ -248,6 +311,9 @@ async def report(request: Request, job_id: int) -> Response:
     service = service_of(request)
     if job_report.state == "running":
         cancel = await run_in_threadpool(service.job_heartbeat, job_id, token, job_report.queued)
+        if not cancel and job_report.hold:
+            hold = min(job_report.hold, heartbeat_every(service.lease))
+            cancel = await _cancel_heard(request, job_id, hold)
         return _json({"ok": True, "cancel": cancel})
     if job_report.state == "abandoned":
         await run_in_threadpool(service.abandon_job, job_id, token, job_report.reason)

@@ -32,7 +32,7 @@ from dirt.errors import (
 )
 from dirt.service import Service
 from dirt.web import agent_api, api, changes, couch, couchdb, docs, hooks, output, pages
-from dirt.web.agent_api import Claimable, LeaseSweeper
+from dirt.web.agent_api import Cancels, Claimable, LeaseSweeper
 from dirt.web.answers import AnswerCache, KeptAnswers
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
@@ -142,6 +142,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     app.state.hub = hub
     app.state.answers = AnswerCache()
     app.state.claimable = Claimable(service)
+    app.state.cancels = Cancels(service, hub)
     app.state.access = Access(
         service,
         bind_host or settings.web.host,

@@ -37,6 +37,7 @@ async def register(request: Request, token: str) -> dict[str, Any]:
         "enabled": True,
         "lease": lease,
         "heartbeat": heartbeat_every(lease),
+        "hold": heartbeat_every(lease),  # as for any agent: see agent_api.register
         "wait": HOLD,
         "config": {
             "isolation": "process",

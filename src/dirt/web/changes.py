@@ -45,6 +45,11 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
     last = _start_seq(request, since)
 
     async def stream() -> AsyncIterator[str]:
+        with hub.streaming():
+            async for text in _stream():
+                yield text
+
+    async def _stream() -> AsyncIterator[str]:
         nonlocal last
         yield f"retry: 1000\nevent: hello\ndata: {json.dumps({'seq': last})}\n\n"
         while not hub.stopped:

@@ -13,7 +13,9 @@ The events of `/events` are made here, once for every open stream: at most every
 changed since the last event and keeps it, serialised, in a ring of recent events. A stream
 sends the events past the point it has reached: fifty open pages cost one query and one
 serialisation per event, not fifty. A stream that starts before the ring (a reconnect with an
-old Last-Event-ID) catches up from the store first.
+old Last-Event-ID) catches up from the store first. While no stream is open, no event is made
+(a busy agent writes once per task, and no one would read them): the ring is emptied, so a
+stream that comes back catches up from the store.
 
 Waiters are asyncio events, so an open page holds no thread.
 """
@@ -81,6 +83,7 @@ class ChangeHub:
         self._stopping = threading.Event()
         self._nudge = threading.Event()
         self._eager = 0  # waiters that want writes of other processes seen at once
+        self._streams = 0  # open event streams (events are made only while there are some)
         self._next_event = 0.0  # monotonic time before which no event is made
         self._thread: threading.Thread | None = None
         service.add_listener(self._written_here)
@@ -107,7 +110,7 @@ class ChangeHub:
         made as soon as one is due (not one wake-up of the poll per write: a busy agent writes
         once per task)."""
         self._advance(seq)
-        if time.monotonic() >= self._next_event:
+        if self._streams and time.monotonic() >= self._next_event:
             self._nudge.set()
 
     def _notified(self, seq: int | None, _topic: str | None) -> None:
@@ -115,12 +118,13 @@ class ChangeHub:
         have been missed while the store was away, so the poll reads the sequence now."""
         if seq is not None:
             self._advance(seq)
-        self._nudge.set()
+        if seq is None or self._streams:
+            self._nudge.set()
 
     def seen(self, seq: int) -> None:
         """A reader saw the store at `seq`: known here from now on."""
         self._advance(seq)
-        if seq > self.event_seq:
+        if self._streams and seq > self.event_seq:
             self._nudge.set()
 
     def _advance(self, seq: int) -> None:
@@ -142,10 +146,29 @@ class ChangeHub:
             with self._lock:
                 self._eager -= 1
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """While inside, events are made (an open event stream reads them)."""
+        with self._lock:
+            self._streams += 1
+        self._nudge.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
+
+    def _skip_events(self) -> None:
+        """No stream reads events: none is made, and the kept ones go (they would leave a gap)."""
+        with self._lock:
+            self._events.clear()
+            self.event_seq = self.seq
+        self._wake_all()
+
     def _poll(self) -> None:
         while not self._stopping.is_set():
             wait = EAGER_POLL if self._eager else self.poll_interval
-            if self.event_seq < self.seq:  # an event to make: wake when it is due
+            if self._streams and self.event_seq < self.seq:  # an event to make: wake when due
                 wait = min(wait, max(0.0, self._next_event - time.monotonic()))
             self._nudge.wait(wait)
             self._nudge.clear()
@@ -156,7 +179,9 @@ class ChangeHub:
                 now = time.monotonic()
                 # Writes in a burst make one event per interval, not one per write: a page
                 # refreshes at most that often anyway.
-                if self.event_seq < self.seq and now >= self._next_event:
+                if self.event_seq < self.seq and not self._streams:
+                    self._skip_events()
+                elif self.event_seq < self.seq and now >= self._next_event:
                     self._make_events()
                     self._next_event = now + self.event_interval
             except Exception as exc:  # the store may be busy or gone for a moment
