@@ -33,7 +33,7 @@ AGENT_PARTS = (
 )
 PARTS = {
     "agent": AGENT_PARTS,
-    "forkserver": ("protocol", "tasking", "streams", "task_process", "forkserver"),
+    "forkserver": ("protocol", "tasking", "streams", "forkserver"),
     "sysinfo": ("sysinfo",),
     # The pull-mode agent, served as one file at GET /agent.py (dirt.web.agent_api).
     "http_agent": (

@@ -1,29 +1,26 @@
-"""Warm fork server: runs each task of a node in a process of its own, and reaps it.
+"""Warm fork server: forks one process per task on a node, and reaps it.
 
 Shipped as source text: the agent starts ``python -c BOOTSTRAP FD`` and sends this source as the
 one frame on its stdin; stdlib only. ``dirt.remote.source()`` ships it after protocol.py,
-tasking.py, streams.py and task_process.py and drops the imports between them; the messages are
-in ``protocol.py``. It is single-threaded on purpose (selectors plus a SIGCHLD wakeup pipe) so
-that ``os.fork()`` is safe: a forked child of a threaded process can inherit a held lock.
+tasking.py and streams.py and drops the imports between them; the messages are in
+``protocol.py``. It is single-threaded on purpose (selectors plus a SIGCHLD wakeup pipe) so that
+``os.fork()`` is safe: a forked child of a threaded process can inherit a held lock.
 
 It does as little as it can, because a fork is paid by the process that forks: the kernel
 copies its page tables, and every page it writes afterwards traps once (copy on write). So the
 server loads few modules, and its loop is short: it receives a RUN with the two pipes the agent
-made for the task (their write ends, passed over the control socket), hands them to a *spare*
-(a child it forked beforehand, already set up and waiting: see task_process.py) or, with none
-waiting, forks, and when the child ends, reaps it and says so in one small EXITED message. The
-replacement spare is forked while the task runs, so a task's start waits for no fork. The
-task's output and results go through those pipes straight to the agent, which reads, limits
-and forwards them; nothing passes through here. Timeouts and kills are done here, where the
-children are.
+made for the task (their write ends, passed over the control socket), forks, and when the child
+ends, reaps it and says so in one small EXITED message. The task's output and results go through
+those pipes straight to the agent, which reads, limits and forwards them; nothing passes through
+here. Timeouts and kills are done here, where the children are.
 """
 
 from __future__ import annotations
 
 import _socket
+import _thread
 import errno
 import gc
-import marshal
 import os
 import selectors
 import struct
@@ -47,15 +44,8 @@ from dirt.remote.protocol import (
     encode,
     run_request,
 )
-from dirt.remote.streams import DEFAULT_ATTACHMENT_LIMIT
-from dirt.remote.task_process import (
-    ANCILLARY,
-    child_setup,
-    handover,
-    run_in_child,
-    wait_for_task,
-)
-from dirt.remote.tasking import TaskCodes, kill_group
+from dirt.remote.streams import DEFAULT_ATTACHMENT_LIMIT, send_results
+from dirt.remote.tasking import TaskCodes, kill_group, run_task
 
 if TYPE_CHECKING:
     import signal
@@ -67,13 +57,95 @@ else:
 # A task running this long is named to the agent with its pid (STARTED), so the agent can kill
 # its process group should this server die; quicker tasks need no message of their own.
 STARTED_AFTER = 0.05
-# Spares kept waiting: as many as tasks have run at once (RUNs for several slots can come
-# together), at least SPARES and at most MOST_SPARES (each is a process, idle while it waits).
-SPARES = 2
-MOST_SPARES = 4
-# Spares that died while waiting, one after the other, before the server stops making them
-# (something kills them: forking per task still works).
-SPARE_DEATHS = 5
+FDS_PER_RUN = 2  # the write ends of the task's output pipe and result pipe
+# A task's sys.stdout holds this much before it writes to its pipe (Python's own default for a
+# pipe, 4 KiB, makes printing a gigabyte cost 2-3 times what it costs into /dev/null: a pipe
+# write per 4 KiB); and what it holds is flushed at least this often (a task that never
+# flushes still shows its output while it runs).
+STDOUT_BUFFER = 1 << 20
+FLUSH_EVERY = 0.5
+ANCILLARY = _socket.CMSG_SPACE(64 * 4)  # room for the fds of many RUNs in one read
+
+
+def child_main(server: ForkServer, code: CodeType, request: RunRequest, out: int, res: int) -> None:
+    """Body of a forked child; the caller exits the process straight after."""
+    os.setsid()
+    # Undo the fork server's signal plumbing: the task may run subprocesses of its own and
+    # expects ordinary SIGCHLD and SIGINT behaviour.
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for fd in server.private_fds():
+        try:  # noqa: SIM105  (contextlib is one more module to load here)
+            os.close(fd)
+        except OSError:
+            pass
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    sys.stdout = LazyStdout(sys.stdout)
+    results, error = run_task(code, request.module_name, request.kwargs)
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105
+            stream.flush()
+        except Exception:
+            pass
+    send_results(res, results, error, server.attachment_limit)
+
+
+KEPT: list[Any] = []
+
+
+class LazyStdout:
+    """The task's sys.stdout until it first writes to it: then its buffered stream (and the
+    thread that flushes it) are made, and take its place. Most tasks print little or nothing,
+    and a fork pays for every page its child touches: a 1 MiB buffer and a thread are most of
+    what a trivial task's process would cost beyond the fork."""
+
+    def __init__(self, inherited: Any) -> None:
+        self._encoding = getattr(inherited, "encoding", None) or "utf-8"
+        self._errors = getattr(inherited, "errors", None) or "strict"
+        self._stream: Any = None
+
+    def _real(self) -> Any:
+        if self._stream is None:
+            self._stream = open(  # noqa: SIM115  (for the task's lifetime)
+                1,
+                "w",
+                buffering=STDOUT_BUFFER,
+                encoding=self._encoding,
+                errors=self._errors,
+                closefd=False,
+            )
+            if sys.stdout is self:
+                # print() holds sys.stdout without a reference of its own while it writes:
+                # this object must outlive its replacement.
+                KEPT.append(self)
+                sys.stdout = self._stream
+            _thread.start_new_thread(flush_often, ())
+        return self._stream
+
+    def write(self, text: str) -> int:
+        return int(self._real().write(text))
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+
+def flush_often() -> None:
+    """A task's thread: flushes its stdout and stderr every ``FLUSH_EVERY`` seconds."""
+    while True:
+        time.sleep(FLUSH_EVERY)
+        for stream in (sys.stdout, sys.stderr):
+            try:  # noqa: SIM105
+                stream.flush()
+            except Exception:  # the task closed or replaced it: not ours to judge
+                pass
 
 
 class Child:
@@ -89,17 +161,6 @@ class Child:
         self.timed_out = False
         self.killed = False
         self.named = False  # its pid was sent in a STARTED
-
-
-class Spare:
-    """A child forked ahead of a task, set up and waiting on its end of `sock` for one."""
-
-    __slots__ = ("pid", "shas", "sock")
-
-    def __init__(self, pid: int, sock: Any, shas: frozenset[str]) -> None:
-        self.pid = pid
-        self.sock = sock  # the server's end
-        self.shas = shas  # the modules it has compiled (those the server had when it forked)
 
 
 class ForkServer:
@@ -119,24 +180,13 @@ class ForkServer:
         self.codes = TaskCodes("fork server")
         self.by_pid: dict[int, Child] = {}
         self.by_task: dict[str, Child] = {}
-        self.spares: dict[int, Spare] = {}  # by pid, oldest first
-        self.unwanted: set[int] = set()  # spares killed but not yet reaped
-        self.spare_target = int(os.environ.get("DIRT_SPARES", SPARES))  # A/B only
-        self.spare_deaths = 0  # in a row
         self.decoder = FrameDecoder()
         self.fds: deque[int] = deque()  # received with RUNs, not yet used
         self.attachment_limit = DEFAULT_ATTACHMENT_LIMIT
         self.stopping = False
 
     def private_fds(self) -> list[int]:
-        return [
-            self.sock.fileno(),
-            self.wake_r,
-            self.wake_w,
-            self.selector.fileno(),
-            *self.fds,
-            *(spare.sock.fileno() for spare in self.spares.values()),
-        ]
+        return [self.sock.fileno(), self.wake_r, self.wake_w, self.selector.fileno(), *self.fds]
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -192,80 +242,25 @@ class ForkServer:
             self.send((FAILED, task_id, error))
             return
         start = time.monotonic()
-        pid = self.hand_over(request, code, out, res)
-        if pid is None:
-            pid = self.fork(lambda: run_in_child(code, request, out, res, self.attachment_limit))
+        pid = os.fork()
+        if pid == 0:
+            status = 70
+            try:
+                child_main(self, code, request, out, res)
+                status = 0
+            finally:
+                # Never fall back into the fork server's loop, whatever happened.
+                os._exit(status)
         os.close(out)
         os.close(res)
         child = Child(task_id, pid, start, request.timeout)
         self.by_pid[pid] = child
         self.by_task[task_id] = child
-        if len(self.by_task) > self.spare_target and self.spare_target:
-            self.spare_target = min(MOST_SPARES, len(self.by_task))
-
-    def fork(self, body: Any) -> int:
-        """Fork a child that sets itself up, runs `body()` and exits; returns its pid."""
-        pid = os.fork()
-        if pid == 0:
-            status = 70
-            try:
-                child_setup(self.private_fds())
-                body()
-                status = 0
-            finally:
-                # Never fall back into the fork server's loop, whatever happened.
-                os._exit(status)
-        return pid
-
-    # spares -----------------------------------------------------------------------------
-
-    def hand_over(self, request: RunRequest, code: CodeType, out: int, res: int) -> int | None:
-        """Give the task to a waiting spare; its pid, or None when none took it."""
-        while self.spares:
-            pid = next(iter(self.spares))
-            spare = self.spares.pop(pid)
-            sock = spare.sock
-            marshalled = None if request.sha256 in spare.shas else marshal.dumps(code)
-            data = encode(handover(request, marshalled, self.attachment_limit))
-            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("2i", out, res))]
-            try:
-                sent = sock.sendmsg([data], rights)
-                if sent < len(data):
-                    sock.sendall(data[sent:])
-            except OSError:
-                # It died waiting (its reaping is under way): the next one, or a fork.
-                self.drop_spare(spare)
-                continue
-            sock.close()
-            self.spare_deaths = 0
-            return pid
-        return None
-
-    def fork_spare(self) -> None:
-        ours, theirs = _socket.socketpair()
-        codes = self.codes
-
-        def body() -> None:
-            ours.close()
-            wait_for_task(theirs, codes)
-
-        try:
-            pid = self.fork(body)
-        finally:
-            theirs.close()
-        self.spares[pid] = Spare(pid, ours, frozenset(codes.shas()))
-
-    def drop_spare(self, spare: Spare) -> None:
-        """Kill a spare (it has no task) and forget it; its reaping says nothing."""
-        self.spares.pop(spare.pid, None)
-        self.unwanted.add(spare.pid)
-        kill_group(spare.pid)
-        spare.sock.close()
 
     # children ---------------------------------------------------------------------------
 
     def reap(self) -> None:
-        while self.by_pid or self.spares or self.unwanted:
+        while self.by_pid:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -274,7 +269,6 @@ class ForkServer:
                 return
             child = self.by_pid.pop(pid, None)
             if child is None:
-                self.reaped_spare(pid)
                 continue
             del self.by_task[child.task_id]
             # Whatever the task left behind in its process group goes with it.
@@ -292,21 +286,6 @@ class ForkServer:
                     time.monotonic() - child.start,
                 )
             )
-
-    def reaped_spare(self, pid: int) -> None:
-        self.unwanted.discard(pid)
-        spare = self.spares.pop(pid, None)
-        if spare is None:
-            return
-        # It died waiting, with no task: something killed it.
-        spare.sock.close()
-        try:  # noqa: SIM105
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self.spare_deaths += 1
-        if self.spare_deaths >= SPARE_DEATHS:
-            self.spare_target = 0
 
     def tick(self, now: float) -> float | None:
         """Kill tasks past their deadline, name tasks running for a while; returns the seconds
@@ -354,9 +333,6 @@ class ForkServer:
         select = self.selector.select
         while not self.stopping:
             wait = self.tick(time.monotonic()) if self.by_task else None
-            if len(self.spares) < self.spare_target:
-                # A spare is forked only when nothing else is waiting to be done: one per pass.
-                wait = 0
             try:
                 events = select(wait)
             except InterruptedError:
@@ -367,21 +343,17 @@ class ForkServer:
                 else:
                     self.read_requests()
             # Reaping on every pass also covers a SIGCHLD that arrived before a select.
-            if self.by_pid or self.spares or self.unwanted:
+            if self.by_pid:
                 self.reap()
-            if not events and not self.stopping and len(self.spares) < self.spare_target:
-                self.fork_spare()
 
     def shutdown(self) -> None:
         for child in list(self.by_task.values()):
             child.killed = True
             kill_group(child.pid)
-        for spare in list(self.spares.values()):
-            self.drop_spare(spare)
         deadline = time.monotonic() + 5
-        while (self.by_pid or self.unwanted) and time.monotonic() < deadline:
+        while self.by_pid and time.monotonic() < deadline:
             self.reap()
-            if self.by_pid or self.unwanted:
+            if self.by_pid:
                 time.sleep(0.01)
 
 

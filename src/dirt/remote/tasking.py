@@ -103,10 +103,6 @@ class TaskCodes:
         self._owner = owner  # who says "no source", e.g. "agent"
         self._codes: dict[str, CodeType] = {}
 
-    def shas(self) -> list[str]:
-        """The sha256 of every module compiled here."""
-        return list(self._codes)
-
     def get(
         self, sha: str, module_name: str, source: bytes | str | None, path: str = ""
     ) -> tuple[CodeType | None, str | None]:
