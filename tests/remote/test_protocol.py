@@ -18,6 +18,7 @@ from dirt.remote.protocol import (
     OUTCOME_FIELDS,
     PYTHON_FLOOR,
     FrameDecoder,
+    compiled,
     decode_outcome,
     encode,
     frame,
@@ -104,7 +105,7 @@ def test_bootstrap_runs_the_first_frame_and_leaves_the_rest_on_stdin() -> None:
     source = "import os, sys\nsys.stdout.write(repr(os.read(0, 100)))\n"
     done = subprocess.run(
         [sys.executable, "-c", BOOTSTRAP],
-        input=frame(source.encode()) + b"next frame",
+        input=frame(compiled(source, "<test>")) + b"next frame",
         capture_output=True,
         timeout=30,
     )

@@ -1,10 +1,11 @@
 """Warm fork server: forks one process per task on a node, and reaps it.
 
-Shipped as source text: the agent starts ``python -c BOOTSTRAP FD`` and sends this source as the
-one frame on its stdin; stdlib only. ``dirt.remote.source()`` ships it after protocol.py,
-tasking.py and streams.py and drops the imports between them; the messages are in
-``protocol.py``. It is single-threaded on purpose (selectors plus a SIGCHLD wakeup pipe) so that
-``os.fork()`` is safe: a forked child of a threaded process can inherit a held lock.
+Shipped as source text; the agent compiles it, starts ``python -c BOOTSTRAP FD`` and sends the
+code as the one frame on its stdin (``protocol.compiled``); stdlib only. ``dirt.remote.source()``
+ships it after protocol.py, tasking.py and streams.py and drops the imports between them; the
+messages are in ``protocol.py``. It is single-threaded on purpose (selectors plus a SIGCHLD
+wakeup pipe) so that ``os.fork()`` is safe: a forked child of a threaded process can inherit a
+held lock.
 
 It does as little as it can, because a fork is paid by the process that forks: the kernel
 copies its page tables, and every page it writes afterwards traps once (copy on write). So the

@@ -47,6 +47,7 @@ from dirt.remote.protocol import (
     STOP,
     FrameDecoder,
     RunRequest,
+    compiled,
     encode,
     frame,
     outcome,
@@ -68,7 +69,8 @@ TASK_COOKIE = "DIRT_TASK_COOKIE"
 class ForkServerClient:
     """One running fork server process, and the pipes of the tasks it is running."""
 
-    def __init__(self, source: bytes, config: dict[str, Any], sink: Sink) -> None:
+    def __init__(self, code: bytes, config: dict[str, Any], sink: Sink) -> None:
+        """Start a fork server running `code` (its program, ``protocol.compiled``)."""
         self.sink = sink
         self.output_limit = int(config.get("output_limit", DEFAULT_OUTPUT_LIMIT))
         # Kept open for the fork server's lifetime, to quote its last words if it dies.
@@ -92,7 +94,7 @@ class ForkServerClient:
             theirs.close()
         try:
             assert self.proc.stdin is not None
-            self.proc.stdin.write(frame(source))
+            self.proc.stdin.write(frame(code))
             self.proc.stdin.close()
         except OSError:
             pass  # it died at once; the wait for READY below reports why
@@ -413,8 +415,10 @@ class ProcessRunner:
     """Runs each task in a forked child; restarts the fork server when it dies."""
 
     def __init__(self, config: dict[str, Any], sink: Sink) -> None:
-        source = config["forkserver_source"]
-        self.source: bytes = source.encode("utf-8") if isinstance(source, str) else source
+        try:
+            self.code = compiled(config["forkserver_source"], "<dirt forkserver>")
+        except (SyntaxError, ValueError) as exc:
+            raise RuntimeError(f"fork server source does not compile: {exc}") from exc
         self.config: dict[str, Any] = {
             key: config[key] for key in ("output_limit", "attachment_limit") if key in config
         }
@@ -424,7 +428,7 @@ class ProcessRunner:
         self.server: ForkServerClient | None = self._start()
 
     def _start(self) -> ForkServerClient:
-        return ForkServerClient(self.source, self.config, self.sink)
+        return ForkServerClient(self.code, self.config, self.sink)
 
     def run(self, request: RunRequest) -> None:
         task_id, sha = request.task_id, request.sha256

@@ -33,10 +33,10 @@ chunk; an attachment sent in BLOB chunks is ``{"filename", "link_name", "stream"
 
 agent <-> fork server, over a socket pair (the fork server's end is the fd named on its command
 line) carrying frames (``HEADER``, a 4-byte big-endian length, then that many bytes), each a
-``marshal``-ed message; the fork server's own source comes first, as the one frame on its stdin,
-read by ``BOOTSTRAP``. The agent sends (CONFIG, {"attachment_limit"}), then RUN (laid out as
-above, with the write ends of the task's output pipe and result pipe passed alongside it as
-SCM_RIGHTS), KILL and STOP; the fork server answers with:
+``marshal``-ed message; the fork server's own code (``compiled``) comes first, as the one frame
+on its stdin, read by ``BOOTSTRAP``. The agent sends (CONFIG, {"attachment_limit"}), then RUN
+(laid out as above, with the write ends of the task's output pipe and result pipe passed
+alongside it as SCM_RIGHTS), KILL and STOP; the fork server answers with:
     (READY, pid)
     (EXITED, task_id, wait_status, timed_out, killed, duration)   the task's process ended
     (FAILED, task_id, error)      the task could not be started (its module does not compile)
@@ -220,11 +220,11 @@ def python_too_old(python: str, version: tuple[int, ...]) -> str | None:
 HEADER = struct.Struct("!I")
 READ_SIZE = 1 << 20  # bytes asked of one os.read on a framed pipe
 
-# Run as ``python -c BOOTSTRAP``: reads the first frame on stdin (the fork server's source)
-# and runs it. The source is not on the command line: argv is capped at 128 KiB per argument
-# and would show the whole source in ps.
+# Run as ``python -c BOOTSTRAP``: reads the first frame on stdin (the fork server's code,
+# compiled and marshalled by the agent, see ``compiled``) and runs it. The code is not on the
+# command line: argv is capped at 128 KiB per argument and would show it all in ps.
 BOOTSTRAP = f"""\
-import os, struct
+import marshal, os, struct
 def read(n):
     chunks = []
     while n:
@@ -234,9 +234,20 @@ def read(n):
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
-source = read(struct.unpack({HEADER.format!r}, read({HEADER.size}))[0])
-exec(compile(source, "<dirt forkserver>", "exec"), {{"__name__": "__main__"}})
+code = marshal.loads(read(struct.unpack({HEADER.format!r}, read({HEADER.size}))[0]))
+exec(code, {{"__name__": "__main__"}})
 """
+
+
+def compiled(source: bytes | str, filename: str) -> bytes:
+    """`source` compiled and marshalled, for ``BOOTSTRAP`` run by this same interpreter.
+
+    Compiling is left to the process that starts the fork server: the compiler's memory, freed
+    but still mapped (3.5 MB for the fork server's source, more than the rest of its heap),
+    would otherwise stay in the fork server, whose every fork copies the page table entries of
+    all it has mapped.
+    """
+    return marshal.dumps(compile(source, filename, "exec"))
 
 
 def frame(payload: bytes) -> bytes:
