@@ -3,7 +3,7 @@
 Shipped as source text; the agent compiles it, starts ``python -c BOOTSTRAP FD`` and sends the
 code as the one frame on its stdin (``protocol.compiled``); stdlib only. ``dirt.remote.source()``
 ships it after protocol.py, tasking.py and streams.py and drops the imports between them; the
-messages are in ``protocol.py``. It is single-threaded on purpose (selectors plus a SIGCHLD
+messages are in ``protocol.py``. It is single-threaded on purpose (poll plus a SIGCHLD
 wakeup pipe) so that ``os.fork()`` is safe: a forked child of a threaded process can inherit a
 held lock.
 
@@ -23,7 +23,7 @@ import _thread
 import errno
 import gc
 import os
-import selectors
+import select
 import struct
 import sys
 import time
@@ -34,7 +34,6 @@ from dirt.remote.protocol import (
     EXITED,
     FAILED,
     KILL,
-    READ_SIZE,
     READY,
     RUN,
     STARTED,
@@ -66,6 +65,9 @@ FDS_PER_RUN = 2  # the write ends of the task's output pipe and result pipe
 STDOUT_BUFFER = 1 << 20
 FLUSH_EVERY = 0.5
 ANCILLARY = _socket.CMSG_SPACE(64 * 4)  # room for the fds of many RUNs in one read
+# Bytes asked of one read of requests: a buffer this size is allocated per read, and one of
+# protocol.READ_SIZE (1 MiB) is an mmap and a munmap each time.
+REQUEST_READ = 1 << 16
 
 
 def child_main(server: ForkServer, code: CodeType, request: RunRequest, out: int, res: int) -> None:
@@ -175,9 +177,11 @@ class ForkServer:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.sock.fileno(), selectors.EVENT_READ, "control")
-        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        # poll, not selectors: its Python layer runs twice per task here, and every page a
+        # pass of this loop writes is copied while a child shares it.
+        self.poller = select.poll()
+        self.poller.register(self.sock.fileno(), select.POLLIN)
+        self.poller.register(self.wake_r, select.POLLIN)
         self.codes = TaskCodes("fork server")
         self.by_pid: dict[int, Child] = {}
         self.by_task: dict[str, Child] = {}
@@ -187,7 +191,7 @@ class ForkServer:
         self.stopping = False
 
     def private_fds(self) -> list[int]:
-        return [self.sock.fileno(), self.wake_r, self.wake_w, self.selector.fileno(), *self.fds]
+        return [self.sock.fileno(), self.wake_r, self.wake_w, *self.fds]
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -200,7 +204,7 @@ class ForkServer:
 
     def read_requests(self) -> None:
         try:
-            data, ancillary, _, _ = self.sock.recvmsg(READ_SIZE, ANCILLARY)
+            data, ancillary, _, _ = self.sock.recvmsg(REQUEST_READ, ANCILLARY)
         except InterruptedError:
             return
         except OSError:
@@ -331,16 +335,17 @@ class ForkServer:
             self.shutdown()
 
     def loop(self) -> None:
-        select = self.selector.select
+        poll = self.poller.poll
+        wake = self.wake_r
         while not self.stopping:
             wait = self.tick(time.monotonic()) if self.by_task else None
             try:
-                events = select(wait)
+                events = poll(None if wait is None else wait * 1000)
             except InterruptedError:
                 events = []
-            for key, _ in events:
-                if key.data == "wake":
-                    drain(self.wake_r)
+            for fd, _ in events:
+                if fd == wake:
+                    drain(wake)
                 else:
                     self.read_requests()
             # Reaping on every pass also covers a SIGCHLD that arrived before a select.
