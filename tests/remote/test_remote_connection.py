@@ -107,3 +107,19 @@ def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
         group.terminate(10)
     assert kind == "fatal"
     assert "fork server did not start: exit code 7" in message
+
+
+def test_agent_reports_fatal_when_forkserver_source_does_not_compile() -> None:
+    # The agent compiles the fork server (see protocol.compiled): its error is the agent's.
+    group = execnet.Group()
+    try:
+        gw = group.makegateway(popen_spec())
+        channel = gw.remote_exec(source("agent"))
+        channel.send({"isolation": "process", "forkserver_source": "def broken(:\n"})
+        kind, message = channel.receive(30)
+        channel.waitclose(30)
+    finally:
+        group.terminate(10)
+    assert kind == "fatal"
+    assert "fork server source does not compile" in message
+    assert "line 1" in message
