@@ -115,6 +115,29 @@ def test_output_heartbeats_and_cancel(store: Service) -> None:
     assert store.task(task_id).output == "line one\nline two\n"
 
 
+def test_a_task_whose_cancel_was_asked_and_that_a_signal_ended_was_cancelled(
+    store: Service,
+) -> None:
+    # A batch system's scancel signals every process of the job, the task's too, before its
+    # agent hears of the cancel: the cancel ended it, not a fault of the node.
+    token = agents(store, "a1")
+    [task_id] = [t.id for t in store.submit_tasks("r1", ["examples.simple"]).tasks]
+    offer = store.claim_job("a1", token)
+    assert offer is not None
+    store.cancel_task(task_id)
+    terminated = (None, None, None, 15, False, False, 0.2, b"")
+    assert store.finish_job(offer.job_id, offer.token, terminated)[0] is TaskState.CANCELLED
+
+
+def test_a_task_a_signal_ended_without_a_cancel_failed(store: Service) -> None:
+    token = agents(store, "a1")
+    store.submit_tasks("r1", ["examples.simple"])
+    offer = store.claim_job("a1", token)
+    assert offer is not None
+    terminated = (None, None, None, 15, False, False, 0.2, b"")
+    assert store.finish_job(offer.job_id, offer.token, terminated)[0] is TaskState.FAILED
+
+
 def test_a_revoked_agent_token_voids_its_jobs(store: Service) -> None:
     token = agents(store, "a1")
     store.submit_tasks("r1", ["examples.simple"])

@@ -157,6 +157,10 @@ class AgentReports(Agents):
     ) -> tuple[AgentJob, Finished, bool]:
         """(job, the run to store, whether it failed for a reason of the node's own)."""
         outcome = WireOutcome.from_wire(job.task_id, wire)
+        if job.cancel_requested and outcome.signal is not None:
+            # The cancel ended it, whoever sent the signal: a batch system's scancel reaches
+            # every process of the job, the task's too, before its agent can kill it.
+            outcome.killed = True
         verdict = judge(outcome, job.task_name, job.timeout)
         finished = Finished(
             task_id=job.task_id,
