@@ -202,7 +202,7 @@ class AgentReports(Agents):
         with self._read() as conn:
             job = self._open_job(conn, job_id, token)
         why = f"agent {job.node} stopped while it ran" + (f": {reason}" if reason else "")
-        self.requeue([(job.task_id, job.attempt)], why, claimer=job.claim)
+        self.requeue([(job.task_id, job.attempt)], why, claim=job.claim)
         now = time.time()
         self._write(lambda conn, seq: agents_db.close_job(conn, job.id, now, agents_db.ABANDONED))
 

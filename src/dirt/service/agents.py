@@ -279,7 +279,7 @@ class Agents(Dispatching):
     def _lose(self, job: AgentJob, now: float, sweep: Sweep) -> None:
         reason = f"agent {job.node} lost: no heartbeat for {self.lease:g} s"
         requeued, failed = self.requeue(
-            [(job.task_id, job.attempt)], reason, node_lost=True, claimer=job.claim
+            [(job.task_id, job.attempt)], reason, node_lost=True, claim=job.claim
         )
 
         def work(conn: Connection, seq: int) -> bool:

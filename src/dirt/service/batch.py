@@ -238,9 +238,7 @@ class Batch(AgentReports):
                 agents_db.close_job(conn, job.agent_job_id, now, agents_db.LOST)
 
         self._write(start)
-        result = self.requeue(
-            [(job.task_id, job.attempt)], reason, node_lost=True, claimer=job.claim
-        )
+        result = self.requeue([(job.task_id, job.attempt)], reason, node_lost=True, claim=job.claim)
         self.close_batch_job(job, reason)
         return result
 

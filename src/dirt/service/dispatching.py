@@ -145,17 +145,18 @@ class Dispatching(Notices):
         reason: str,
         *,
         node_lost: bool = False,
-        claimer: str | None = None,
+        claim: str | None = None,
     ) -> tuple[list[str], list[str]]:
         """Running (task id, attempt) pairs back to waiting.
 
         When `node_lost`, a task that has now lost `max_attempts` nodes fails instead.
-        `claimer`: who holds the tasks when not this master (a pull-mode agent's claim).
+        `claim`: the claim id holding the tasks when it is not this master's (a pull-mode
+        agent's or a batch job's; the store keeps it where a master's id goes).
         Returns (requeued ids, failed ids).
         """
         requeued, failed = self._write(
             lambda conn, seq: self._requeue(
-                conn, seq, items, reason, node_lost, claimer or self.master_id
+                conn, seq, items, reason, node_lost, claim or self.master_id
             )
         )
         for task_id in requeued:

@@ -159,24 +159,26 @@ class Access:
 
     def any_token(self, request: Request) -> TokenInfo | None:
         """The request's valid token of any scope (an agent's too), or None."""
+        token, seq, hit, found = self._cached_token(request)
+        return found if hit or token is None else self.tokens.lookup(token, seq)
+
+    def _cached_token(self, request: Request) -> tuple[str | None, int, bool, TokenInfo | None]:
+        """The request's token, the sequence it was looked at, and whether the cache knew it
+        (then with what it found)."""
         token, _ = self._token(request)
         if not token:
-            return None
+            return None, 0, True, None
         seq = self._current_seq()
         hit, found = self.tokens.cached(token, seq)
-        return found if hit else self.tokens.lookup(token, seq)
+        return token, seq, hit, found
 
     async def resolve(self, request: Request) -> TokenInfo | None:
         """`identity`, without blocking the event loop on the store."""
         if hasattr(request.state, "dirt_identity"):
             known: TokenInfo | None = request.state.dirt_identity
             return known
-        token, _ = self._token(request)
-        if not token:
-            return self._remember(request, None)
-        seq = self._current_seq()
-        hit, found = self.tokens.cached(token, seq)
-        if not hit:
+        token, seq, hit, found = self._cached_token(request)
+        if not hit and token is not None:
             found = await run_in_threadpool(self.tokens.lookup, token, seq)
         return self._remember(request, reader_token(found))
 
