@@ -105,6 +105,30 @@ def test_a_job_is_claimed_run_and_stored(client: TestClient, token: str, service
     assert task.output == "some output\n"
 
 
+def test_a_busy_agents_requests_answer_as_every_route_does(
+    client: TestClient, token: str, service: Service
+) -> None:
+    """Results and requests for work skip FastAPI's routing (web.agent_lane), not its rules:
+    the same headers, the same errors from the same handlers."""
+    register(client, token)
+    service.submit_tasks("r1", ["agent.sleepy"])
+    job = take(client, token)
+    path = f"/api/agent/jobs/{job['id']}"
+    forged = client.put(path, json=FINISHED, headers={"Job-Token": "dirtjob_" + "x" * 43})
+    assert forged.status_code == 401 and "forged" in forged.json()["error"]
+    gone = client.post(REQUEST, json={"node": "nobody", "wait": 0}, headers=bearer(token))
+    assert gone.status_code == 404 and "no agent node" in gone.json()["error"]
+    done = client.put(path, json=FINISHED, headers=job_headers(job))
+    assert done.status_code == 200 and done.json() == {"ok": True, "state": "succeeded"}
+    for answer in (forged, gone, done):
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["x-frame-options"] == "DENY"
+    # A job id that is no number is the route's to refuse, as before.
+    odd = client.put("/api/agent/jobs/1x", json=FINISHED, headers=job_headers(job))
+    assert odd.status_code == 422 and odd.json()["problems"]
+
+
 def test_a_result_can_bring_the_next_job(client: TestClient, token: str, service: Service) -> None:
     register(client, token)
     ids = [t.id for t in service.submit_tasks("r1", ["agent.sleepy"] * 2).tasks]

@@ -10,10 +10,12 @@ from collections import Counter
 
 import pytest
 
+from dirt.config import Settings
 from dirt.documents.agents import Registration
 from dirt.errors import StateError, UnauthorizedError
 from dirt.models import NodeKind, Outcome, TaskState, TokenScope
 from dirt.service import Service
+from dirt.service.base import NODES, TASKS
 
 INFO = {"platform": "linux", "cpu_count": 4, "environ": {"ROLE": "builder"}}
 SUCCESS = ({"success": True}, None, 0, None, False, False, 0.01, b"")
@@ -66,6 +68,29 @@ def test_a_finished_job_stores_once_and_brings_the_next(store: Service) -> None:
     # The same report again (its answer was lost): nothing changes, nothing is refused.
     assert store.finish_job(first.job_id, first.token, SUCCESS) == (TaskState.SUCCEEDED, None)
     assert store.task(first.task.id).attempts == 1
+
+
+def test_an_agents_progress_is_no_news_to_dispatchers(
+    store: Service, store_settings: Settings
+) -> None:
+    dispatcher = Service(store_settings)  # another process, as `dirt serve`'s dispatcher is
+    try:
+        token = agents(store, "a1")
+        ids = [t.id for t in store.submit_tasks("r1", ["examples.simple"] * 3).tasks]
+        assert dispatcher.changed_elsewhere() == {TASKS, NODES}  # the agent, the tasks
+        first = store.claim_job("a1", token)
+        assert first is not None
+        _, second = store.finish_job(first.job_id, first.token, SUCCESS, then_claim=True)
+        assert second is not None
+        assert not store.job_heartbeat(second.job_id, second.token)
+        # Claims, results and heartbeats: nothing for a dispatcher to survey the store for...
+        assert dispatcher.changed_elsewhere() == set()
+        # ...but a submission, or a cancel, is.
+        [waiting] = set(ids) - {first.task.id, second.task.id}
+        store.cancel_task(waiting)
+        assert dispatcher.changed_elsewhere() == {TASKS}
+    finally:
+        dispatcher.close()
 
 
 def test_a_lost_lease_requeues_once_and_refuses_the_late_result(store: Service) -> None:

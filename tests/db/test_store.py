@@ -23,6 +23,7 @@ from dirt.db.engine import write_transaction
 from dirt.errors import NotFoundError, StateError
 from dirt.models import Attachment, Outcome, TaskState
 from dirt.service import Finished, Service
+from dirt.service.base import NODES, TASKS
 from dirt.service.dispatching import ORPHAN_REASON
 
 
@@ -165,6 +166,30 @@ def test_our_own_writes_are_not_news_from_elsewhere(store: Service) -> None:
     store.changed_elsewhere()
     reserve(store, "t1")
     assert not store.changed_elsewhere()
+
+
+def test_a_write_elsewhere_says_what_it_wakes_dispatchers_for(
+    store: Service, other: Service
+) -> None:
+    store.changed_elsewhere()  # all known
+    submit_one(other)
+    assert store.changed_elsewhere() == {TASKS}
+    other.save_node("n1", {"cpu_count": 2})
+    assert store.changed_elsewhere() == {NODES}
+    other.cancel_task("t1")
+    other.set_node_enabled("n1", False)
+    assert store.changed_elsewhere() == {TASKS, NODES}
+    assert store.changed_elsewhere() == set()
+
+
+def test_a_write_elsewhere_that_wakes_no_one_is_no_news(store: Service, other: Service) -> None:
+    submit_one(store)
+    store.changed_elsewhere()
+    reserve(other, "t1")  # another dispatcher's progress
+    assert store.changed_elsewhere() == set()
+    submit_one(other, "t2", "r2")
+    reserve(store, "t2")  # ours after theirs: theirs is still seen
+    assert store.changed_elsewhere() == {TASKS}
 
 
 def test_a_failed_write_changes_nothing(store: Service) -> None:

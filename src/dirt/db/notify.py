@@ -6,6 +6,11 @@ so the notification leaves only if the write commits. Every dispatcher and web s
 store listens and hears of it within a millisecond, where SQLite has them poll the change
 sequence. Notifications are lost while a listener is disconnected, so a listener that
 (re)connects tells its callbacks to read everything again (`seq` None).
+
+Such a write also stamps its sequence value on its topic's row of `dirt_sequence` (`stamp`), next
+to the sequence itself: a reader that polls (SQLite's, or one whose notifications may have been
+missed) tells from one read which topics changed (`topic_seqs`), so a busy agent's progress,
+which wakes no one, is no news to a dispatcher.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, update
+
+from dirt.db.schema import sequence
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,6 +39,30 @@ EVERYTHING = "all"  # both at once (a takeover requeues tasks and frees nodes)
 TOPICS = (TASKS, NODES)
 
 OnNotify = Callable[[int | None, str | None], None]  # (seq, topic); (None, None): resync
+
+SEQUENCE_ROW = 1  # the change sequence itself
+TOPIC_ROWS = {TASKS: 2, NODES: 3}  # the value of the last write of each topic (migration 0900)
+_ROWS_OF = {TASKS: (2,), NODES: (3,), EVERYTHING: (2, 3)}
+
+
+def stamp(conn: Connection, seq: int, topic: str) -> None:
+    """Note in its topic's rows that the write `seq` (of this transaction) wakes `topic`."""
+    conn.execute(update(sequence).where(sequence.c.id.in_(_ROWS_OF[topic])).values(value=seq))
+
+
+_TOPIC_SEQS = select(sequence.c.id, sequence.c.value).where(
+    sequence.c.id.in_((SEQUENCE_ROW, *TOPIC_ROWS.values()))
+)
+
+
+def topic_seqs(conn: Connection) -> tuple[int, dict[str, int] | None]:
+    """The change sequence's value and, by topic, that of the last write that woke it; None for
+    the topics when the store has no such rows (it cannot tell them apart)."""
+    rows = {row[0]: row[1] for row in conn.execute(_TOPIC_SEQS)}
+    seq = int(rows.get(SEQUENCE_ROW) or 0)
+    if not all(row in rows for row in TOPIC_ROWS.values()):
+        return seq, None
+    return seq, {topic: int(rows[row]) for topic, row in TOPIC_ROWS.items()}
 
 
 def supported(engine: Engine) -> bool:

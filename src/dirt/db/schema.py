@@ -23,8 +23,10 @@ from dirt.models import TaskState
 
 metadata = MetaData()
 
-# One row: the change sequence. Every write transaction takes its next value and stamps it on
+# Row 1: the change sequence. Every write transaction takes its next value and stamps it on
 # the rows it writes, so a reader asks "what changed since N" with an indexed range query.
+# Rows 2 and 3: the value of the last write that woke dispatchers for tasks, for nodes
+# (dirt.db.notify.TOPIC_ROWS).
 sequence = Table(
     "dirt_sequence",
     metadata,

@@ -138,18 +138,17 @@ class Dispatcher(Launching, Lifecycle):
     def _on_notify(self, _seq: int | None, topic: str | None) -> None:
         """Another process committed news for dispatchers (PostgreSQL's NOTIFY, on the
         listening thread); None: some may have been missed."""
-        if topic in (None, TASKS):
-            self._pending_stale = True
-            self._check_cancels = True
-        if topic in (None, NODES):
-            self.membership.nodes_changed()
+        self._changed(topic in (None, TASKS), topic in (None, NODES))
         self._wake_now()
 
-    def _changed(self) -> None:
-        """The store changed under us: waiting tasks, cancels and nodes are read again."""
-        self._pending_stale = True
-        self._check_cancels = True
-        self.membership.nodes_changed()  # a node may have been added, changed or removed
+    def _changed(self, tasks: bool = True, nodes: bool = True) -> None:
+        """The store changed under us: waiting tasks and cancels (`tasks`), and nodes and
+        dispatchers (`nodes`), are read again."""
+        if tasks:
+            self._pending_stale = True
+            self._check_cancels = True
+        if nodes:
+            self.membership.nodes_changed()  # a node may have been added, changed or removed
 
     def _lease_status(self) -> str:
         """What this dispatcher's row shows: running, or draining (stopping)."""
@@ -331,8 +330,11 @@ class Dispatcher(Launching, Lifecycle):
             every = SAFETY_POLL_S
         if now - self._last_poll >= every:
             self._last_poll = now
-            if self.service.changed_elsewhere():
-                self._changed()
+            news = self.service.changed_elsewhere()
+            if news:
+                # As PostgreSQL's notifications would have said (see `_on_notify`): a busy
+                # agent's progress wakes no one, and brings no survey of the nodes.
+                self._changed(TASKS in news, NODES in news)
 
     def _beat(self) -> None:
         """Take over dead dispatchers, claim or hand over nodes, drive this share of them."""

@@ -60,7 +60,7 @@ class AgentReports(Agents):
             agents_db.seen_if_due(conn, job.node, now, now - self.seen_every, seq)
             return job.cancel_requested
 
-        return self._write(work)
+        return self._write(work, wake=None)  # an agent's progress: see Agents._claim_next
 
     def job_output(self, job_id: int, token: str, start: int, data: bytes) -> None:
         """Store a chunk of the job's output (once, however often it is sent); it renews the
@@ -150,7 +150,7 @@ class AgentReports(Agents):
             offer = self._claim_first(conn, seq, node, candidates, job.agent_digest, now)
             return finished.state, offer
 
-        return self._write(work)
+        return self._write(work, wake=None)  # an agent's progress: see Agents._claim_next
 
     def _verdict(
         self, job: AgentJob, wire: tuple[Any, ...], now: float

@@ -27,7 +27,7 @@ from dirt.documents.agents import Registration
 from dirt.errors import NotFoundError, StateError, UnauthorizedError
 from dirt.models import AgentJob, Finished, Node, NodeKind, Task, TaskState
 from dirt.project import TaskModule
-from dirt.service.base import log
+from dirt.service.base import EVERYTHING, log
 from dirt.service.dispatching import Dispatching
 
 JOB_MEMORY = 86400.0  # a closed job's token is known (409, not 401) for a day
@@ -100,7 +100,8 @@ class Agents(Dispatching):
             nodes_db.upsert_node(conn, node, seq)
             return node
 
-        node = self._write(work, "agent register", name)
+        # News of a node, which may run waiting tasks: dispatchers survey the nodes again.
+        node = self._write(work, "agent register", name, wake=EVERYTHING)
         log.info("Agent %s registered (%d slots)", name, node.slots)
         return node
 
@@ -146,9 +147,12 @@ class Agents(Dispatching):
             node = self._agent_node(conn, name)
             seen_due = not node.online or (node.last_seen or 0) < now - self.seen_every
             candidates = self._candidates(conn, node, prefetch)
+        # An agent's progress (its claims, results, heartbeats, polls) wakes no one, as a
+        # dispatcher's own does not: no one waits for it (readers poll), and a dispatcher
+        # that heard of it would survey the store again for every task an agent runs.
         if not candidates:
             if seen_due:
-                self._write(lambda conn, seq: agents_db.seen(conn, name, now, seq))
+                self._write(lambda conn, seq: agents_db.seen(conn, name, now, seq), wake=None)
             return None
 
         def work(conn: Connection, seq: int) -> JobOffer | None:
@@ -156,7 +160,7 @@ class Agents(Dispatching):
                 agents_db.seen(conn, name, now, seq)
             return self._claim_first(conn, seq, node, candidates, agent_digest, now)
 
-        return self._write(work)
+        return self._write(work, wake=None)
 
     def _candidates(self, conn: Connection, node: Node, prefetch: int = 0) -> list[Task]:
         """Waiting tasks no one holds that `node` can run, in the dispatch order; none while

@@ -37,6 +37,12 @@ T = TypeVar("T")
 TASKS = notify_db.TASKS
 NODES = notify_db.NODES
 EVERYTHING = notify_db.EVERYTHING
+_ALL_TOPICS = frozenset((TASKS, NODES))
+_TOPICS_OF: dict[str | None, tuple[str, ...]] = {
+    TASKS: (TASKS,),
+    NODES: (NODES,),
+    EVERYTHING: (TASKS, NODES),
+}
 
 
 # Who the writes of the current request are made for: set by the web for each request (see
@@ -125,6 +131,8 @@ class ServiceBase:
         self._listeners: list[Callable[[int], None]] = []
         self._seq_lock = threading.Lock()
         self._known_seq = 0
+        # By topic, the last write known here that woke it (see `changed_elsewhere`).
+        self._known_topics = dict.fromkeys(_ALL_TOPICS, 0)
         self._notify = notify_db.supported(self.engine)
         self._watchers: list[notify_db.OnNotify] = []
         self._listener: notify_db.Listener | None = None
@@ -177,10 +185,12 @@ class ServiceBase:
                 audit_db.insert_entry(
                     conn, time.time(), seq, actor, action or "write", what or (actor.request or "")
                 )
-            if sequenced and wake is not None and self._notify:
-                notify_db.notify(conn, seq, wake)
+            if sequenced and wake is not None:
+                notify_db.stamp(conn, seq, wake)
+                if self._notify:
+                    notify_db.notify(conn, seq, wake)
         if sequenced:
-            self._committed(seq)
+            self._committed(seq, wake)
         return result
 
     @contextmanager
@@ -195,13 +205,15 @@ class ServiceBase:
         """Call `callback(seq)` after every write this process commits."""
         self._listeners.append(callback)
 
-    def _committed(self, seq: int) -> None:
+    def _committed(self, seq: int, wake: str | None = None) -> None:
         with self._seq_lock:
             # Each commit takes the next value, one at a time: only when ours follows the last
             # one known here did nobody else write in between. Otherwise another process's
             # write (a `dirt submit`) sits below ours, and `changed_elsewhere` must still see it.
             if seq == self._known_seq + 1:
                 self._known_seq = seq
+                for topic in _TOPICS_OF.get(wake, ()):
+                    self._known_topics[topic] = seq
         for callback in list(self._listeners):
             try:
                 callback(seq)
@@ -233,10 +245,17 @@ class ServiceBase:
         with self._read() as conn:
             return current_seq(conn)
 
-    def changed_elsewhere(self) -> bool:
-        """True when another process wrote since this one last looked (one indexed read)."""
-        seq = self.current_seq()
+    def changed_elsewhere(self) -> frozenset[str]:
+        """What other processes' writes since this one last looked woke (see `_write`): TASKS,
+        NODES, both, or nothing (none, or only writes no one waits for). One indexed read."""
+        with self._read() as conn:
+            seq, topics = notify_db.topic_seqs(conn)
         with self._seq_lock:
-            changed = seq != self._known_seq
+            if topics is None:  # a store that cannot tell: any write may be news
+                news = _ALL_TOPICS if seq != self._known_seq else frozenset()
+            else:
+                news = frozenset(t for t, at in topics.items() if at > self._known_topics[t])
+                for topic, at in topics.items():
+                    self._known_topics[topic] = max(self._known_topics[topic], at)
             self._known_seq = max(self._known_seq, seq)
-        return changed
+        return news

@@ -63,8 +63,8 @@ class Notices(ServiceBase):
         """Call `callback()` after each committed write that added notification rows."""
         self._outbox_listeners.append(callback)
 
-    def _committed(self, seq: int) -> None:
-        super()._committed(seq)
+    def _committed(self, seq: int, wake: str | None = None) -> None:
+        super()._committed(seq, wake)
         if not getattr(self._outbox_written, "rows", False):
             return
         self._outbox_written.rows = False

@@ -33,6 +33,7 @@ from dirt.errors import (
 from dirt.service import Service
 from dirt.web import agent_api, api, changes, couch, couchdb, docs, hooks, output, pages
 from dirt.web.agent_api import Cancels, Claimable, LeaseSweeper
+from dirt.web.agent_lane import AgentLane
 from dirt.web.answers import AnswerCache, KeptAnswers
 from dirt.web.audit import AuditContext
 from dirt.web.auth import Access
@@ -163,6 +164,7 @@ def create_app(source: Settings | Service, *, bind_host: str | None = None) -> F
     docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     couchdb.install(app, service)  # last: it answers for database names no route above took
+    app.add_middleware(AgentLane)  # innermost: the headers and audit rules of every route
     app.add_middleware(KeptAnswers, paths=frozenset({"/api/records"}))
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AuditContext)
