@@ -145,22 +145,24 @@ def test_a_task_whose_cancel_was_asked_and_that_a_signal_ended_was_cancelled(
 ) -> None:
     # A batch system's scancel signals every process of the job, the task's too, before its
     # agent hears of the cancel: the cancel ended it, not a fault of the node.
+    assert signal_ends_a_task(store, cancel_first=True) is TaskState.CANCELLED
+
+
+def test_a_task_a_signal_ended_without_a_cancel_failed(store: Service) -> None:
+    assert signal_ends_a_task(store, cancel_first=False) is TaskState.FAILED
+
+
+def signal_ends_a_task(store: Service, cancel_first: bool) -> TaskState:
+    """The state stored for an agent's task whose process SIGTERM ended (its agent did not
+    kill it), with or without a cancel asked first."""
     token = agents(store, "a1")
     [task_id] = [t.id for t in store.submit_tasks("r1", ["examples.simple"]).tasks]
     offer = store.claim_job("a1", token)
     assert offer is not None
-    store.cancel_task(task_id)
+    if cancel_first:
+        store.cancel_task(task_id)
     terminated = (None, None, None, 15, False, False, 0.2, b"")
-    assert store.finish_job(offer.job_id, offer.token, terminated)[0] is TaskState.CANCELLED
-
-
-def test_a_task_a_signal_ended_without_a_cancel_failed(store: Service) -> None:
-    token = agents(store, "a1")
-    store.submit_tasks("r1", ["examples.simple"])
-    offer = store.claim_job("a1", token)
-    assert offer is not None
-    terminated = (None, None, None, 15, False, False, 0.2, b"")
-    assert store.finish_job(offer.job_id, offer.token, terminated)[0] is TaskState.FAILED
+    return store.finish_job(offer.job_id, offer.token, terminated)[0]
 
 
 def test_a_revoked_agent_token_voids_its_jobs(store: Service) -> None:

@@ -95,31 +95,29 @@ def test_unsendable_kwargs_raise_type_error(thread_node: Node) -> None:
     assert thread_node.run(src).results == {"success": True}
 
 
-def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
+def agent_answer(forkserver_source: str) -> tuple[str, str]:
+    """The first message of an agent given this fork server source (it should be fatal)."""
     group = execnet.Group()
     try:
         gw = group.makegateway(popen_spec())
         channel = gw.remote_exec(source("agent"))
-        channel.send({"isolation": "process", "forkserver_source": "raise SystemExit(7)\n"})
+        channel.send({"isolation": "process", "forkserver_source": forkserver_source})
         kind, message = channel.receive(30)
         channel.waitclose(30)
     finally:
         group.terminate(10)
+    return kind, message
+
+
+def test_agent_reports_fatal_when_forkserver_cannot_start() -> None:
+    kind, message = agent_answer("raise SystemExit(7)\n")
     assert kind == "fatal"
     assert "fork server did not start: exit code 7" in message
 
 
 def test_agent_reports_fatal_when_forkserver_source_does_not_compile() -> None:
     # The agent compiles the fork server (see protocol.compiled): its error is the agent's.
-    group = execnet.Group()
-    try:
-        gw = group.makegateway(popen_spec())
-        channel = gw.remote_exec(source("agent"))
-        channel.send({"isolation": "process", "forkserver_source": "def broken(:\n"})
-        kind, message = channel.receive(30)
-        channel.waitclose(30)
-    finally:
-        group.terminate(10)
+    kind, message = agent_answer("def broken(:\n")
     assert kind == "fatal"
     assert "fork server source does not compile" in message
     assert "line 1" in message

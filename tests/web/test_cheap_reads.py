@@ -52,16 +52,22 @@ def test_an_unchanged_list_answers_304_to_its_etag(client: TestClient) -> None:
     assert again.status_code == 200 and again.headers["etag"] != etag
 
 
-def test_every_stream_gets_the_same_event_made_once(seeded: Service) -> None:
-    hub = ChangeHub(seeded)
+def count_change_reads(service: Service) -> list[int]:
+    """The `since` of every read of the change feed `service` makes from now on."""
     made: list[int] = []
-    real = seeded.changes_since
+    real = service.changes_since
 
     def counted(since: int, limit: int = 500):  # type: ignore[no-untyped-def]
         made.append(since)
         return real(since, limit)
 
-    seeded.changes_since = counted  # type: ignore[method-assign]
+    service.changes_since = counted  # type: ignore[method-assign]
+    return made
+
+
+def test_every_stream_gets_the_same_event_made_once(seeded: Service) -> None:
+    hub = ChangeHub(seeded)
+    made = count_change_reads(seeded)
     start = hub.event_seq
     hub.start()
     try:
@@ -142,14 +148,7 @@ def test_a_write_that_shows_nothing_leaves_a_stream_waiting(seeded: Service) -> 
 
 def test_no_event_is_made_while_no_stream_is_open(seeded: Service) -> None:
     hub = ChangeHub(seeded, poll_interval=0.02, event_interval=0.02)
-    made: list[int] = []
-    real = seeded.changes_since
-
-    def counted(since: int, limit: int = 500):  # type: ignore[no-untyped-def]
-        made.append(since)
-        return real(since, limit)
-
-    seeded.changes_since = counted  # type: ignore[method-assign]
+    made = count_change_reads(seeded)
     start = hub.event_seq
     hub.start()
     try:
