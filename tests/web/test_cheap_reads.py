@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
 from dirt.service import Service
 from dirt.web.app import create_app
-from dirt.web.hub import ChangeHub
+from dirt.web.hub import EVENTS, SEQ, ChangeHub
 from tests.conftest import wait_for
 from tests.web.conftest import make_client
 
@@ -105,6 +106,36 @@ def test_a_stream_waits_for_the_next_event(seeded: Service) -> None:
                 assert pool.submit(asyncio.run, both()).result() < 2
     finally:
         hub.stop()
+
+
+def test_a_moving_sequence_wakes_no_stream_until_an_event_is_made(seeded: Service) -> None:
+    # A dispatcher's progress moves the sequence ten times a second; fifty open pages woken
+    # each time would each check and sleep again, for nothing.
+    hub = ChangeHub(seeded)  # not started: only what is called here moves it
+    checks = {EVENTS: 0, SEQ: 0}
+
+    def counted(kind: str, passed: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            checks[kind] += 1
+            return passed()
+
+        return check
+
+    async def both() -> None:
+        start = hub.seq
+        page = asyncio.ensure_future(hub.wait(counted(EVENTS, lambda: False), 5, EVENTS))
+        feed = asyncio.ensure_future(hub.wait(counted(SEQ, lambda: hub.seq > start + 3), 5))
+        await asyncio.sleep(0.05)
+        for step in range(1, 5):
+            hub.seen(start + step)
+            await asyncio.sleep(0.02)
+        await feed
+        assert checks == {EVENTS: 1, SEQ: 5}  # the page: its first check only
+        hub.stop()
+        await page
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, both()).result()
 
 
 def test_a_kept_answer_is_never_served_to_a_reader_who_needs_a_token(

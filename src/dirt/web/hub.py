@@ -40,6 +40,7 @@ log = logging.getLogger("dirt.web")
 SSE_MAX_CHANGES = 500
 EVENT_RING = 256
 EAGER_POLL = 0.01  # seconds between polls of the sequence while an agent waits for work
+SEQ, EVENTS = "seq", "events"  # what a waiter waits for (see `ChangeHub.wait`)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,13 @@ class ChangeHub:
         self.event_seq = self.seq  # where the newest event ends
         self._events: deque[Event] = deque(maxlen=EVENT_RING)
         self._lock = threading.Lock()
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        # Who waits for the sequence to move, and who for the next event (an open page): a
+        # dispatcher's progress moves the sequence ten times a second, and fifty open pages
+        # need waking only when their event is made.
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {
+            SEQ: set(),
+            EVENTS: set(),
+        }
         self._stopping = threading.Event()
         self._nudge = threading.Event()
         self._eager = 0  # waiters that want writes of other processes seen at once
@@ -101,7 +108,7 @@ class ChangeHub:
     def stop(self) -> None:
         self._stopping.set()
         self._nudge.set()
-        self._wake_all()
+        self._wake(SEQ, EVENTS)
         if self._thread is not None:
             self._thread.join(5)
 
@@ -132,7 +139,7 @@ class ChangeHub:
             if seq <= self.seq:
                 return
             self.seq = seq
-        self._wake_all()
+        self._wake(SEQ)
 
     @contextlib.contextmanager
     def eagerly(self) -> Iterator[None]:
@@ -163,7 +170,7 @@ class ChangeHub:
         with self._lock:
             self._events.clear()
             self.event_seq = self.seq
-        self._wake_all()
+        self._wake(EVENTS)
 
     def _poll(self) -> None:
         while not self._stopping.is_set():
@@ -196,14 +203,19 @@ class ChangeHub:
                 if event is not None:
                     self._events.append(event)
                 self.event_seq = last
-            self._wake_all()
+            self._wake(EVENTS)
 
-    def _wake_all(self) -> None:
+    def _wake(self, *kinds: str) -> None:
+        """Wake the waiters of these kinds: one call into each event loop, however many wait
+        there (each call writes to the loop's wake-up pipe)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
         with self._lock:
-            waiters = list(self._waiters)
-        for loop, event in waiters:
+            for kind in kinds:
+                for loop, event in self._waiters[kind]:
+                    by_loop.setdefault(loop, []).append(event)
+        for loop, events in by_loop.items():
             with contextlib.suppress(RuntimeError):  # its loop has closed
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(_set_all, events)
 
     def events_after(self, seq: int) -> list[Event] | None:
         """The kept events that reach past `seq`, oldest first; None when `seq` is older than
@@ -223,13 +235,14 @@ class ChangeHub:
                 return seq
             return max(seq, self.event_seq)
 
-    async def wait(self, passed: Callable[[], bool], timeout: float) -> None:
-        """Wait until `passed()` holds (checked at every change), `timeout`, or stop."""
+    async def wait(self, passed: Callable[[], bool], timeout: float, kind: str = SEQ) -> None:
+        """Wait until `passed()` holds (checked whenever the sequence moves, or with `kind`
+        EVENTS whenever an event is made), `timeout`, or stop."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         item = (loop, event)
         with self._lock:
-            self._waiters.add(item)  # before the first check: no wake-up falls in between
+            self._waiters[kind].add(item)  # before the first check: no wake-up falls in between
         try:
             deadline = loop.time() + timeout
             while not self.stopped and not passed():
@@ -241,7 +254,7 @@ class ChangeHub:
                 event.clear()
         finally:
             with self._lock:
-                self._waiters.discard(item)
+                self._waiters[kind].discard(item)
 
     async def wait_beyond(self, seq: int, timeout: float) -> int:
         """Wait until the sequence passes `seq` (or `timeout`, or stop); the newest value."""
@@ -250,4 +263,9 @@ class ChangeHub:
 
     async def wait_event_beyond(self, seq: int, timeout: float) -> None:
         """Wait until an event reaches past `seq` (or `timeout`, or stop)."""
-        await self.wait(lambda: self.event_seq > seq, timeout)
+        await self.wait(lambda: self.event_seq > seq, timeout, EVENTS)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
