@@ -42,7 +42,8 @@ OnNotify = Callable[[int | None, str | None], None]  # (seq, topic); (None, None
 
 SEQUENCE_ROW = 1  # the change sequence itself
 TOPIC_ROWS = {TASKS: 2, NODES: 3}  # the value of the last write of each topic (migration 0900)
-_ROWS_OF = {TASKS: (2,), NODES: (3,), EVERYTHING: (2, 3)}
+WOKEN: dict[str, tuple[str, ...]] = {TASKS: (TASKS,), NODES: (NODES,), EVERYTHING: TOPICS}
+_ROWS_OF = {wake: tuple(TOPIC_ROWS[t] for t in topics) for wake, topics in WOKEN.items()}
 
 
 def stamp(conn: Connection, seq: int, topic: str) -> None:

@@ -37,12 +37,7 @@ T = TypeVar("T")
 TASKS = notify_db.TASKS
 NODES = notify_db.NODES
 EVERYTHING = notify_db.EVERYTHING
-_ALL_TOPICS = frozenset((TASKS, NODES))
-_TOPICS_OF: dict[str | None, tuple[str, ...]] = {
-    TASKS: (TASKS,),
-    NODES: (NODES,),
-    EVERYTHING: (TASKS, NODES),
-}
+_ALL_TOPICS = frozenset(notify_db.TOPICS)
 
 
 # Who the writes of the current request are made for: set by the web for each request (see
@@ -212,7 +207,7 @@ class ServiceBase:
             # write (a `dirt submit`) sits below ours, and `changed_elsewhere` must still see it.
             if seq == self._known_seq + 1:
                 self._known_seq = seq
-                for topic in _TOPICS_OF.get(wake, ()):
+                for topic in notify_db.WOKEN.get(wake or "", ()):
                     self._known_topics[topic] = seq
         for callback in list(self._listeners):
             try:

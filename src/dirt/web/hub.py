@@ -141,29 +141,25 @@ class ChangeHub:
             self.seq = seq
         self._wake(SEQ)
 
-    @contextlib.contextmanager
-    def eagerly(self) -> Iterator[None]:
+    def eagerly(self) -> contextlib.AbstractContextManager[None]:
         """While inside, the sequence is polled every EAGER_POLL seconds (one indexed read)."""
-        with self._lock:
-            self._eager += 1
-        self._nudge.set()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._eager -= 1
+        return self._counted("_eager")
+
+    def streaming(self) -> contextlib.AbstractContextManager[None]:
+        """While inside, events are made (an open event stream reads them)."""
+        return self._counted("_streams")
 
     @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
-        """While inside, events are made (an open event stream reads them)."""
+    def _counted(self, counter: str) -> Iterator[None]:
+        """One more of `counter` while inside; the poll thread looks again at once."""
         with self._lock:
-            self._streams += 1
+            setattr(self, counter, getattr(self, counter) + 1)
         self._nudge.set()
         try:
             yield
         finally:
             with self._lock:
-                self._streams -= 1
+                setattr(self, counter, getattr(self, counter) - 1)
 
     def _skip_events(self) -> None:
         """No stream reads events: none is made, and the kept ones go (they would leave a gap)."""
