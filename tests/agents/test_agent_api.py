@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from dirt.documents.agents import Registration
 from dirt.models import NodeKind, Outcome, TaskState, TokenScope
 from dirt.service import Service
+from dirt.web.agent_api import LeaseSweeper
 from dirt.web.app import create_app
 from tests.agents.conftest import LEASE, SLEEPY
+from tests.conftest import wait_for
 from tests.web.conftest import make_client
 
 SYS_INFO = {"platform": "linux", "cpu_count": 2, "environ": {"HOME": "/root"}}
@@ -472,3 +475,23 @@ def test_held_heartbeats_share_one_read_of_the_cancels_per_change(
     # Each write wakes the one watcher, not eight heartbeats; reads come at most every 50 ms.
     assert len(reads) <= 2 + (reads[-1] - reads[0]) / 0.05
     assert len(reads) < 8 * 21
+
+
+def test_a_lease_that_ran_out_while_no_master_listened_is_renewed_not_lost(
+    service: Service, token: str
+) -> None:
+    service.register_agent(Registration("lab", 2, SYS_INFO))
+    [task_id] = [t.id for t in service.submit_tasks("r1", ["examples.simple"]).tasks]
+    offer = service.claim_job("lab", token)
+    assert offer is not None
+    time.sleep(LEASE + 0.1)  # the master is down: its lease runs out unheard
+    sweeper = LeaseSweeper(service)  # the master is back
+    sweeper.start()
+    try:
+        time.sleep(LEASE / 2)
+        assert service.task(task_id).state is TaskState.RUNNING
+        service.job_heartbeat(offer.job_id, offer.token)  # the agent's next heartbeat
+        wait_for(lambda: service.task(task_id).state is TaskState.WAITING, 3 * LEASE,
+                 what="the lease lost once the agent had a lease to renew it in")  # fmt: skip
+    finally:
+        sweeper.stop()

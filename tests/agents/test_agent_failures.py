@@ -89,17 +89,20 @@ def test_the_agent_enforces_a_tasks_timeout(service: Service, start_agent: Start
 def test_agents_come_back_after_a_master_restart(
     service: Service, master: Master, start_agent: StartAgent
 ) -> None:
-    agent = start_agent("patient", 2)
-    [during] = submit(service, {"seconds": 1.0})
-    wait_for(lambda: running_on(service, during, "patient"), what="a task running")
+    agent = start_agent("patient", 3)
+    [ends, runs_on] = submit(service, {"seconds": 1.0}, {"seconds": 3 * LEASE})
+    both = [ends, runs_on]
+    wait_for(lambda: all(running_on(service, t, "patient") for t in both), what="both running")
     master.stop()
     agent.wait_log("master unreachable", timeout=10)
-    time.sleep(1.5)  # the task ends meanwhile: its result waits for the master
+    # Down for longer than a lease: `ends` ends meanwhile (its result waits for the master),
+    # `runs_on` runs on; both leases ran out while no master could hear a heartbeat.
+    time.sleep(2 * LEASE)
     master.start()
     after = submit(service, {}, {})
-    done = wait_finished(service, [during, *after], timeout=40)
-    assert [t.state for t in done] == [TaskState.SUCCEEDED] * 3
-    assert done[0].attempts == 1  # the result sent after the restart was stored, not lost
+    done = wait_finished(service, [ends, runs_on, *after], timeout=40)
+    assert [t.state for t in done] == [TaskState.SUCCEEDED] * 4
+    assert [t.attempts for t in done[:2]] == [1, 1]  # kept across the restart, not lost
     assert "master reachable again" in agent.log
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -140,20 +141,39 @@ def test_output_heartbeats_and_cancel(store: Service) -> None:
     assert store.task(task_id).output == "line one\nline two\n"
 
 
+SIGTERM_ENDED = (None, None, None, 15, False, False, 0.2, b"")
+FORK_SERVER_DIED = (None, "fork server died (killed by SIGTERM); task lost", None, None,
+                    False, False, 0.2, b"")  # fmt: skip
+SUCCEEDED = ({"success": True}, None, 0, None, False, False, 0.2, b"")
+
+
 def test_a_task_whose_cancel_was_asked_and_that_a_signal_ended_was_cancelled(
     store: Service,
 ) -> None:
     # A batch system's scancel signals every process of the job, the task's too, before its
     # agent hears of the cancel: the cancel ended it, not a fault of the node.
-    assert signal_ends_a_task(store, cancel_first=True) is TaskState.CANCELLED
+    assert agent_reports(store, SIGTERM_ENDED, cancel_first=True) is TaskState.CANCELLED
+
+
+def test_a_task_whose_cancel_was_asked_and_whose_fork_server_died_was_cancelled(
+    store: Service,
+) -> None:
+    # The same scancel may end the fork server first: the agent reports the task lost.
+    assert agent_reports(store, FORK_SERVER_DIED, cancel_first=True) is TaskState.CANCELLED
+
+
+def test_a_task_that_sent_results_before_its_cancel_reached_it_keeps_them(
+    store: Service,
+) -> None:
+    assert agent_reports(store, SUCCEEDED, cancel_first=True) is TaskState.SUCCEEDED
 
 
 def test_a_task_a_signal_ended_without_a_cancel_failed(store: Service) -> None:
-    assert signal_ends_a_task(store, cancel_first=False) is TaskState.FAILED
+    assert agent_reports(store, SIGTERM_ENDED, cancel_first=False) is TaskState.FAILED
 
 
-def signal_ends_a_task(store: Service, cancel_first: bool) -> TaskState:
-    """The state stored for an agent's task whose process SIGTERM ended (its agent did not
+def agent_reports(store: Service, wire: tuple[Any, ...], cancel_first: bool) -> TaskState:
+    """The state stored for an agent's task reported ended as `wire` says (its agent did not
     kill it), with or without a cancel asked first."""
     token = agents(store, "a1")
     [task_id] = [t.id for t in store.submit_tasks("r1", ["examples.simple"]).tasks]
@@ -161,8 +181,7 @@ def signal_ends_a_task(store: Service, cancel_first: bool) -> TaskState:
     assert offer is not None
     if cancel_first:
         store.cancel_task(task_id)
-    terminated = (None, None, None, 15, False, False, 0.2, b"")
-    return store.finish_job(offer.job_id, offer.token, terminated)[0]
+    return store.finish_job(offer.job_id, offer.token, wire)[0]
 
 
 def test_a_revoked_agent_token_voids_its_jobs(store: Service) -> None:

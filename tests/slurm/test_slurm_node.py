@@ -37,14 +37,17 @@ def test_a_task_routed_to_slurm_succeeds_with_its_job_id(master: Master) -> None
     wait_for(lambda: not master.service.open_batch_jobs(), what="jobs closed by the poll")
 
 
-def test_a_cancel_reaches_slurm_at_once(master: Master) -> None:
+def test_a_cancel_reaches_slurm_at_once(master: Master, caplog: pytest.LogCaptureFixture) -> None:
     master.start()
     task_id = master.submit(kwargs={"seconds": 60})
     job_id = running_job(master, task_id)
-    master.service.cancel_task(task_id)
-    assert wait_ended(master.runner, job_id, timeout=15).state in CANCELLED_OR_ENDED
-    (task,) = wait_finished(master.service, [task_id], timeout=30)
+    with caplog.at_level(logging.INFO, logger="dirt"):
+        master.service.cancel_task(task_id)
+        assert wait_ended(master.runner, job_id, timeout=15).state in CANCELLED_OR_ENDED
+        (task,) = wait_finished(master.service, [task_id], timeout=30)
+        wait_for(lambda: not master.service.open_batch_jobs(), what="the job closed")
     assert task.state is TaskState.CANCELLED
+    assert caplog.text.count(f"scancel {job_id} (cancelled in dirt)") <= 1  # not at every step
 
 
 def test_a_job_scancelled_from_outside_is_a_lost_attempt_and_reruns(master: Master) -> None:

@@ -46,6 +46,7 @@ FREED_POLL_S = 0.2
 REFRESH_S = 2.0  # batch nodes added, changed or removed are noticed this often
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 OUTPUT_TAIL_LINES = 20
+RESCANCEL_S = 10.0  # a job scancelled for a cancel, still open, is scancelled again this late
 AGENT_GONE = ("lost", "timed_out", "abandoned")  # agent job ends the Slurm job outlives
 
 
@@ -124,6 +125,7 @@ class NodeDriver:
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._ended_once: set[int] = set()
+        self._scancelled: dict[int, float] = {}  # job id: when scancel went for a cancel
         self._last_poll = 0.0
         self.poll_every = service.settings.batch.poll_interval  # [batch] poll_interval
         self._freeing = False  # the node is full and a job of it reported: poll soon
@@ -332,10 +334,16 @@ class NodeDriver:
     # ---- cancelling ----------------------------------------------------------------------
 
     def _cancel(self) -> None:
-        jobs = self.service.batch_cancels(self.node.address)
+        # A job scancel reached stays open until its agent reports or a poll sees it end:
+        # it is not scancelled again at every step meanwhile.
+        now = time.monotonic()
+        open_ = self.service.batch_cancels(self.node.address)
+        self._scancelled = {j.id: self._scancelled[j.id] for j in open_ if j.id in self._scancelled}
+        jobs = [j for j in open_ if now - self._scancelled.get(j.id, -RESCANCEL_S) >= RESCANCEL_S]
         if jobs:
             self._scancel(jobs, "cancelled in dirt")
             for job in jobs:
+                self._scancelled[job.id] = now
                 self.service.batch_cancelled(job, "CANCELLED")
 
     def _scancel(self, jobs: list[BatchJob], why: str) -> None:

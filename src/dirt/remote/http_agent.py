@@ -345,9 +345,13 @@ class PullAgent:
 
     def _report(self, job: Job, method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
         """Send a report about `job` until the master answers; None when it refused it (the
-        job is then over here too)."""
+        job is then over here too). Tried again as often as heartbeats go: the report keeps
+        the job's lease as they did, so it must reach a restarted master within a lease."""
+        headers = {**job.headers, **headers}
         try:
-            return self.master.call(method, job.path + path, body, {**job.headers, **headers})[1]
+            return self.master.call(
+                method, job.path + path, body, headers, most=self.heartbeats.every
+            )[1]
         except Unreachable:
             return None  # stopping
         except Refused as exc:

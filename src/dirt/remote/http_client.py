@@ -192,9 +192,10 @@ class Master:
         body: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        most: float = BACKOFF_MOST,
     ) -> tuple[int, Any]:
-        """`send`, again and again with backoff while the master cannot be reached (until the
-        agent stops: then Unreachable)."""
+        """`send`, again and again with backoff (up to `most` seconds apart) while the master
+        cannot be reached (until the agent stops: then Unreachable)."""
         backoff = Backoff()
         while True:
             try:
@@ -204,7 +205,7 @@ class Master:
                     raise
                 if not backoff.delay:
                     log.warning("master unreachable (%s); trying again", exc)
-                backoff.wait(self.stopping)
+                backoff.wait(self.stopping, most)
                 continue
             if backoff.delay:
                 log.info("master reachable again")

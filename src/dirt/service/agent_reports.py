@@ -157,9 +157,10 @@ class AgentReports(Agents):
     ) -> tuple[AgentJob, Finished, bool]:
         """(job, the run to store, whether it failed for a reason of the node's own)."""
         outcome = WireOutcome.from_wire(job.task_id, wire)
-        if job.cancel_requested and outcome.signal is not None:
-            # The cancel ended it, whoever sent the signal: a batch system's scancel reaches
-            # every process of the job, the task's too, before its agent can kill it.
+        if job.cancel_requested and outcome.results is None and not outcome.timed_out:
+            # The cancel ended it, whoever stopped it: a batch system's scancel signals every
+            # process of the job before its agent can kill the task (the task's, or its fork
+            # server's, whose death loses the task). A task that sent results finished first.
             outcome.killed = True
         verdict = judge(outcome, job.task_name, job.timeout)
         finished = Finished(

@@ -365,11 +365,14 @@ async def attachment(request: Request, job_id: int, index: int) -> Response:
 
 class LeaseSweeper:
     """Gives up on agents' jobs whose lease ran out, in one web process (see the module's
-    docstring): every quarter lease, at most every second."""
+    docstring): every quarter lease, at most every second, from a whole lease after it starts.
+    A lease runs out only while agents could renew it: leases that ran out while no master
+    listened (a restart) are renewed by the agents' next heartbeats, not lost at once."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.interval = min(1.0, service.settings.agents.lease / 4)
+        self.grace = service.settings.agents.lease
+        self.interval = min(1.0, self.grace / 4)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dirt-agent-leases", daemon=True)
 
@@ -382,8 +385,12 @@ class LeaseSweeper:
             self._thread.join(5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        if self._stop.wait(self.grace):
+            return
+        while True:
             try:
                 self.service.expire_agent_leases()
             except Exception as exc:  # the store may be busy or gone for a moment
                 log.warning("agent lease sweep failed: %s", exc)
+            if self._stop.wait(self.interval):
+                return
