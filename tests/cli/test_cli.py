@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from dirt import __version__
+from dirt.project import create_project
 from tests.cli.conftest import serve
 from tests.conftest import run_dirt, wait_for
 
@@ -24,8 +25,24 @@ def status_json(cwd: Path, *args: str) -> object:
     return json.loads(dirt_ok("status", *args, "--json", cwd=cwd))
 
 
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_version() -> None:
     assert run_dirt("--version").stdout.strip() == f"dirt, version {__version__}"
+
+
+def test_create_makes_a_project_and_says_what_next(tmp_path: Path) -> None:
+    result = run_dirt("create", "proj", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Created project proj in" in result.stdout
+    assert "Next: cd proj && dirt nodes add local && dirt serve" in result.stdout
+    # The very project the fixtures make in-process with create_project.
+    made, reference = tmp_path / "proj", create_project(tmp_path / "reference" / "proj")
+    assert (made / "tasks" / "examples" / "simple.py").is_file()
+    assert files_of(made) == files_of(reference)
+    assert status_json(tmp_path / "proj") == []
 
 
 def test_create_refuses_an_existing_folder(tmp_path: Path) -> None:
