@@ -195,7 +195,9 @@ def store_settings(
     overrides = {k: dict(v) for k, v in settings_overrides.items()}
     if request.param == "postgres":
         server = request.getfixturevalue("postgres_server")
-        overrides.setdefault("project", {})["database_url"] = server.new_database()
+        url = server.new_database()
+        request.addfinalizer(lambda: server.drop_database(url))
+        overrides.setdefault("project", {})["database_url"] = url
     return load_settings(project, overrides=overrides, environ={})
 
 

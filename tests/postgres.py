@@ -18,6 +18,20 @@ def find_bin(name: str) -> str | None:
     return found[-1] if found else shutil.which(name)
 
 
+def scratch_folder() -> str | None:
+    """Where the data folder goes: /dev/shm (tmpfs) when it has room, else the temp folder.
+
+    On a disk every database created and dropped costs hundreds of file creations and
+    deletions, slow on a disk mounted with `discard` (the CI machines'): the run's databases
+    took 15 s to delete at its end, and each CREATE DATABASE 0.15-0.3 s instead of 0.03 s."""
+    shm = "/dev/shm"
+    try:
+        room = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    return shm if room > 2 * 1024**3 and os.access(shm, os.W_OK) else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -28,7 +42,7 @@ class PostgresServer:
     """Starts with `start()`, gives a fresh database per `new_database()`, stops on `stop()`."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="dirt-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="dirt-pg-", dir=scratch_folder()))
         self.data = self.dir / "data"
         self.port = free_port()
         self.as_root = os.geteuid() == 0
@@ -85,15 +99,23 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
+    def _admin(self, statement: str) -> None:
         import psycopg
 
-        name = "t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(
             f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(statement)
+
+    def new_database(self) -> str:
+        name = "t_" + uuid.uuid4().hex[:12]
+        self._admin(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database of `new_database`, cutting off whoever is still connected: the
+        data folder, in memory, keeps only the databases of tests still running."""
+        self._admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
     def stop(self) -> None:
         # An already stopped server is fine: the folder goes either way.

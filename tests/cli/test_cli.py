@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 from dirt import __version__
+from dirt.config import load_settings
+from dirt.project import create_project
+from dirt.service import Service
 from tests.cli.conftest import serve
 from tests.conftest import run_dirt, wait_for
 
@@ -24,8 +27,35 @@ def status_json(cwd: Path, *args: str) -> object:
     return json.loads(dirt_ok("status", *args, "--json", cwd=cwd))
 
 
+def state_of(project: Path, record_id: str) -> str:
+    """The state of the record's one task, read from the store in-process: waits poll this, as
+    a `dirt status` process costs 0.7-0.8 s to start; what a test asserts, `dirt status` shows."""
+    service = Service(load_settings(project, environ={}))
+    try:
+        (task,) = service.record_detail(record_id).tasks
+        return task.state.value
+    finally:
+        service.close()
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_version() -> None:
     assert run_dirt("--version").stdout.strip() == f"dirt, version {__version__}"
+
+
+def test_create_makes_a_project_and_says_what_next(tmp_path: Path) -> None:
+    result = run_dirt("create", "proj", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Created project proj in" in result.stdout
+    assert "Next: cd proj && dirt nodes add local && dirt serve" in result.stdout
+    # The very project the fixtures make in-process with create_project.
+    made, reference = tmp_path / "proj", create_project(tmp_path / "reference" / "proj")
+    assert (made / "tasks" / "examples" / "simple.py").is_file()
+    assert files_of(made) == files_of(reference)
+    assert status_json(tmp_path / "proj") == []
 
 
 def test_create_refuses_an_existing_folder(tmp_path: Path) -> None:
@@ -173,7 +203,7 @@ def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path)
     dirt_ok("submit", "r1", "-t", "sleepy", cwd=cli_project)
     server = serve(cli_project, DIRT_DISPATCH_STOP_GRACE="1")  # running tasks get 1 s, not 10
     wait_for(
-        lambda: status_json(cli_project, "r1")["tasks"][0]["state"] == "running",
+        lambda: state_of(cli_project, "r1") == "running",
         what="the task to start",
     )
     server.send_signal(signal.SIGTERM)
@@ -199,7 +229,7 @@ def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Pat
     dirt_ok("submit", "r1", "-t", "once", cwd=cli_project)
     server = serve(cli_project)
     wait_for(
-        lambda: status_json(cli_project, "r1")["tasks"][0]["state"] == "running",
+        lambda: state_of(cli_project, "r1") == "running",
         what="the task to start",
     )
     server.kill()
@@ -209,7 +239,7 @@ def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Pat
     server = serve(cli_project)
     try:
         wait_for(
-            lambda: status_json(cli_project, "r1")["tasks"][0]["state"] == "succeeded",
+            lambda: state_of(cli_project, "r1") == "succeeded",
             what="the orphan to run again",
         )
     finally:

@@ -24,6 +24,27 @@ def fetch(url: str, cafile: Path | None, **kwargs: object) -> tuple[int, bytes, 
         return response.status, response.read(), dict(response.headers)
 
 
+def read_events_until(url: str, cafile: Path, wanted: str) -> str:
+    """What curl reads of the event stream, up to the line `wanted` (or its --max-time): the
+    stream goes on, so curl is stopped once that line came, not left to run out its time."""
+    curl = subprocess.Popen(
+        ["curl", "-sN", "--cacert", str(cafile), "--max-time", "10", url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert curl.stdout is not None
+    read = ""
+    try:
+        for line in curl.stdout:
+            read += line
+            if line.strip() == wanted:
+                break
+    finally:
+        curl.kill()
+        curl.communicate()
+    return read
+
+
 def test_dirt_serve_speaks_https_with_the_given_certificate(
     project: Path, certificate: tuple[Path, Path]
 ) -> None:
@@ -48,12 +69,7 @@ def test_dirt_serve_speaks_https_with_the_given_certificate(
             fetch(url + "api/records", None)  # a real certificate check, not a stub
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             fetch(url.replace("https://", "http://") + "api/records", None)
-        events = subprocess.run(
-            ["curl", "-sN", "--cacert", str(cert), "--max-time", "2", url + "events"],
-            capture_output=True,
-            text=True,
-        )
-        assert "event: hello" in events.stdout
+        assert "event: hello" in read_events_until(url + "events", cert, "event: hello")
         login = subprocess.run(
             ["curl", "-s", "-o", "/dev/null", "-D", "-", "--cacert", str(cert),
              "--data-urlencode", f"token={token}", url + "login"],
