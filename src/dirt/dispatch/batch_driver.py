@@ -338,8 +338,9 @@ class NodeDriver:
         # it is not scancelled again at every step meanwhile.
         now = time.monotonic()
         open_ = self.service.batch_cancels(self.node.address)
-        self._scancelled = {j.id: self._scancelled[j.id] for j in open_ if j.id in self._scancelled}
-        jobs = [j for j in open_ if now - self._scancelled.get(j.id, -RESCANCEL_S) >= RESCANCEL_S]
+        never = now - RESCANCEL_S
+        self._scancelled = {j.id: self._scancelled.get(j.id, never) for j in open_}
+        jobs = [j for j in open_ if now - self._scancelled[j.id] >= RESCANCEL_S]
         if jobs:
             self._scancel(jobs, "cancelled in dirt")
             for job in jobs:
