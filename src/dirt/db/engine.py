@@ -16,6 +16,17 @@ from dirt.db import schema
 from dirt.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 30_000
+# A store's page size, set when its file is created (SQLite ignores it for an existing one).
+# A dispatcher's write rewrites a task row that grows (its results) and moves it in six
+# indexes; SQLite's cost of changing a b-tree page grows with the page, and 2 KiB pages took
+# a third off the CPU of those statements against the default 4 KiB (bench/store.py), with
+# reads unchanged.
+PAGE_SIZE = 2048
+# Checkpoint the WAL into the database when it holds this many pages (SQLite's default: 1000).
+# The dispatcher rewrites the same hot pages commit after commit: a checkpoint copies each
+# page once however often the WAL holds it, so fewer checkpoints copy less. Durability is the
+# same: a commit is in the WAL either way.
+WAL_AUTOCHECKPOINT_PAGES = 4000
 
 
 def make_engine(url: str) -> Engine:
@@ -57,8 +68,10 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours to send.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: a new file takes it
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
