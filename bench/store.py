@@ -16,7 +16,9 @@ and the same venv, so both sides differ only in dirt's code (statements, migrati
 Each run is a fresh process on a fresh store (SQLite in a temp folder, or with --postgres a
 fresh database on a PostgreSQL server started in a temp folder, as the tests do); the two sides
 take turns within a round. CPU is this process's (user + system) over the timed part: the
-master's. Figures are medians over the rounds; the ratio is the median of each round's ratio.
+master's; on PostgreSQL, the CPU of the server's backends for the run's database is shown
+apart ("+ server"). Figures are medians over the rounds; the ratio (of all the CPU: master and
+server) is the median of each round's ratio.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
 TRIVIAL_MODULE = "def execute():\n    return {'success': True}\n"
 MODES = ("folded", "started")
+
+
+def server_cpu(database: str | None) -> float:
+    """CPU seconds of the PostgreSQL backends serving `database` (their titles name it)."""
+    if database is None:
+        return 0.0
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if f" {database} " not in title:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def child(tasks: int, mode: str, url: str | None) -> dict[str, float]:
@@ -76,6 +95,8 @@ def child(tasks: int, mode: str, url: str | None) -> dict[str, float]:
     batches = [ids[i : i + BATCH] for i in range(0, len(ids), BATCH)] + [[], []]
     reserved: list[str] = []
     running: list[str] = []
+    database = url.rsplit("/", 1)[1] if url else None
+    server = server_cpu(database)
     cpu, wall = time.process_time(), time.perf_counter()
     for batch in batches:
         if mode == "folded":
@@ -85,6 +106,7 @@ def child(tasks: int, mode: str, url: str | None) -> dict[str, float]:
             finished = results(running, None)
             running, reserved = service.dispatch(finished, starts, batch)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    server = server_cpu(database) - server
     with service.engine.connect() as conn:
         states = dict(
             conn.execute(
@@ -94,7 +116,11 @@ def child(tasks: int, mode: str, url: str | None) -> dict[str, float]:
     service.close()
     if states != {"succeeded": len(ids)}:
         raise SystemExit(f"the run did not store every result: {states}")
-    return {"cpu_us": cpu / tasks * 1e6, "wall_us": wall / tasks * 1e6}
+    return {
+        "cpu_us": cpu / tasks * 1e6,
+        "server_us": server / tasks * 1e6,
+        "wall_us": wall / tasks * 1e6,
+    }
 
 
 def baseline_tree(revision: str, into: Path) -> Path:
@@ -151,7 +177,7 @@ def main() -> None:
                 subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
             store = "PostgreSQL" if server else "SQLite"
             print(f"{store}, {args.tasks} tasks, batches of {BATCH}, {args.rounds} rounds;")
-            print(f"baseline: {args.baseline}; CPU of the master per task, median (wall)")
+            print(f"baseline: {args.baseline}; CPU per task of the master, median (wall time)")
             for mode in [args.mode] if args.mode else MODES:
                 figures: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
                 for _ in range(args.rounds):
@@ -171,10 +197,17 @@ def report(mode: str, figures: dict[str, list[dict[str, float]]]) -> None:
         return statistics.median(f[key] for f in figures[name])
 
     ratios = [
-        this["cpu_us"] / base["cpu_us"]
+        (this["cpu_us"] + this["server_us"]) / (base["cpu_us"] + base["server_us"])
         for this, base in zip(figures["this"], figures["baseline"], strict=True)
     ]
-    base, this = (f"{median(n, 'cpu_us'):6.1f} us ({median(n, 'wall_us'):.0f})" for n in figures)
+
+    def side(name: str) -> str:
+        text = f"{median(name, 'cpu_us'):6.1f} us"
+        if median(name, "server_us"):
+            text += f" + server {median(name, 'server_us'):5.1f} us"
+        return text + f" ({median(name, 'wall_us'):.0f})"
+
+    base, this = (side(name) for name in figures)
     print(
         f"  {mode:8} baseline {base}   this {this}"
         f"   this/baseline {statistics.median(ratios):.2f}"
