@@ -108,11 +108,8 @@ def child(tasks: int, mode: str, url: str | None) -> dict[str, float]:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     server = server_cpu(database) - server
     with service.engine.connect() as conn:
-        states = dict(
-            conn.execute(
-                select(schema.tasks.c.state, func.count()).group_by(schema.tasks.c.state)
-            ).all()
-        )
+        query = select(schema.tasks.c.state, func.count()).group_by(schema.tasks.c.state)
+        states: dict[str, int] = {state: n for state, n in conn.execute(query)}
     service.close()
     if states != {"succeeded": len(ids)}:
         raise SystemExit(f"the run did not store every result: {states}")
@@ -139,11 +136,11 @@ def run_side(src: Path, tasks: int, mode: str, url: str | None) -> dict[str, flo
     if url:
         command += ["--url", url]
     env = {**os.environ, "PYTHONPATH": str(src)}
-    # Compiled once, not on each run's imports (PYTHONDONTWRITEBYTECODE may be set).
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"a run of {src} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -174,6 +171,7 @@ def main() -> None:
                 "this": ROOT / "src",
             }
             for src in sides.values():
+                # Compiled once, not on each run's imports (PYTHONDONTWRITEBYTECODE may be set).
                 subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
             store = "PostgreSQL" if server else "SQLite"
             print(f"{store}, {args.tasks} tasks, batches of {BATCH}, {args.rounds} rounds;")
