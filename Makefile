@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/ssh.py
 	$(BIN)/python bench/fair.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) dirt-demo artifacts .pytest_cache .ruff_cache
