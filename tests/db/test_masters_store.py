@@ -276,3 +276,20 @@ def test_several_dispatchers_of_one_machine_share_any_store(store: Service, othe
     store.register_dispatcher(15)
     other.register_dispatcher(15)
     assert len(store.dispatchers()) == 2
+
+
+def test_the_claims_a_beat_reads_come_from_the_index_of_claims_not_the_waiting_tasks(
+    store: Service,
+) -> None:
+    # Read every second by every master: through the waiting tasks' index it took 30 ms with
+    # 15,000 tasks waiting, and grew with the backlog.
+    store.submit_tasks("r1", ["examples.simple"] * 50)
+    with store.engine.connect() as conn:
+        statement = masters_db.CLAIM_OWNERS.compile(conn)
+        explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+        plan = conn.exec_driver_sql(explain + str(statement), tuple(statement.params.values()))
+        shown = " ".join(str(row) for row in plan)
+    if store.engine.dialect.name == "sqlite":
+        assert "ix_tasks_claims" in shown, shown
+    else:
+        assert "ix_tasks_waiting" not in shown, shown

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Float, delete, func, insert, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from dirt.db.schema import ACTIVE_CLAIM, dispatchers, nodes, tasks
+from dirt.db.schema import ACTIVE_CLAIM, dispatchers, nodes, tasks, through_claims
 from dirt.models import Dispatcher, TaskState
 
 
@@ -134,10 +134,13 @@ def list_dispatchers(conn: Connection) -> tuple[float, list[Dispatcher]]:
 # ---- claims --------------------------------------------------------------------------------
 
 
+# Read at every beat of every master: through the index of claims, never the waiting tasks.
+CLAIM_OWNERS = through_claims(select(tasks.c.claimed_by).where(ACTIVE_CLAIM).distinct())
+
+
 def claim_owners(conn: Connection) -> set[str]:
     """Every master holding a claim in force (a reserved or running task)."""
-    query = select(tasks.c.claimed_by).where(ACTIVE_CLAIM).distinct()
-    return set(conn.execute(query).scalars())
+    return set(conn.execute(CLAIM_OWNERS).scalars())
 
 
 def running_claims(conn: Connection, master: str) -> list[tuple[str, int]]:

@@ -1,5 +1,7 @@
 """Every table of the store, as SQLAlchemy Core. Migrations under migrations/ build these."""
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -11,15 +13,15 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
     UniqueConstraint,
     and_,
+    literal_column,
     text,
 )
-
-from dirt.models import TaskState
 
 metadata = MetaData()
 
@@ -398,9 +400,11 @@ dispatchers = Table(
 
 # Claims still in force (reserved or running tasks), found without reading every waiting task:
 # a takeover and the sweep for claims of gone dispatchers read only these.
+# The states are literals, as in the index, so that the planner may use it: SQLite (and a
+# PostgreSQL generic plan) cannot match a partial index's condition to bound parameters.
 ACTIVE_CLAIM = and_(
     tasks.c.claimed_by.is_not(None),
-    tasks.c.state.in_([TaskState.WAITING.value, TaskState.RUNNING.value]),
+    tasks.c.state.in_([literal_column("'waiting'"), literal_column("'running'")]),
 )
 Index(
     "ix_tasks_claims",
@@ -408,3 +412,9 @@ Index(
     postgresql_where=ACTIVE_CLAIM,
     sqlite_where=ACTIVE_CLAIM,
 )
+
+
+def through_claims(query: Select[Any]) -> Select[Any]:
+    """`query` over tasks WHERE ACTIVE_CLAIM, read through ix_tasks_claims: SQLite's planner,
+    without statistics, takes the waiting order's index and reads every waiting task."""
+    return query.with_hint(tasks, "INDEXED BY ix_tasks_claims", dialect_name="sqlite")
