@@ -15,11 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from dirt.config import load_settings
-from dirt.dispatch.runner import probe
 from dirt.project import create_project
-from dirt.service import Service
-from tests.conftest import DIRT, have, need, wait_for
+from tests.conftest import DIRT, add_local_node, have, need, wait_for
 
 # A task that looks at the commit it was given: it fails when the subject says FAIL.
 CI_TASK = """\
@@ -159,9 +156,9 @@ BASE_URL = "https://dirt.example.org"
 
 
 def make_project(root: Path, config: str) -> Path:
-    """A project as `dirt create` makes it, with the task ci.test, this machine as node `local`
-    (2 slots, as `dirt nodes add local --slots 2` stores it), [web] base_url = BASE_URL, and
-    `config` appended to its dirt.toml. In-process: a `dirt` process costs 0.7-0.8 s to start."""
+    """A project as `dirt create` makes it (in-process, as the node), with the task ci.test,
+    this machine as node `local` with 2 slots, [web] base_url = BASE_URL, and `config`
+    appended to its dirt.toml."""
     project = create_project(root / "proj")
     toml = project / "dirt.toml"
     text = toml.read_text().replace("poll_interval = 0.05", "poll_interval = 0.02")
@@ -170,9 +167,5 @@ def make_project(root: Path, config: str) -> Path:
     (project / "tasks" / "ci").mkdir()
     (project / "tasks" / "ci" / "__init__.py").write_text("")
     (project / "tasks" / "ci" / "test.py").write_text(CI_TASK)
-    service = Service(load_settings(project, environ={}))
-    try:
-        service.save_node("local", probe("local", service.settings.nodes), slots=2)
-    finally:
-        service.close()
+    add_local_node(project, slots=2)
     return project

@@ -12,7 +12,7 @@ from dirt.config import load_settings
 from dirt.project import create_project
 from dirt.service import Service
 from tests.cli.conftest import serve
-from tests.conftest import run_dirt, wait_for
+from tests.conftest import add_local_node, run_dirt, wait_for
 
 SEED = Path(__file__).parents[2] / "src" / "dirt" / "seed" / "test_data.json"
 
@@ -178,7 +178,7 @@ def test_a_bad_node_address_is_refused(cli_project: Path) -> None:
 
 
 def test_submit_wait_runs_to_completion_and_exits_1_on_failure(cli_project: Path) -> None:
-    dirt_ok("nodes", "add", "local", cwd=cli_project)
+    add_local_node(cli_project)
     (cli_project / "tasks" / "fails.py").write_text(
         "def execute():\n    return {'success': False, 'reason': 'red'}\n"
     )
@@ -196,7 +196,7 @@ def test_submit_wait_runs_to_completion_and_exits_1_on_failure(cli_project: Path
 
 
 def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path) -> None:
-    dirt_ok("nodes", "add", "local", cwd=cli_project)
+    add_local_node(cli_project)
     (cli_project / "tasks" / "sleepy.py").write_text(
         "import time\ndef execute():\n    time.sleep(60)\n    return {'success': True}\n"
     )
@@ -216,7 +216,7 @@ def test_sigterm_returns_running_tasks_to_waiting_and_exits_0(cli_project: Path)
 
 
 def test_after_kill_9_the_next_start_returns_orphans_to_waiting(cli_project: Path) -> None:
-    dirt_ok("nodes", "add", "local", cwd=cli_project)
+    add_local_node(cli_project)
     flag = cli_project / "second-run"
     (cli_project / "tasks" / "once.py").write_text(
         "import os, time\n"

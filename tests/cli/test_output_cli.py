@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import serve
-from tests.conftest import DIRT, run_dirt, wait_for
+from tests.conftest import DIRT, add_local_node, run_dirt, wait_for
 
 SLOW = """\
 import os, time
@@ -54,7 +54,7 @@ def task_of(cli_project: Path, record: str) -> dict:
 @pytest.fixture
 def served(cli_project: Path) -> Iterator[Path]:
     """The project with node `local` and `dirt serve` running."""
-    dirt_ok("nodes", "add", "local", cwd=cli_project)
+    add_local_node(cli_project)
     (cli_project / "tasks" / "slow.py").write_text(SLOW)
     (cli_project / "tasks" / "attach.py").write_text(ATTACH)
     server = serve(cli_project)

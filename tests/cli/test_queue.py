@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.cli.conftest import serve
 from tests.cli.test_cli import dirt_ok
-from tests.conftest import run_dirt, wait_for
+from tests.conftest import add_local_node, run_dirt, wait_for
 
 
 def test_the_queue_lists_records_oldest_first_with_their_share(cli_project: Path) -> None:
@@ -37,7 +37,7 @@ def test_a_share_out_of_range_is_a_usage_error(cli_project: Path) -> None:
 
 
 def test_the_queue_names_the_running_dispatcher_and_empties(cli_project: Path) -> None:
-    dirt_ok("nodes", "add", "local", "--slots", "2", cwd=cli_project)
+    add_local_node(cli_project, slots=2)
     dirt_ok("submit", "r1", "-t", "examples.simple", cwd=cli_project)
     server = serve(cli_project)
     try:

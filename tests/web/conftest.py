@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dirt.models import TaskState
+from dirt.config import load_settings
+from dirt.models import TaskState, TokenScope
 from dirt.service import Finished, Service
 from dirt.web.app import create_app
 from dirt.web.run import WebServer
@@ -149,6 +150,16 @@ def screenshot(page: Any) -> Callable[[str], None]:
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
     return shoot
+
+
+def make_token(project: Path, name: str, scope: TokenScope = TokenScope.API) -> str:
+    """A token made as `dirt token create NAME --scope SCOPE` makes it, in-process: for tests
+    whose subject is not that command (its tests are tests/cli/test_security_cli.py)."""
+    service = Service(load_settings(project, environ={}))
+    try:
+        return service.create_token(name, scope)
+    finally:
+        service.close()
 
 
 # ---- real `dirt serve` / `dirt web` processes ------------------------------------------------

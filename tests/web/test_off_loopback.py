@@ -14,7 +14,7 @@ import pytest
 from dirt.models import TokenScope
 from tests.conftest import need, run_dirt
 from tests.ssh.sshd import Netns, namespaces_possible
-from tests.web.conftest import start_dirt, stop_dirt
+from tests.web.conftest import make_token, start_dirt, stop_dirt
 
 
 @pytest.fixture
@@ -42,15 +42,9 @@ def curl(netns: Netns, url: str, *args: str) -> tuple[int, str]:
     return int(code or 0), body
 
 
-def token(project: Path, name: str, scope: TokenScope) -> str:
-    made = run_dirt("token", "create", name, "--scope", scope.value, cwd=project)
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
-
-
 def test_reads_need_a_token_off_loopback(project: Path, netns: Netns) -> None:
-    reader = token(project, "dashboard", TokenScope.READ)
-    writer = token(project, "ci", TokenScope.API)
+    reader = make_token(project, "dashboard", TokenScope.READ)
+    writer = make_token(project, "ci", TokenScope.API)
     proc, url = start_dirt(project, "web", "--host", netns.outer_address)
     try:
         assert netns.outer_address in url

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_dirt
-from tests.web.conftest import start_dirt, stop_dirt
+from tests.web.conftest import make_token, start_dirt, stop_dirt
 
 
 def fetch(url: str, cafile: Path | None, **kwargs: object) -> tuple[int, bytes, dict[str, str]]:
@@ -49,8 +49,7 @@ def test_dirt_serve_speaks_https_with_the_given_certificate(
     project: Path, certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
-    made = run_dirt("token", "create", "ci", cwd=project)
-    token = made.stdout.strip()
+    token = make_token(project, "ci")
     proc, url = start_dirt(project, "serve", "--certfile", str(cert), "--keyfile", str(key))
     try:
         assert url.startswith("https://127.0.0.1:")
