@@ -180,7 +180,9 @@ def master(
     )
     service.save_batch_node(settings, info)
     try:
-        yield Master(service, url, slurm_runner, lambda: start_dispatcher(service))
+        yield Master(
+            service, url, slurm_runner, lambda: start_dispatcher(service), str(tmp_path / "jobs")
+        )
     finally:
         for job in service.open_batch_jobs():
             if job.job_id:

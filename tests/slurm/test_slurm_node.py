@@ -12,7 +12,7 @@ from dirt.batch import slurm
 from dirt.models import NodeKind, TaskState
 from tests.conftest import wait_finished, wait_for
 from tests.slurm.conftest import wait_ended
-from tests.slurm.masters import Master, lost_first_attempt, running_job
+from tests.slurm.masters import Master, lost_first_attempt, running_job, told_on_timeout
 
 # A cancel reaches a job two ways, whichever comes first: its agent's held heartbeat is answered
 # at once (the agent kills the task and the job ends by itself), and the driver runs scancel.
@@ -111,7 +111,8 @@ def test_a_job_slurm_queues_shows_its_task_waiting_with_slurms_reason(master: Ma
 def test_a_task_requiring_a_feature_asks_slurm_for_a_node_with_it(master: Master) -> None:
     master.start()
     task_id = master.submit(kwargs={"seconds": 0}, requires=["dirt_fast in features"])
-    (task,) = wait_finished(master.service, [task_id], timeout=60)
+    with told_on_timeout(master, task_id):
+        (task,) = wait_finished(master.service, [task_id], timeout=60)
     assert task.state is TaskState.SUCCEEDED
     shown = master.runner.run(["scontrol", "-o", "show", "job", master.job(task_id)]).stdout
     assert re.search(r"\bFeatures=dirt_fast\b", shown), shown
