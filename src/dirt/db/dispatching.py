@@ -61,24 +61,12 @@ _START = Prepared(
         **_NEXT_REVISION,
     )
 )
-_OPEN_ATTEMPT = Prepared(
-    insert(attempts).values(
-        task_id=bindparam("task_id"),
-        number=bindparam("number"),
-        node=bindparam("node"),
-        started=bindparam("started"),
-    )
-)
+_OPENED = ("task_id", "number", "node", "started")
+_OPEN_ATTEMPT = Prepared(insert(attempts).values({name: bindparam(name) for name in _OPENED}))
 # The attempt of a run started and finished in one write (`_START_AND_FINISH`).
 _RAN_ATTEMPT = Prepared(
     insert(attempts).values(
-        task_id=bindparam("task_id"),
-        number=bindparam("number"),
-        node=bindparam("node"),
-        started=bindparam("started"),
-        completed=bindparam("completed"),
-        outcome=bindparam("outcome"),
-        reason=bindparam("reason"),
+        {name: bindparam(name) for name in (*_OPENED, "completed", "outcome", "reason")}
     )
 )
 # What a finished run writes, whether or not its start was written before.
