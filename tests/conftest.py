@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,26 @@ def local_node(service: Service) -> str:
     return "local"
 
 
-def add_local_node(project: Path, slots: int | None = None) -> None:
-    """This machine as node `local`, probed for real and stored as `dirt nodes add local
-    [--slots N]` stores it; in-process, where a test's subject is not that command (a `dirt`
-    process costs 0.7-0.8 s to start, 1.3 s with the probe)."""
-    from dirt.dispatch.runner import probe
-
+@contextmanager
+def project_service(project: Path) -> Iterator[Service]:
+    """The project's store, opened in this process (as a `dirt` command would open it) and
+    closed after: for reads and set-up that are not a test's subject, where a `dirt` process
+    would cost 0.7-0.8 s to start."""
     service = Service(load_settings(project, environ={}))
     try:
-        service.save_node("local", probe("local", service.settings.nodes), slots)
+        yield service
     finally:
         service.close()
+
+
+def add_local_node(project: Path, slots: int | None = None) -> None:
+    """This machine as node `local`, probed for real and stored as `dirt nodes add local
+    [--slots N]` stores it; in-process, where a test's subject is not that command (1.3 s as a
+    process, with the probe)."""
+    from dirt.dispatch.runner import probe
+
+    with project_service(project) as service:
+        service.save_node("local", probe("local", service.settings.nodes), slots)
 
 
 class RunningDispatcher:

@@ -17,7 +17,7 @@ from dirt.project import create_project
 from dirt.service import Service
 from dirt.views import detail_view
 from tests.ci.conftest import CI_TASK, Repository, git_environment
-from tests.conftest import DIRT, run_dirt, wait_for
+from tests.conftest import DIRT, project_service, run_dirt, wait_for
 
 
 @pytest.fixture
@@ -52,11 +52,8 @@ def submit_git(repo: Repository, project: Path, *args: str) -> subprocess.Comple
 
 def status(project: Path, record_id: str) -> dict[str, Any]:
     """What `dirt status RECORD --json` prints (read in this process: quicker)."""
-    service = Service(load_settings(project, environ={}))
-    try:
+    with project_service(project) as service:
         return detail_view(service.record_detail(record_id))
-    finally:
-        service.close()
 
 
 def record_ids(project: Path) -> list[str]:

@@ -8,22 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dirt.config import load_settings
 from dirt.db import outbox
-from dirt.service import Service
 from tests.ci.conftest import Repository, Server, git_environment, make_project
-from tests.conftest import DIRT, wait_for
+from tests.conftest import DIRT, project_service, wait_for
 from tests.httpstub import free_port
 from tests.notify.conftest import SmtpServer
 
 
 def mails(project: Path) -> list[dict[str, Any]]:
     """The mails in the outbox, as `dirt notify list --all --json` shows them."""
-    service = Service(load_settings(project, environ={}))
-    try:
+    with project_service(project) as service:
         found = service.notifications(outbox.STATES)
-    finally:
-        service.close()
     return [n.to_doc() for n in found if n.channel == "email"]
 
 

@@ -8,11 +8,9 @@ import time
 from pathlib import Path
 
 from dirt import __version__
-from dirt.config import load_settings
 from dirt.project import create_project
-from dirt.service import Service
 from tests.cli.conftest import serve
-from tests.conftest import add_local_node, run_dirt, wait_for
+from tests.conftest import add_local_node, project_service, run_dirt, wait_for
 
 SEED = Path(__file__).parents[2] / "src" / "dirt" / "seed" / "test_data.json"
 
@@ -30,12 +28,9 @@ def status_json(cwd: Path, *args: str) -> object:
 def state_of(project: Path, record_id: str) -> str:
     """The state of the record's one task, read from the store in-process: waits poll this, as
     a `dirt status` process costs 0.7-0.8 s to start; what a test asserts, `dirt status` shows."""
-    service = Service(load_settings(project, environ={}))
-    try:
+    with project_service(project) as service:
         (task,) = service.record_detail(record_id).tasks
         return task.state.value
-    finally:
-        service.close()
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -16,9 +16,8 @@ from dirt.config import load_settings
 from dirt.db import outbox
 from dirt.db.engine import write_transaction
 from dirt.db.outbox import NewNotification
-from dirt.service import Service
 from tests.cli.conftest import serve
-from tests.conftest import run_dirt, wait_for
+from tests.conftest import project_service, run_dirt, wait_for
 from tests.httpstub import HttpStub, free_port, http_stub
 from tests.notify.conftest import SmtpServer
 
@@ -77,12 +76,8 @@ def test_serve_warns_about_secrets_named_but_unset(cli_project: Path) -> None:
 
 
 def queue(project: Path, rows: list[NewNotification]) -> list[int]:
-    service = Service(load_settings(project, environ={}))
-    try:
-        with write_transaction(service.engine) as conn:
-            return outbox.insert_notifications(conn, rows, time.time())
-    finally:
-        service.close()
+    with project_service(project) as service, write_transaction(service.engine) as conn:
+        return outbox.insert_notifications(conn, rows, time.time())
 
 
 def mail(subject: str) -> NewNotification:
@@ -98,14 +93,10 @@ def mail(subject: str) -> NewNotification:
 
 
 def fail(project: Path, notification_id: int) -> None:
-    service = Service(load_settings(project, environ={}))
-    try:
-        with write_transaction(service.engine) as conn:
-            [claimed] = outbox.claim_due(conn, "test", time.time(), 60, 1)
-            assert claimed.id == notification_id
-            outbox.mark_failed(conn, notification_id, "test", "550 no such user", time.time())
-    finally:
-        service.close()
+    with project_service(project) as service, write_transaction(service.engine) as conn:
+        [claimed] = outbox.claim_due(conn, "test", time.time(), 60, 1)
+        assert claimed.id == notification_id
+        outbox.mark_failed(conn, notification_id, "test", "550 no such user", time.time())
 
 
 def test_notify_list_shows_what_waits_and_what_failed(cli_project: Path) -> None:

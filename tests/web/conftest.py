@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dirt.config import load_settings
 from dirt.models import TaskState, TokenScope
 from dirt.service import Finished, Service
 from dirt.web.app import create_app
 from dirt.web.run import WebServer
-from tests.conftest import DIRT, need
+from tests.conftest import DIRT, need, project_service
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -155,11 +154,8 @@ def screenshot(page: Any) -> Callable[[str], None]:
 def make_token(project: Path, name: str, scope: TokenScope = TokenScope.API) -> str:
     """A token made as `dirt token create NAME --scope SCOPE` makes it, in-process: for tests
     whose subject is not that command (its tests are tests/cli/test_security_cli.py)."""
-    service = Service(load_settings(project, environ={}))
-    try:
+    with project_service(project) as service:
         return service.create_token(name, scope)
-    finally:
-        service.close()
 
 
 # ---- real `dirt serve` / `dirt web` processes ------------------------------------------------
