@@ -6,7 +6,6 @@ writes that wake) and makes the stream's events once for every stream.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dirt.service import Service
 from dirt.web.auth import require_read
+from dirt.web.common import dumps
 from dirt.web.hub import ChangeHub, change_event
 
 KEEPALIVE_S = 15.0
@@ -44,14 +44,14 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
     service: Service = request.app.state.service
     last = _start_seq(request, since)
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[bytes]:
         with hub.streaming():
             async for text in _stream():
                 yield text
 
-    async def _stream() -> AsyncIterator[str]:
+    async def _stream() -> AsyncIterator[bytes]:
         nonlocal last
-        yield f"retry: 1000\nevent: hello\ndata: {json.dumps({'seq': last})}\n\n"
+        yield b"retry: 1000\nevent: hello\ndata: %s\n\n" % dumps({"seq": last})
         while not hub.stopped:
             found = hub.events_after(last)
             if found is None:  # from before what the hub keeps: catch up from the store
@@ -70,7 +70,7 @@ async def events(request: Request, since: int | None = Query(None, ge=0)) -> Str
             if hub.stopped or await request.is_disconnected():
                 break
             if hub.event_seq <= last:
-                yield ": keepalive\n\n"
+                yield b": keepalive\n\n"
 
     return StreamingResponse(
         stream(),

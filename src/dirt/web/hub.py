@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dirt.service import Service
+from dirt.web.common import dumps
 
 log = logging.getLogger("dirt.web")
 
@@ -49,7 +49,7 @@ class Event:
 
     start: int
     end: int
-    text: str
+    text: bytes  # encoded once here, written as is to every open stream
 
 
 def change_event(service: Service, since: int) -> tuple[Event | None, int]:
@@ -65,7 +65,7 @@ def change_event(service: Service, since: int) -> tuple[Event | None, int]:
     }
     if len(changes) > SSE_MAX_CHANGES:
         payload["truncated"] = True
-    text = f"id: {last}\nevent: change\ndata: {json.dumps(payload)}\n\n"
+    text = b"id: %d\nevent: change\ndata: %s\n\n" % (last, dumps(payload))
     return Event(since, last, text), last
 
 
