@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -52,6 +53,11 @@ class WrkResult:
     p99_ms: float
     errors: int
     requests: int
+    cores: float  # wrk's own CPU use
+
+
+def _task_ms(cpu: dict[str, float], rate: float) -> float:
+    return (cpu["dispatcher"] + cpu["node"]) / rate * 1e3
 
 
 @dataclass
@@ -60,6 +66,20 @@ class Round:
     busy: WrkResult
     rate_alone: float
     rate_busy: float
+    # Cores used by each role in the three phases (see `cpu_by_role`).
+    cpu_idle: dict[str, float]
+    cpu_busy: dict[str, float]
+    cpu_alone: dict[str, float]
+
+    def costs(self) -> str:
+        """CPU per unit of work, alone and together: what the two ratios are made of."""
+        return (
+            f"web {self.cpu_idle['web'] / self.idle.rps * 1e6:.0f} -> "
+            f"{self.cpu_busy['web'] / self.busy.rps * 1e6:.0f} us of CPU a request; "
+            f"dispatcher and node {_task_ms(self.cpu_alone, self.rate_alone):.2f} -> "
+            f"{_task_ms(self.cpu_busy, self.rate_busy):.2f} ms a task; "
+            f"wrk {self.idle.cores:.2f} -> {self.busy.cores:.2f} cores"
+        )
 
 
 @dataclass
@@ -165,6 +185,7 @@ def start_server(project: Path, extra: list[str]) -> tuple[subprocess.Popen[str]
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # as a user starts it: from a terminal or a service manager
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -194,6 +215,8 @@ def _ms(value: str, unit: str) -> float:
 
 
 def wrk(url: str, connections: int, seconds: float) -> WrkResult:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
     out = subprocess.run(
         [
             "wrk",
@@ -208,7 +231,13 @@ def wrk(url: str, connections: int, seconds: float) -> WrkResult:
         capture_output=True,
         text=True,
         check=True,
+        # A session of its own, as when started from another terminal: Linux's autogroup
+        # scheduler shares the CPU between sessions first, and a client is not the server's.
+        start_new_session=True,
     ).stdout
+    elapsed = time.monotonic() - start
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime
     quantiles = {
         q: _ms(v, u) for q, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
     }
@@ -225,6 +254,7 @@ def wrk(url: str, connections: int, seconds: float) -> WrkResult:
         p99_ms=quantiles.get("99", float("nan")),
         errors=errors,
         requests=int(requests.group(1)) if requests else 0,
+        cores=cpu / elapsed,
     )
 
 
@@ -315,8 +345,14 @@ def cpu_by_role(server: int) -> dict[str, float]:
     return roles
 
 
-def cpu_between(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
-    return " ".join(f"{k} {(after[k] - before[k]) / seconds:.2f}" for k in before)
+def cpu_between(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    return {k: (after[k] - before[k]) / seconds for k in before}
+
+
+def cores(cpu: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in cpu.items())
 
 
 def one_round(
@@ -359,11 +395,11 @@ def one_round(
     done += args.tasks
     wait_idle(counter, done)
     print(
-        f"round {index + 1}: CPU cores used: web alone [{cpu_idle}]; together [{cpu_busy}]; "
-        f"dispatch alone [{cpu_alone}]",
+        f"round {index + 1}: CPU cores used: web alone [{cores(cpu_idle)}]; "
+        f"together [{cores(cpu_busy)}]; dispatch alone [{cores(cpu_alone)}]",
         file=sys.stderr,
     )
-    return Round(idle, busy, rate_alone, rate_busy), done
+    return Round(idle, busy, rate_alone, rate_busy, cpu_idle, cpu_busy, cpu_alone), done
 
 
 def median(values: list[float]) -> float:
@@ -404,7 +440,7 @@ def report(rounds: list[Round], streams: Streams, args: argparse.Namespace) -> N
         print(
             f"  round {i + 1}: idle {r.idle.rps:.0f} req/s p99 {r.idle.p99_ms:.0f} ms; "
             f"busy {r.busy.rps:.0f} req/s p99 {r.busy.p99_ms:.0f} ms errors {r.busy.errors}; "
-            f"dispatch {r.rate_alone:.0f} -> {r.rate_busy:.0f} tasks/s"
+            f"dispatch {r.rate_alone:.0f} -> {r.rate_busy:.0f} tasks/s\n    {r.costs()}"
         )
     print(
         f"machine: {os.cpu_count()} CPUs ({cpu_model()}); load average at the start "
