@@ -383,6 +383,20 @@ def test_changes_since(seeded: Service, client: TestClient, node: str) -> None:
     assert all(c["seq"] == paged["last_seq"] for c in paged["results"])
 
 
+def test_a_change_names_the_fields_of_its_kind_only(
+    seeded: Service, client: TestClient, node: str
+) -> None:
+    fields = {
+        (c["type"], tuple(c))
+        for c in client.get("/api/changes", params={"since": 0, "limit": 5000}).json()["results"]
+    }
+    assert fields == {
+        ("record", ("seq", "type", "id")),
+        ("task", ("seq", "type", "id", "record_id", "name", "state")),
+        ("node", ("seq", "type", "id")),
+    }
+
+
 def test_changes_long_poll_wakes_on_a_write_from_another_process(
     seeded: Service, client: TestClient
 ) -> None:
