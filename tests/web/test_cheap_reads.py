@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -54,17 +55,66 @@ def test_an_unchanged_list_answers_304_to_its_etag(client: TestClient) -> None:
     assert again.status_code == 200 and again.headers["etag"] != etag
 
 
-def count_change_reads(service: Service) -> list[int]:
-    """The `since` of every read of the change feed `service` makes from now on."""
-    made: list[int] = []
-    real = service.changes_since
+def calls_of(service: Service, method: str) -> list[tuple[Any, ...]]:
+    """The arguments of every call of `service.<method>` from now on."""
+    made: list[tuple[Any, ...]] = []
+    real = getattr(service, method)
 
-    def counted(since: int, limit: int = 500):  # type: ignore[no-untyped-def]
-        made.append(since)
-        return real(since, limit)
+    def counted(*args: Any) -> Any:
+        made.append(args)
+        return real(*args)
 
-    service.changes_since = counted  # type: ignore[method-assign]
+    setattr(service, method, counted)
     return made
+
+
+def count_change_reads(service: Service) -> list[tuple[Any, ...]]:
+    """Every read of the change feed `service` makes from now on (an event's making)."""
+    return calls_of(service, "changes_since")
+
+
+def test_with_a_page_open_the_list_is_read_once_per_event_not_per_poll(seeded: Service) -> None:
+    other = Service(seeded.settings)  # another process: its writes are only polled
+    try:
+        with make_client(create_app(seeded, bind_host="127.0.0.1")) as c:
+            hub = c.app.state.hub
+            events = count_change_reads(seeded)
+            lists = calls_of(seeded, "record_page")
+            with hub.streaming():  # a page holds its event stream open
+                deadline = time.monotonic() + 1.5
+                n = 0
+                while time.monotonic() < deadline:  # a write every poll, a reader every 10 ms
+                    if n % 5 == 0:
+                        other.submit_tasks(f"r44{n // 5:02d}", ["examples.simple"])
+                    ids(c)
+                    n += 1
+                    time.sleep(0.01)
+            assert len(events) >= 3, "events were made meanwhile"
+            assert len(lists) <= len(events) + 2, f"{len(lists)} reads for {len(events)} events"
+    finally:
+        other.close()
+
+
+def test_a_page_told_of_a_change_gets_a_list_that_shows_it(seeded: Service) -> None:
+    other = Service(seeded.settings)
+    try:
+        with make_client(create_app(seeded, bind_host="127.0.0.1")) as c:
+            hub = c.app.state.hub
+            with hub.streaming():
+                ids(c)  # kept from now on
+                written = other.submit_tasks("r450", ["examples.simple"])
+                assert written
+                seq = other.current_seq()
+                shown = False
+                deadline = time.monotonic() + 5
+                while not shown and time.monotonic() < deadline:
+                    told = hub.event_seq >= seq  # the page would have its event by now
+                    shown = "r450" in ids(c)
+                    assert shown or not told, "an answer from before an event the page has"
+                    time.sleep(0.005)
+                assert shown, "the write shows within its event"
+    finally:
+        other.close()
 
 
 def test_every_stream_gets_the_same_event_made_once(seeded: Service) -> None:

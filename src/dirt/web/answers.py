@@ -2,9 +2,11 @@
 change of the store and served from memory until the next.
 
 An answer is kept with the hub's change sequence value it was made at (`dirt.web.hub`) and
-reused while that has not moved: writes through this process show at once, other processes'
-within the hub's poll interval (a tenth of a second). A request with `Cache-Control: no-cache`
-checks the store itself. Requests that miss together share one query.
+reused while it is not older than `ChangeHub.shown_seq`: writes through this process show at
+once; other processes' within the hub's poll interval (a tenth of a second), or, while pages
+hold event streams open, with the event that tells them (at most a quarter of a second later).
+A request with `Cache-Control: no-cache` checks the store itself. Requests that miss together
+share one query.
 
 `KeptAnswers` serves a kept answer before the framework sees the request: the exact path and
 query string the route answered before (so only queries it validated), to a reader who needs no
@@ -27,38 +29,43 @@ from dirt.web.common import JSON, dumps, service_of
 Key = tuple[str, bytes]  # (path, raw query string)
 
 
+Kept = tuple[int, bytes]  # (the seq it was made at, the answer)
+
+
 class AnswerCache:
     """Kept answers by (path, query string); used from the event loop only."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._answers: OrderedDict[Key, tuple[int, bytes]] = OrderedDict()
+        self._answers: OrderedDict[Key, Kept] = OrderedDict()
         self._making: dict[tuple[Key, int], asyncio.Task[bytes]] = {}
 
-    def kept(self, key: Key, seq: int) -> bytes | None:
+    def kept(self, key: Key, oldest: int) -> Kept | None:
+        """The kept answer for `key` made at `oldest` or later; None when there is none."""
         found = self._answers.get(key)
-        if found is None or found[0] != seq:
+        if found is None or found[0] < oldest:
             return None
         self._answers.move_to_end(key)
-        return found[1]
+        return found
 
-    async def kept_or_coming(self, key: Key, seq: int) -> bytes | None:
-        """The kept answer, or the one being made for `seq` (waited for); None when neither."""
-        found = self.kept(key, seq)
+    async def kept_or_coming(self, key: Key, oldest: int, seq: int) -> Kept | None:
+        """The kept answer (made at `oldest` or later), or the one being made for `seq`
+        (waited for); None when neither."""
+        found = self.kept(key, oldest)
         if found is not None:
             return found
         task = self._making.get((key, seq))
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             return None
         try:
-            return await asyncio.shield(task)
+            return seq, await asyncio.shield(task)
         except Exception:  # the route makes it again and answers with the error
             return None
 
-    async def answer(self, key: Key, seq: int, make: Callable[[], Any]) -> bytes:
-        """The answer for `key` as of `seq`: kept, or made off the event loop (once for every
-        request that asks meanwhile)."""
-        found = self.kept(key, seq)
+    async def answer(self, key: Key, oldest: int, seq: int, make: Callable[[], Any]) -> Kept:
+        """The answer for `key`: kept (made at `oldest` or later), or made as of `seq` off the
+        event loop (once for every request that asks meanwhile)."""
+        found = self.kept(key, oldest)
         if found is not None:
             return found
         loop = asyncio.get_running_loop()
@@ -67,7 +74,7 @@ class AnswerCache:
             task = loop.create_task(run_in_threadpool(lambda: dumps(make())))
             self._making[(key, seq)] = task
             task.add_done_callback(lambda done: self._made(key, seq, done))
-        return await asyncio.shield(task)
+        return seq, await asyncio.shield(task)
 
     def _made(self, key: Key, seq: int, task: asyncio.Task[bytes]) -> None:
         self._making.pop((key, seq), None)
@@ -102,9 +109,8 @@ async def cached_json(request: Request, make: Callable[[], Any]) -> Response:
     hub = request.app.state.hub
     if "no-cache" in request.headers.get("cache-control", ""):
         hub.seen(await run_in_threadpool(service_of(request).current_seq))
-    seq: int = hub.seq
     key = (request.url.path, request.scope.get("query_string", b""))
-    body = await cache.answer(key, seq, make)
+    seq, body = await cache.answer(key, hub.shown_seq, hub.seq, make)
     return _answer(seq, body, request.headers.get("if-none-match", ""))
 
 
@@ -123,13 +129,14 @@ class KeptAnswers:
             if b"no-cache" not in headers.get(b"cache-control", b"") and (
                 state.access.reads_open or state.access.trusted_local(Request(scope))
             ):
-                seq = state.hub.seq
+                hub = state.hub
                 key = (scope["path"], scope["query_string"])
                 # Right after a change every reader misses at once: they wait for the one
                 # answer being made rather than each going through the route.
-                body = await state.answers.kept_or_coming(key, seq)
-                if body is not None:
+                found = await state.answers.kept_or_coming(key, hub.shown_seq, hub.seq)
+                if found is not None:
                     inm = headers.get(b"if-none-match", b"").decode("latin-1")
+                    seq, body = found
                     await _answer(seq, body, inm)(scope, receive, send)
                     return
         await self.app(scope, receive, send)

@@ -78,6 +78,7 @@ class ChangeHub:
         self.event_interval = event_interval
         self.seq = service.current_seq()
         self.event_seq = self.seq  # where the newest event ends
+        self.local_seq = self.seq  # the newest write of this process or fresh read (see seen)
         self._events: deque[Event] = deque(maxlen=EVENT_RING)
         self._lock = threading.Lock()
         # Who waits for the sequence to move, and who for the next event (an open page): a
@@ -116,7 +117,7 @@ class ChangeHub:
         """A write of this process committed: known at once (the next read sees it), its event
         made as soon as one is due (not one wake-up of the poll per write: a busy agent writes
         once per task)."""
-        self._advance(seq)
+        self._advance(seq, local=True)
         if self._streams and time.monotonic() >= self._next_event:
             self._nudge.set()
 
@@ -130,16 +131,29 @@ class ChangeHub:
 
     def seen(self, seq: int) -> None:
         """A reader saw the store at `seq`: known here from now on."""
-        self._advance(seq)
+        self._advance(seq, local=True)
         if self._streams and seq > self.event_seq:
             self._nudge.set()
 
-    def _advance(self, seq: int) -> None:
+    def _advance(self, seq: int, local: bool = False) -> None:
         with self._lock:
+            if local and seq > self.local_seq:
+                self.local_seq = seq
             if seq <= self.seq:
                 return
             self.seq = seq
         self._wake(SEQ)
+
+    @property
+    def shown_seq(self) -> int:
+        """The oldest sequence value a kept answer may be from: what this process wrote or read
+        fresh, and what the open pages were told of. While pages are open the events lead,
+        so a busy store is read for answers at most once per event (four times a second), not
+        at every poll, and a page told of a change never gets an answer from before it; while
+        none is open, the newest value known."""
+        if not self._streams:
+            return self.seq
+        return max(self.local_seq, self.event_seq)
 
     def eagerly(self) -> contextlib.AbstractContextManager[None]:
         """While inside, the sequence is polled every EAGER_POLL seconds (one indexed read)."""
