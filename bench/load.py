@@ -89,7 +89,7 @@ class Round:
         this benchmark's readers."""
         web = WEB_GOAL * (self.cpu_idle["web"] + self.idle.cores)
         dispatch = DISPATCH_GOAL * (self.cpu_alone["dispatcher"] + self.cpu_alone["node"])
-        return web + dispatch + self.cpu_busy.get("benchmark", 0.0)
+        return web + dispatch + self.cpu_busy["benchmark"]
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _ms(value: str, unit: str) -> float:
 
 
 def wrk(url: str, connections: int, seconds: float) -> WrkResult:
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = cpu_seconds(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     out = subprocess.run(
         [
@@ -245,9 +245,7 @@ def wrk(url: str, connections: int, seconds: float) -> WrkResult:
         # scheduler shares the CPU between sessions first, and a client is not the server's.
         start_new_session=True,
     ).stdout
-    elapsed = time.monotonic() - start
-    now = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime
+    cores = (cpu_seconds(resource.RUSAGE_CHILDREN) - used) / (time.monotonic() - start)
     quantiles = {
         q: _ms(v, u) for q, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
     }
@@ -264,7 +262,7 @@ def wrk(url: str, connections: int, seconds: float) -> WrkResult:
         p99_ms=quantiles.get("99", float("nan")),
         errors=errors,
         requests=int(requests.group(1)) if requests else 0,
-        cores=cpu / elapsed,
+        cores=cores,
     )
 
 
@@ -361,8 +359,9 @@ def cpu_between(
     return {k: (after[k] - before[k]) / seconds for k in before}
 
 
-def own_cpu() -> float:
-    used = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(who: int) -> float:
+    """CPU seconds used so far by this process (RUSAGE_SELF) or its reaped children."""
+    used = resource.getrusage(who)
     return used.ru_utime + used.ru_stime
 
 
@@ -391,13 +390,13 @@ def one_round(
     submitted = time.monotonic()
     time.sleep(max(0.0, submitted + args.delay - time.monotonic()))
     cpu = cpu_by_role(server)
-    mine = own_cpu()
+    mine = cpu_seconds(resource.RUSAGE_SELF)
     start = time.monotonic()
     busy = wrk(records, args.connections, args.seconds)
     end = time.monotonic()
     cpu_busy = cpu_between(cpu, cpu_by_role(server), end - start)
     # This process's stream readers and task counter use the same two cores.
-    cpu_busy["benchmark"] = (own_cpu() - mine) / (end - start)
+    cpu_busy["benchmark"] = (cpu_seconds(resource.RUSAGE_SELF) - mine) / (end - start)
     rate_busy = counter.rate(start, end)
     done += args.tasks
     wait_idle(counter, done)

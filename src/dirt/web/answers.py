@@ -4,7 +4,8 @@ change of the store and served from memory until the next.
 An answer is kept with the hub's change sequence value it was made at (`dirt.web.hub`) and
 reused while it is not older than `ChangeHub.shown_seq`: writes through this process show at
 once; other processes' within the hub's poll interval (a tenth of a second), or, while pages
-hold event streams open, with the event that tells them (at most a quarter of a second later).
+hold event streams open, with the event that tells them (events come four times a second at
+most).
 A request with `Cache-Control: no-cache` checks the store itself. Requests that miss together
 share one query.
 
@@ -27,8 +28,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dirt.web.common import JSON, dumps, service_of
 
 Key = tuple[str, bytes]  # (path, raw query string)
-
-
 Kept = tuple[int, bytes]  # (the seq it was made at, the answer)
 
 
